@@ -1,0 +1,307 @@
+//! The model card: everything a checkpoint or ONNX file needs to be used correctly.
+//!
+//! A card travels inside every checkpoint (as `card.json`) and every exported ONNX file (in
+//! `metadata_props`). It holds the ordered labels (one output per label), the complete
+//! [`FrontendConfig`] that turns audio into the model's input, the input shape, the architecture
+//! name and provenance (data hash, folds, code commit). Cards are JSON; [`Card::load`] reads and
+//! validates one, with errors that name the file and the field.
+//!
+//! A card with no labels and no architecture is a *frontend card*: it only fixes how audio
+//! becomes features (the repo ships `models/cards/nvbird224.card.json` and
+//! `models/cards/kefir128.card.json`). [`Card::validate_for_model`] additionally requires labels
+//! and an architecture.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::frontend::FrontendConfig;
+
+/// The card format version this crate writes and reads.
+pub const CARD_FORMAT_VERSION: u32 = 1;
+
+/// Where a model came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Hash of the training data (file list and preprocessing parameters), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
+    /// The validation fold this model held out, and the fold count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<FoldInfo>,
+    /// Source commit of the code that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Free text: which command, config file or teacher ensemble made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+/// Fold membership of a trained model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoldInfo {
+    /// The held-out fold (0-based).
+    pub fold: usize,
+    /// Number of folds.
+    pub n_folds: usize,
+}
+
+/// A model card. See the module documentation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Card {
+    /// Card format version ([`CARD_FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Short name of the model or frontend.
+    pub name: String,
+    /// Architecture name (e.g. `efficientvit_b0`); `None` for a frontend card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Output labels in order; empty for a frontend card.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// How audio becomes the model input.
+    pub frontend: FrontendConfig,
+    /// Input shape of one window, `[channels, n_mels, frames]`; must agree with `frontend`.
+    pub input_shape: [usize; 3],
+    /// Where the model came from.
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// Why a card could not be loaded or used. Every variant says which file (when there is one).
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The JSON does not describe a card.
+    #[error("{path}: not a valid model card: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde's message, with line and column.
+        source: serde_json::Error,
+    },
+    /// The card parsed but its content is inconsistent.
+    #[error("{origin}: invalid model card: {reason}")]
+    Invalid {
+        /// The file, or where the card came from.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Card {
+    /// A frontend-only card (no labels, no architecture).
+    pub fn frontend_only(name: &str, frontend: FrontendConfig) -> Self {
+        let input_shape = frontend.input_shape();
+        Self {
+            format_version: CARD_FORMAT_VERSION,
+            name: name.to_string(),
+            architecture: None,
+            labels: Vec::new(),
+            frontend,
+            input_shape,
+            provenance: Provenance::default(),
+        }
+    }
+
+    /// Read and validate a card file.
+    pub fn load(path: &Path) -> Result<Self, CardError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CardError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let card = Self::from_json(&text).map_err(|e| match e {
+            CardError::Parse { source, .. } => CardError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            CardError::Invalid { reason, .. } => CardError::Invalid {
+                origin: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(card)
+    }
+
+    /// Parse and validate a card from JSON text.
+    pub fn from_json(text: &str) -> Result<Self, CardError> {
+        let card: Card = serde_json::from_str(text).map_err(|source| CardError::Parse {
+            path: PathBuf::from("<json>"),
+            source,
+        })?;
+        card.validate().map_err(|reason| CardError::Invalid {
+            origin: "<json>".into(),
+            reason,
+        })?;
+        Ok(card)
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising plain data structs to a String cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Write the card as JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), CardError> {
+        crate::npy::write_atomic(path, self.to_json().as_bytes()).map_err(|source| CardError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Structural checks: version, frontend, input shape, label uniqueness.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != CARD_FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} is not supported (this build reads {CARD_FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.name.trim().is_empty() {
+            return Err("name is empty".into());
+        }
+        self.frontend
+            .validate()
+            .map_err(|e| format!("frontend: {}", e.0))?;
+        let derived = self.frontend.input_shape();
+        if self.input_shape != derived {
+            return Err(format!(
+                "input_shape {:?} disagrees with the frontend, which gives {:?} \
+                 ([channels, n_mels, frames])",
+                self.input_shape, derived
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, label) in self.labels.iter().enumerate() {
+            if label.trim().is_empty() {
+                return Err(format!("label {i} is empty"));
+            }
+            if label.contains(',') || label.contains('"') || label.contains('\n') {
+                return Err(format!(
+                    "label {i} ({label:?}) contains a comma, quote or newline (it becomes a CSV column)"
+                ));
+            }
+            if !seen.insert(label.as_str()) {
+                return Err(format!("label {label:?} appears twice"));
+            }
+        }
+        if let Some(f) = &self.provenance.folds {
+            if f.n_folds == 0 || f.fold >= f.n_folds {
+                return Err(format!(
+                    "provenance.folds: fold {} of {} is impossible",
+                    f.fold, f.n_folds
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate) plus what a trained model needs: labels and an architecture.
+    pub fn validate_for_model(&self) -> Result<(), String> {
+        self.validate()?;
+        if self.labels.is_empty() {
+            return Err("a model card needs at least one label".into());
+        }
+        match &self.architecture {
+            Some(a) if !a.trim().is_empty() => Ok(()),
+            _ => Err("a model card needs an architecture".into()),
+        }
+    }
+
+    /// The first difference that stops two cards from being ensembled (labels or input), if any.
+    pub fn ensemble_mismatch(&self, other: &Card) -> Option<String> {
+        if self.labels != other.labels {
+            let n = self.labels.len().min(other.labels.len());
+            let first = (0..n).find(|&i| self.labels[i] != other.labels[i]);
+            return Some(match first {
+                Some(i) => format!(
+                    "labels differ at position {i}: {:?} vs {:?}",
+                    self.labels[i], other.labels[i]
+                ),
+                None => format!(
+                    "label counts differ: {} vs {}",
+                    self.labels.len(),
+                    other.labels.len()
+                ),
+            });
+        }
+        if self.input_shape != other.input_shape {
+            return Some(format!(
+                "input shapes differ: {:?} vs {:?}",
+                self.input_shape, other.input_shape
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_card() -> Card {
+        let mut c = Card::frontend_only("m", FrontendConfig::nvbird224());
+        c.architecture = Some("efficientvit_b0".into());
+        c.labels = vec!["asbfly".into(), "ashdro1".into()];
+        c.provenance.folds = Some(FoldInfo {
+            fold: 0,
+            n_folds: 5,
+        });
+        c
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let c = model_card();
+        let back = Card::from_json(&c.to_json()).expect("valid");
+        assert_eq!(c, back);
+        back.validate_for_model().expect("model card");
+    }
+
+    #[test]
+    fn inconsistent_cards_are_refused_with_the_reason() {
+        let mut c = model_card();
+        c.input_shape = [1, 224, 225];
+        assert!(c.validate().unwrap_err().contains("input_shape"));
+        let mut c = model_card();
+        c.labels.push("asbfly".into());
+        assert!(c.validate().unwrap_err().contains("twice"));
+        let mut c = model_card();
+        c.labels = vec!["a,b".into()];
+        assert!(c.validate().unwrap_err().contains("comma"));
+        let c = Card::frontend_only("f", FrontendConfig::kefir128());
+        c.validate().expect("frontend card is fine");
+        assert!(c.validate_for_model().unwrap_err().contains("label"));
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let text = model_card().to_json().replace("\"n_fft\"", "\"nfft\"");
+        let err = Card::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("nfft"), "{err}");
+    }
+
+    #[test]
+    fn ensemble_mismatch_names_the_difference() {
+        let a = model_card();
+        let mut b = model_card();
+        assert_eq!(a.ensemble_mismatch(&b), None);
+        b.labels[1] = "other".into();
+        let m = a.ensemble_mismatch(&b).expect("differs");
+        assert!(m.contains("position 1"), "{m}");
+    }
+}
