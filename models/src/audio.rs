@@ -29,12 +29,12 @@ pub const TARGET_SAMPLE_RATE: u32 = 32_000;
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
     /// The file could not be opened or read.
-    #[error("{path}: cannot read file: {source}")]
+    #[error("{path}: cannot read file: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file has zero bytes.
     #[error("{path}: file is empty (0 bytes)")]
@@ -166,9 +166,7 @@ pub fn decode_file(path: &Path) -> Result<Decoded, AudioError> {
         .unwrap_or(0);
     // Cap the up-front reservation: a lying header must not allocate gigabytes.
     let mut samples = Vec::with_capacity(expected.min(64 * 60 * TARGET_SAMPLE_RATE as usize));
-    while let Some(chunk) = stream.next_chunk()? {
-        samples.extend_from_slice(&chunk);
-    }
+    while stream.read_into(&mut samples)? {}
     if samples.is_empty() {
         return Err(AudioError::NoSamples {
             path: path.to_path_buf(),
@@ -190,6 +188,7 @@ pub struct AudioStream {
     info: SourceInfo,
     resampler: Option<StreamResampler>,
     planar: Vec<Vec<f32>>,
+    mono: Vec<f32>,
     source_frames: u64,
     finished: bool,
 }
@@ -208,10 +207,10 @@ impl AudioStream {
     /// Open a file and prepare its decoder and resampler.
     pub fn open(path: &Path) -> Result<Self, AudioError> {
         let p = || path.to_path_buf();
-        let file = File::open(path).map_err(|source| AudioError::Io { path: p(), source })?;
+        let file = File::open(path).map_err(|cause| AudioError::Io { path: p(), cause })?;
         let len = file
             .metadata()
-            .map_err(|source| AudioError::Io { path: p(), source })?
+            .map_err(|cause| AudioError::Io { path: p(), cause })?
             .len();
         if len == 0 {
             return Err(AudioError::Empty { path: p() });
@@ -306,6 +305,7 @@ impl AudioStream {
             },
             resampler,
             planar: Vec::new(),
+            mono: Vec::new(),
             source_frames: 0,
             finished: false,
         })
@@ -328,74 +328,74 @@ impl AudioStream {
     /// The next chunk of mono 32 kHz samples, `Ok(None)` once the stream is exhausted.
     /// A returned chunk may be empty while the resampler fills its first block.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<f32>>, AudioError> {
+        let mut chunk = Vec::new();
+        Ok(self.read_into(&mut chunk)?.then_some(chunk))
+    }
+
+    /// Decode the next packet and append its mono 32 kHz samples to `out` (possibly none, while
+    /// the resampler fills). Returns `Ok(false)` once the stream is exhausted.
+    pub fn read_into(&mut self, out: &mut Vec<f32>) -> Result<bool, AudioError> {
         if self.finished {
-            return Ok(None);
+            return Ok(false);
         }
         loop {
             let packet = match self.format.next_packet() {
                 Ok(Some(packet)) => packet,
-                Ok(None) => return self.finish(),
-                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    self.finished = true;
-                    return Err(AudioError::Truncated {
-                        path: self.path.clone(),
-                        decoded_seconds: self.decoded_seconds(),
-                        reason: e.to_string(),
-                    });
-                }
-                Err(e) => {
-                    self.finished = true;
-                    return Err(self.corrupt(e));
-                }
+                Ok(None) => return self.finish(out),
+                Err(e) => return Err(self.stream_error(e)),
             };
             if packet.track_id != self.track_id {
                 continue;
             }
-            let mono = match self.decoder.decode(&packet) {
+            let frames = match self.decoder.decode(&packet) {
                 Ok(buf) => {
                     if buf.frames() == 0 {
                         continue;
                     }
                     buf.copy_to_vecs_planar::<f32>(&mut self.planar);
-                    mix_to_mono(&self.planar)
+                    buf.frames()
                 }
-                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    self.finished = true;
-                    return Err(AudioError::Truncated {
-                        path: self.path.clone(),
-                        decoded_seconds: self.decoded_seconds(),
-                        reason: e.to_string(),
-                    });
-                }
-                Err(e) => {
-                    self.finished = true;
-                    return Err(self.corrupt(e));
-                }
+                Err(e) => return Err(self.stream_error(e)),
             };
-            self.source_frames += mono.len() as u64;
-            return match self.resampler.as_mut() {
-                None => Ok(Some(mono)),
-                Some(r) => r
-                    .push(&mono)
-                    .map(Some)
-                    .map_err(|reason| self.resample_error(reason)),
-            };
+            self.source_frames += frames as u64;
+            match self.resampler.as_mut() {
+                None => mix_to_mono_into(&self.planar, out),
+                Some(r) => {
+                    self.mono.clear();
+                    mix_to_mono_into(&self.planar, &mut self.mono);
+                    r.push(&self.mono, out);
+                }
+            }
+            return Ok(true);
         }
     }
 
-    fn finish(&mut self) -> Result<Option<Vec<f32>>, AudioError> {
+    fn finish(&mut self, out: &mut Vec<f32>) -> Result<bool, AudioError> {
         self.finished = true;
         if self.source_frames == 0 {
             return Err(AudioError::NoSamples {
                 path: self.path.clone(),
             });
         }
-        match self.resampler.as_mut() {
-            None => Ok(None),
-            Some(r) => {
-                let tail = r.flush().map_err(|reason| self.resample_error(reason))?;
-                Ok(if tail.is_empty() { None } else { Some(tail) })
+        if let Some(r) = self.resampler.as_mut() {
+            r.flush(out);
+        }
+        Ok(true)
+    }
+
+    /// A demuxer or decoder error: an unexpected end of file is truncation, anything else
+    /// corruption. The stream ends either way.
+    fn stream_error(&mut self, e: SymError) -> AudioError {
+        self.finished = true;
+        match e {
+            SymError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                AudioError::Truncated {
+                    path: self.path.clone(),
+                    decoded_seconds: self.decoded_seconds(),
+                    reason: io.to_string(),
+                }
             }
+            other => self.corrupt(other),
         }
     }
 
@@ -406,32 +406,24 @@ impl AudioStream {
             reason: e.to_string(),
         }
     }
-
-    fn resample_error(&self, reason: String) -> AudioError {
-        AudioError::Resample {
-            path: self.path.clone(),
-            from_hz: self.info.sample_rate,
-            to_hz: TARGET_SAMPLE_RATE,
-            reason,
-        }
-    }
 }
 
-/// Mean over channels (librosa's `to_mono`).
-fn mix_to_mono(planar: &[Vec<f32>]) -> Vec<f32> {
+/// Append the mean over channels (librosa's `to_mono`) to `out`.
+fn mix_to_mono_into(planar: &[Vec<f32>], out: &mut Vec<f32>) {
     match planar {
-        [] => Vec::new(),
-        [only] => only.clone(),
+        [] => {}
+        [only] => out.extend_from_slice(only),
         [first, rest @ ..] => {
-            let mut out = first.clone();
+            let start = out.len();
+            out.extend_from_slice(first);
+            let mixed = &mut out[start..];
             for ch in rest {
-                for (o, s) in out.iter_mut().zip(ch) {
+                for (o, s) in mixed.iter_mut().zip(ch) {
                     *o += *s;
                 }
             }
             let scale = 1.0 / planar.len() as f32;
-            out.iter_mut().for_each(|o| *o *= scale);
-            out
+            mixed.iter_mut().for_each(|o| *o *= scale);
         }
     }
 }
@@ -570,7 +562,7 @@ impl StreamResampler {
             let lo = (first - self.buf_start) as usize;
             let x = &self.buf[lo..lo + taps];
             let h = &self.table[phase * taps..(phase + 1) * taps];
-            out.push(dot(x, h));
+            out.push(crate::dsp::dot(x, h));
             self.out_total += 1;
         }
         // Forget input no later output can reach.
@@ -583,44 +575,20 @@ impl StreamResampler {
         }
     }
 
-    /// Feed input samples; returns whatever output is ready.
-    pub fn push(&mut self, input: &[f32]) -> Result<Vec<f32>, String> {
+    /// Feed input samples; appends whatever output is ready to `out`.
+    pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) {
         self.buf.extend_from_slice(input);
         self.in_total += input.len() as u64;
-        let mut out = Vec::with_capacity(input.len() * self.up / self.down + 1);
         let limit = self.target_len(self.in_total);
-        self.drain_ready(&mut out, limit);
-        Ok(out)
+        self.drain_ready(out, limit);
     }
 
-    /// End of input: the remaining outputs, reading zeros past the end of the signal.
-    pub fn flush(&mut self) -> Result<Vec<f32>, String> {
+    /// End of input: appends the remaining outputs, reading zeros past the end of the signal.
+    pub fn flush(&mut self, out: &mut Vec<f32>) {
         self.buf.extend(std::iter::repeat_n(0.0, 2 * self.half + 1));
-        let mut out = Vec::new();
         let limit = self.target_len(self.in_total);
-        self.drain_ready(&mut out, limit);
-        Ok(out)
+        self.drain_ready(out, limit);
     }
-}
-
-/// Dot product in four independent lanes (lets the compiler vectorise it).
-#[inline]
-fn dot(x: &[f32], h: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let xc = x.chunks_exact(8);
-    let hc = h.chunks_exact(8);
-    let tail: f32 = xc
-        .remainder()
-        .iter()
-        .zip(hc.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in xc.zip(hc) {
-        for k in 0..8 {
-            acc[k] += a[k] * b[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Resample a whole mono signal (convenience over [`StreamResampler`]).
@@ -629,8 +597,9 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, S
         return Ok(samples.to_vec());
     }
     let mut r = StreamResampler::new(from_hz, to_hz)?;
-    let mut out = r.push(samples)?;
-    out.extend(r.flush()?);
+    let mut out = Vec::with_capacity(r.target_len(samples.len() as u64) as usize);
+    r.push(samples, &mut out);
+    r.flush(&mut out);
     Ok(out)
 }
 
@@ -698,9 +667,9 @@ mod tests {
         let mut r = StreamResampler::new(44_100, 32_000).expect("new");
         let mut streamed = Vec::new();
         for chunk in x.chunks(777) {
-            streamed.extend(r.push(chunk).expect("push"));
+            r.push(chunk, &mut streamed);
         }
-        streamed.extend(r.flush().expect("flush"));
+        r.flush(&mut streamed);
         assert_eq!(whole.len(), streamed.len());
         let max = whole
             .iter()
@@ -727,7 +696,8 @@ mod tests {
 
     #[test]
     fn mono_mixdown_is_the_mean() {
-        let m = mix_to_mono(&[vec![1.0, 0.0], vec![0.0, 1.0], vec![2.0, 2.0]]);
-        assert_eq!(m, vec![1.0, 1.0]);
+        let mut m = vec![9.0];
+        mix_to_mono_into(&[vec![1.0, 0.0], vec![0.0, 1.0], vec![2.0, 2.0]], &mut m);
+        assert_eq!(m, vec![9.0, 1.0, 1.0]);
     }
 }

@@ -76,20 +76,20 @@ pub struct Card {
 #[derive(Debug, thiserror::Error)]
 pub enum CardError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The JSON does not describe a card.
-    #[error("{path}: not a valid model card: {source}")]
+    #[error("{path}: not a valid model card: {cause}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// serde's message, with line and column.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// The card parsed but its content is inconsistent.
     #[error("{origin}: invalid model card: {reason}")]
@@ -118,14 +118,14 @@ impl Card {
 
     /// Read and validate a card file.
     pub fn load(path: &Path) -> Result<Self, CardError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CardError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| CardError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let card = Self::from_json(&text).map_err(|e| match e {
-            CardError::Parse { source, .. } => CardError::Parse {
+            CardError::Parse { cause, .. } => CardError::Parse {
                 path: path.to_path_buf(),
-                source,
+                cause,
             },
             CardError::Invalid { reason, .. } => CardError::Invalid {
                 origin: path.display().to_string(),
@@ -138,9 +138,9 @@ impl Card {
 
     /// Parse and validate a card from JSON text.
     pub fn from_json(text: &str) -> Result<Self, CardError> {
-        let card: Card = serde_json::from_str(text).map_err(|source| CardError::Parse {
+        let card: Card = serde_json::from_str(text).map_err(|cause| CardError::Parse {
             path: PathBuf::from("<json>"),
-            source,
+            cause,
         })?;
         card.validate().map_err(|reason| CardError::Invalid {
             origin: "<json>".into(),
@@ -157,9 +157,9 @@ impl Card {
 
     /// Write the card as JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<(), CardError> {
-        crate::npy::write_atomic(path, self.to_json().as_bytes()).map_err(|source| CardError::Io {
+        crate::npy::write_atomic(path, self.to_json().as_bytes()).map_err(|cause| CardError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     }
 

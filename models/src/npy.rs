@@ -8,18 +8,18 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
 
 /// Errors reading or writing `.npy` files. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     /// Operating-system error.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not a `.npy` of the kind this reader supports.
     #[error("{path}: not a supported .npy file: {reason}")]
@@ -57,8 +57,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
-/// Encode an `f32` array as `.npy` bytes.
-pub fn to_bytes_f32(array: &ArrayD<f32>) -> Vec<u8> {
+/// Encode an `f32` array of any dimension as `.npy` bytes (C order).
+pub fn to_bytes_f32<S, D>(array: &ArrayBase<S, D>) -> Vec<u8>
+where
+    S: Data<Elem = f32>,
+    D: Dimension,
+{
     let shape = array.shape();
     let shape_txt = match shape.len() {
         1 => format!("({},)", shape[0]),
@@ -86,11 +90,15 @@ pub fn to_bytes_f32(array: &ArrayD<f32>) -> Vec<u8> {
     out
 }
 
-/// Write an `f32` array as `.npy`, atomically.
-pub fn write_f32(path: &Path, array: &ArrayD<f32>) -> Result<(), NpyError> {
-    write_atomic(path, &to_bytes_f32(array)).map_err(|source| NpyError::Io {
+/// Write an `f32` array of any dimension as `.npy`, atomically.
+pub fn write_f32<S, D>(path: &Path, array: &ArrayBase<S, D>) -> Result<(), NpyError>
+where
+    S: Data<Elem = f32>,
+    D: Dimension,
+{
+    write_atomic(path, &to_bytes_f32(array)).map_err(|cause| NpyError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -103,9 +111,9 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, NpyError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| NpyError::Io {
+        .map_err(|cause| NpyError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(fmt("missing the \\x93NUMPY magic"));
