@@ -1,0 +1,710 @@
+//! Finding and initialising the ONNX Runtime shared library (`ort`'s `load-dynamic` feature).
+//!
+//! `birdclef-infer` is not linked against ONNX Runtime; it opens `libonnxruntime.so` at run time.
+//! [`locate`] decides which file, in this order:
+//!
+//! 1. `--ort-lib FILE` on the command line;
+//! 2. the `ORT_DYLIB_PATH` environment variable (the name `ort` itself uses);
+//! 3. the project-local environment made by `scripts/setup.sh`: `.env/libonnxruntime.so` in the
+//!    workspace, found by walking up from the executable's directory (so `target/release/…` and a
+//!    copied workspace work) and via the workspace this binary was compiled in;
+//! 4. as a last resort, `python3 -c 'import onnxruntime'`, for the `capi/libonnxruntime.so*` that
+//!    the pip wheel ships. Python is only run for this discovery, never otherwise.
+//!
+//! An explicit choice (1 or 2) that does not exist is an error naming it: we never silently fall
+//! through to another library. [`init`] loads the library and creates the process-wide ORT
+//! environment once; [`doctor`] describes what was found.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, PoisonError};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// File name of the library in the project-local environment (a symlink made by setup.sh).
+const PROJECT_LIB: &str = ".env/libonnxruntime.so";
+
+/// How the fix is phrased in every "not found" error.
+const HOW_TO_FIX: &str = "To fix: run scripts/setup.sh in the workspace (it creates \
+.env/libonnxruntime.so), or pass --ort-lib /path/to/libonnxruntime.so.1.31.1, or set \
+ORT_DYLIB_PATH to that file (pip's onnxruntime==1.31.1 ships it as \
+onnxruntime/capi/libonnxruntime.so.1.31.1).";
+
+/// Which rule of the search order found the library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `--ort-lib FILE`.
+    CliFlag,
+    /// The `ORT_DYLIB_PATH` environment variable.
+    EnvVar,
+    /// `.env/libonnxruntime.so` under a workspace root.
+    ProjectEnv {
+        /// The workspace root holding `.env/`.
+        root: PathBuf,
+        /// How that root was found.
+        via: RootVia,
+    },
+    /// The pip `onnxruntime` package of `python3`.
+    Python,
+}
+
+/// How a candidate workspace root was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootVia {
+    /// An ancestor of the running executable's directory.
+    ExecutableAncestor,
+    /// The workspace this binary was compiled in (`CARGO_MANIFEST_DIR/..`).
+    BuildWorkspace,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CliFlag => f.write_str("--ort-lib"),
+            Self::EnvVar => f.write_str("ORT_DYLIB_PATH"),
+            Self::ProjectEnv { root, via } => {
+                let via = match via {
+                    RootVia::ExecutableAncestor => "a parent directory of the executable",
+                    RootVia::BuildWorkspace => "the workspace this binary was built in",
+                };
+                write!(
+                    f,
+                    "project environment {}/{PROJECT_LIB} ({via})",
+                    root.display()
+                )
+            }
+            Self::Python => f.write_str("python3's onnxruntime package"),
+        }
+    }
+}
+
+/// A located ONNX Runtime library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The library file (absolute; may be a symlink).
+    pub path: PathBuf,
+    /// The rule that found it.
+    pub source: Source,
+}
+
+/// Find the ONNX Runtime library without loading it; see the module docs for the order.
+pub fn locate(cli_path: Option<&Path>) -> Result<Found> {
+    let env = std::env::var_os("ORT_DYLIB_PATH");
+    let roots = project_roots();
+    resolve(cli_path, env.as_deref(), &roots, || {
+        python_candidates(OsStr::new("python3"))
+    })
+}
+
+/// The loaded library and the process-wide environment.
+struct Loaded {
+    found: Found,
+    environment: ort::environment::Environment,
+}
+
+static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
+
+/// Locate ONNX Runtime, load it and create the process-wide ORT environment, once.
+///
+/// Idempotent: later calls return what the first successful call found and ignore `cli_path`
+/// (ONNX Runtime cannot be unloaded or swapped within a process). A failed call may be retried.
+pub fn init(cli_path: Option<&Path>) -> Result<Found> {
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(l) = loaded.as_ref() {
+        return Ok(l.found.clone());
+    }
+    let found = locate(cli_path)?;
+    let environment = load(&found.path)
+        .with_context(|| format!("ONNX Runtime found via {} could not be used", found.source))?;
+    *loaded = Some(Loaded {
+        found: found.clone(),
+        environment,
+    });
+    Ok(found)
+}
+
+/// The ORT environment created by [`init`], for `Session::builder(&env)`.
+#[allow(dead_code)] // used by the scoring subcommands
+pub fn environment() -> Result<ort::environment::Environment> {
+    LOADED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(|l| l.environment.clone())
+        .ok_or_else(|| anyhow!("ONNX Runtime is not initialised: call ort_env::init first"))
+}
+
+/// Locate ONNX Runtime, initialise it and describe what was found.
+pub fn doctor(cli_path: Option<&Path>) -> Result<String> {
+    let found = init(cli_path)?;
+    let resolved = std::fs::canonicalize(&found.path).unwrap_or_else(|_| found.path.clone());
+    // `ort` keeps the runtime's full version string (OrtApiBase::GetVersionString) private in
+    // rc.15; its public `util::probe` calls it and returns the minor number. The patch number we
+    // can only take from the file name (pip ships libonnxruntime.so.1.31.1).
+    let probed_minor = catch_panic(|| ort::util::probe(&found.path)).ok().flatten();
+    let file_version = version_from_file_name(&resolved);
+    let version = describe_version(probed_minor, file_version.as_deref());
+    let build_info =
+        catch_panic(|| ort::info().to_string()).unwrap_or_else(|e| format!("unavailable ({e})"));
+
+    let mut out = String::new();
+    let mut row = |label: &str, value: &dyn fmt::Display| {
+        out.push_str(&format!("{:<22}{value}\n", format!("{label}:")));
+    };
+    row("onnxruntime library", &found.path.display());
+    if resolved != found.path {
+        row("resolves to", &resolved.display());
+    }
+    row("found via", &found.source);
+    row("onnxruntime version", &version);
+    row("build info", &build_info);
+    row(
+        "ort crate needs",
+        &format!(
+            "onnxruntime >= 1.{} (ort 2.0.0-rc.15, load-dynamic)",
+            ort::MINOR_VERSION
+        ),
+    );
+    Ok(out.trim_end().to_string())
+}
+
+/// The version line of [`doctor`]: what the library reported, completed by the file name.
+fn describe_version(probed_minor: Option<u32>, file_version: Option<&str>) -> String {
+    let file_minor = file_version.and_then(|v| v.split('.').nth(1)?.parse::<u32>().ok());
+    match (probed_minor, file_version) {
+        (Some(m), Some(v)) if file_minor == Some(m) => {
+            format!("{v} (the library reports 1.{m}; patch level from the file name)")
+        }
+        (Some(m), Some(v)) => {
+            format!("1.{m}.x (the library reports 1.{m}; the file name says {v} — renamed file?)")
+        }
+        (Some(m), None) => format!("1.{m}.x (reported by the library)"),
+        (None, Some(v)) => format!("{v} (from the file name; the library did not report one)"),
+        (None, None) => "unknown".to_string(),
+    }
+}
+
+/// `1.31.1` from `…/libonnxruntime.so.1.31.1`; `None` when the name carries no numeric version.
+fn version_from_file_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let (_, version) = name.split_once(".so.")?;
+    let numeric = !version.is_empty()
+        && version
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    numeric.then(|| version.to_string())
+}
+
+/// Load `path` with `ort` and build the environment; every failure becomes an error naming the file.
+fn load(path: &Path) -> Result<ort::environment::Environment> {
+    check_shared_library(path)?;
+    // `ort::init_from` returns errors for the usual failures (dlopen fails — e.g. a text file or a
+    // library for another architecture —, no `OrtGetApiBase` symbol, a runtime older than 1.31).
+    // It still panics in a few places: an `assert!` when `OrtGetApiBase` returns null, and
+    // `setup_api`'s `expect("Failed to initialize ORT API")` when the library reports a suitable
+    // version but cannot provide API level 31. Those are caught here and reported as errors.
+    let built = catch_panic(|| -> std::result::Result<_, String> {
+        ort::init_from(path)
+            .map_err(|e| load_error_text(&e))?
+            .with_name("birdclef-infer")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    match built {
+        Ok(Ok(env)) => Ok(env),
+        Ok(Err(e)) => bail!("cannot load ONNX Runtime from {}: {e}", path.display()),
+        Err(panic) => bail!(
+            "cannot load ONNX Runtime from {}: ort panicked: {panic}",
+            path.display()
+        ),
+    }
+}
+
+/// `ort`'s load error with the loader's own reason: its `Display` for a failed `dlopen` says only
+/// "dlopen failed" and keeps `dlerror()`'s text (e.g. "invalid ELF header") in the source chain.
+fn load_error_text(e: &ort::LoadDynamicError) -> String {
+    match e {
+        ort::LoadDynamicError::Dlopen { error, .. } => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Reject what is certainly not a shared library before handing it to the dynamic loader, with a
+/// message that says what the file is.
+fn check_shared_library(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read ONNX Runtime library {}", path.display()))?;
+    if meta.is_dir() {
+        bail!(
+            "{} is a directory, not the ONNX Runtime library (pass the libonnxruntime.so* file)",
+            path.display()
+        );
+    }
+    if cfg!(target_os = "linux") {
+        let mut magic = [0u8; 4];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut magic))
+            .with_context(|| format!("cannot read ONNX Runtime library {}", path.display()))?;
+        if magic[..n] != *b"\x7fELF" {
+            bail!(
+                "{} is not a shared library (no ELF header); expected libonnxruntime.so from \
+                 ONNX Runtime 1.{}",
+                path.display(),
+                ort::MINOR_VERSION
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Run `f`, turning a panic into `Err(message)` without the default hook printing it to stderr.
+///
+/// The panic hook is process-global; it is swapped only here, under a lock, and only during
+/// start-up (init and doctor), before scoring threads exist.
+fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _guard = HOOK.lock().unwrap_or_else(PoisonError::into_inner);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}
+
+/// Candidate workspace roots: ancestors of the executable's directory, then the build workspace.
+fn project_roots() -> Vec<(PathBuf, RootVia)> {
+    let exe = std::env::current_exe().ok();
+    let build = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
+    roots_from(exe.as_deref(), build)
+}
+
+/// Pure part of [`project_roots`], deduplicated, in search order.
+fn roots_from(exe: Option<&Path>, build_workspace: Option<PathBuf>) -> Vec<(PathBuf, RootVia)> {
+    let mut roots: Vec<(PathBuf, RootVia)> = Vec::new();
+    let ancestors = exe
+        .and_then(Path::parent)
+        .into_iter()
+        .flat_map(Path::ancestors)
+        .map(|d| (d.to_path_buf(), RootVia::ExecutableAncestor));
+    for (dir, via) in ancestors.chain(build_workspace.map(|d| (d, RootVia::BuildWorkspace))) {
+        if !roots.iter().any(|(r, _)| *r == dir) {
+            roots.push((dir, via));
+        }
+    }
+    roots
+}
+
+/// Ask `python` (normally `python3` on PATH) where its onnxruntime package keeps the library.
+fn python_candidates(python: &OsStr) -> std::result::Result<Vec<PathBuf>, String> {
+    const SCRIPT: &str = "import onnxruntime, os, glob\n\
+        capi = os.path.join(os.path.dirname(onnxruntime.__file__), 'capi')\n\
+        print('\\n'.join(sorted(glob.glob(os.path.join(capi, 'libonnxruntime.so*')))))";
+    let out = Command::new(python)
+        .args(["-c", SCRIPT])
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", python.to_string_lossy()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or("").trim().to_string();
+        return Err(format!("`import onnxruntime` failed: {last}"));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// The search itself, with every outside input passed in, so that it can be tested.
+///
+/// `env` is the value of `ORT_DYLIB_PATH` (empty counts as unset, as in `ort`); `python` is only
+/// called when nothing earlier matched.
+fn resolve(
+    cli: Option<&Path>,
+    env: Option<&OsStr>,
+    roots: &[(PathBuf, RootVia)],
+    python: impl FnOnce() -> std::result::Result<Vec<PathBuf>, String>,
+) -> Result<Found> {
+    if let Some(p) = cli {
+        return explicit(p, Source::CliFlag, "--ort-lib");
+    }
+    if let Some(v) = env.filter(|v| !v.is_empty()) {
+        return explicit(Path::new(v), Source::EnvVar, "ORT_DYLIB_PATH");
+    }
+
+    let mut looked = vec![
+        "--ort-lib: not given".to_string(),
+        "ORT_DYLIB_PATH: not set".to_string(),
+    ];
+    for (root, via) in roots {
+        let candidate = root.join(PROJECT_LIB);
+        if candidate.is_file() {
+            return Ok(Found {
+                path: candidate,
+                source: Source::ProjectEnv {
+                    root: root.clone(),
+                    via: *via,
+                },
+            });
+        }
+        let state = if candidate.symlink_metadata().is_ok() {
+            "a dangling symlink (was the venv removed? re-run scripts/setup.sh)"
+        } else {
+            "missing"
+        };
+        looked.push(format!("{}: {state}", candidate.display()));
+    }
+    match python() {
+        Ok(candidates) => {
+            if let Some(p) = candidates.iter().find(|p| p.is_file()) {
+                return Ok(Found {
+                    path: absolute(p),
+                    source: Source::Python,
+                });
+            }
+            looked.push(format!(
+                "python3 -c 'import onnxruntime': no libonnxruntime.so* in its capi/ directory{}",
+                if candidates.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (listed but not files: {candidates:?})")
+                }
+            ));
+        }
+        Err(e) => looked.push(format!("python3 -c 'import onnxruntime': {e}")),
+    }
+
+    let mut msg = String::from("ONNX Runtime (libonnxruntime.so) not found. Looked at, in order:");
+    for (i, place) in looked.iter().enumerate() {
+        msg.push_str(&format!("\n  {}. {place}", i + 1));
+    }
+    msg.push('\n');
+    msg.push_str(HOW_TO_FIX);
+    Err(anyhow!(msg))
+}
+
+/// An explicitly named library must exist; never fall through to another one.
+fn explicit(path: &Path, source: Source, what: &str) -> Result<Found> {
+    let path = absolute(path);
+    if path.symlink_metadata().is_err() {
+        bail!(
+            "{what} names {}, which does not exist. Point it at libonnxruntime.so* (pip's \
+             onnxruntime==1.31.1 ships onnxruntime/capi/libonnxruntime.so.1.31.1), or drop it to \
+             use .env/libonnxruntime.so made by scripts/setup.sh",
+            path.display()
+        );
+    }
+    if !path.exists() {
+        bail!(
+            "{what} names {}, a symlink whose target does not exist (fix or remove {what})",
+            path.display()
+        );
+    }
+    Ok(Found { path, source })
+}
+
+/// `path` made absolute against the current directory, so that `ort` does not reinterpret a
+/// relative path as relative to the executable.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh, empty directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "birdclef-ort-env-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            Self(dir)
+        }
+
+        /// Create `rel` (and its parents) with some content; returns its path.
+        fn file(&self, rel: &str) -> PathBuf {
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, b"not really a library").expect("write");
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn no_python() -> std::result::Result<Vec<PathBuf>, String> {
+        Err("No module named 'onnxruntime'".to_string())
+    }
+
+    fn python_must_not_run() -> std::result::Result<Vec<PathBuf>, String> {
+        panic!("python fallback consulted although an earlier rule matched")
+    }
+
+    fn root(dir: &Path) -> Vec<(PathBuf, RootVia)> {
+        vec![(dir.to_path_buf(), RootVia::ExecutableAncestor)]
+    }
+
+    #[test]
+    fn cli_flag_wins_over_everything() {
+        let t = TempDir::new();
+        let cli = t.file("cli/libonnxruntime.so");
+        let env = t.file("env/libonnxruntime.so");
+        t.file(PROJECT_LIB);
+        let found = resolve(
+            Some(&cli),
+            Some(env.as_os_str()),
+            &root(&t.0),
+            python_must_not_run,
+        )
+        .expect("found");
+        assert_eq!(
+            found,
+            Found {
+                path: cli,
+                source: Source::CliFlag
+            }
+        );
+    }
+
+    #[test]
+    fn missing_cli_path_is_an_error_not_a_fallthrough() {
+        let t = TempDir::new();
+        let env = t.file("env/libonnxruntime.so");
+        t.file(PROJECT_LIB);
+        let missing = t.0.join("nope/libonnxruntime.so");
+        let err = resolve(
+            Some(&missing),
+            Some(env.as_os_str()),
+            &root(&t.0),
+            python_must_not_run,
+        )
+        .expect_err("must fail");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--ort-lib"), "{msg}");
+        assert!(msg.contains(&missing.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn env_var_wins_over_project_env() {
+        let t = TempDir::new();
+        let env = t.file("env/libonnxruntime.so");
+        t.file(PROJECT_LIB);
+        let found = resolve(
+            None,
+            Some(env.as_os_str()),
+            &root(&t.0),
+            python_must_not_run,
+        )
+        .expect("found");
+        assert_eq!(
+            found,
+            Found {
+                path: env,
+                source: Source::EnvVar
+            }
+        );
+    }
+
+    #[test]
+    fn missing_env_var_path_is_an_error() {
+        let t = TempDir::new();
+        t.file(PROJECT_LIB);
+        let missing = t.0.join("gone.so");
+        let err = resolve(
+            None,
+            Some(missing.as_os_str()),
+            &root(&t.0),
+            python_must_not_run,
+        )
+        .expect_err("must fail");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("ORT_DYLIB_PATH"), "{msg}");
+        assert!(msg.contains(&missing.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn empty_env_var_counts_as_unset() {
+        let t = TempDir::new();
+        let lib = t.file(PROJECT_LIB);
+        let found =
+            resolve(None, Some(OsStr::new("")), &root(&t.0), python_must_not_run).expect("found");
+        assert_eq!(found.path, lib);
+    }
+
+    #[test]
+    fn project_env_is_found_in_the_first_root_that_has_it() {
+        let t = TempDir::new();
+        let lib = t.file(&format!("ws/{PROJECT_LIB}"));
+        let roots = vec![
+            (t.0.join("ws/target/release"), RootVia::ExecutableAncestor),
+            (t.0.join("ws/target"), RootVia::ExecutableAncestor),
+            (t.0.join("ws"), RootVia::ExecutableAncestor),
+            (t.0.join("other"), RootVia::BuildWorkspace),
+        ];
+        let found = resolve(None, None, &roots, python_must_not_run).expect("found");
+        assert_eq!(
+            found,
+            Found {
+                path: lib,
+                source: Source::ProjectEnv {
+                    root: t.0.join("ws"),
+                    via: RootVia::ExecutableAncestor
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn python_is_the_last_resort() {
+        let t = TempDir::new();
+        let lib = t.file("site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
+        let listed = vec![t.0.join("capi/libonnxruntime.so.gone"), lib.clone()];
+        let found = resolve(None, None, &root(&t.0), move || Ok(listed)).expect("found");
+        assert_eq!(
+            found,
+            Found {
+                path: lib,
+                source: Source::Python
+            }
+        );
+    }
+
+    #[test]
+    fn nothing_found_lists_every_place_and_the_fix() {
+        let t = TempDir::new();
+        // A dangling symlink in the second root.
+        std::fs::create_dir_all(t.0.join("b/.env")).expect("mkdir");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(t.0.join("gone"), t.0.join("b").join(PROJECT_LIB))
+            .expect("symlink");
+        let roots = vec![
+            (t.0.join("a"), RootVia::ExecutableAncestor),
+            (t.0.join("b"), RootVia::BuildWorkspace),
+        ];
+        let msg = format!(
+            "{:#}",
+            resolve(None, None, &roots, no_python).expect_err("none")
+        );
+        assert!(msg.contains("--ort-lib: not given"), "{msg}");
+        assert!(msg.contains("ORT_DYLIB_PATH: not set"), "{msg}");
+        assert!(
+            msg.contains(&t.0.join("a").join(PROJECT_LIB).display().to_string()),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&t.0.join("b").join(PROJECT_LIB).display().to_string()),
+            "{msg}"
+        );
+        #[cfg(unix)]
+        assert!(msg.contains("dangling symlink"), "{msg}");
+        assert!(msg.contains("No module named 'onnxruntime'"), "{msg}");
+        assert!(msg.contains("scripts/setup.sh"), "{msg}");
+        assert!(msg.contains("--ort-lib /path"), "{msg}");
+    }
+
+    #[test]
+    fn python_discovery_script_works() {
+        let err = python_candidates(OsStr::new("/nonexistent/python3")).expect_err("no python");
+        assert!(err.contains("could not run"), "{err}");
+        // The project venv made by scripts/setup.sh has onnxruntime; skip when it is absent.
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.env/venv/bin/python3");
+        if !venv.exists() {
+            println!("SKIPPED: no {}", venv.display());
+            return;
+        }
+        let found = python_candidates(venv.as_os_str()).expect("venv python finds onnxruntime");
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|p| p.is_file()
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))));
+    }
+
+    #[test]
+    fn roots_walk_up_from_the_executable_then_the_build_workspace() {
+        let roots = roots_from(
+            Some(Path::new("/ws/target/release/birdclef-infer")),
+            Some(PathBuf::from("/ws")),
+        );
+        let dirs: Vec<_> = roots.iter().map(|(d, _)| d.display().to_string()).collect();
+        assert_eq!(dirs, ["/ws/target/release", "/ws/target", "/ws", "/"]);
+        assert!(roots.iter().all(|(_, v)| *v == RootVia::ExecutableAncestor));
+
+        let roots = roots_from(Some(Path::new("/usr/bin/x")), Some(PathBuf::from("/ws")));
+        assert_eq!(
+            roots.last(),
+            Some(&(PathBuf::from("/ws"), RootVia::BuildWorkspace))
+        );
+        assert_eq!(roots_from(None, None), vec![]);
+    }
+
+    #[test]
+    fn text_file_is_rejected_before_dlopen() {
+        let t = TempDir::new();
+        let txt = t.file("libonnxruntime.so");
+        let msg = format!("{:#}", check_shared_library(&txt).expect_err("text"));
+        assert!(msg.contains(&txt.display().to_string()), "{msg}");
+        assert!(msg.contains("not a shared library"), "{msg}");
+        let msg = format!("{:#}", check_shared_library(&t.0).expect_err("dir"));
+        assert!(msg.contains("directory"), "{msg}");
+    }
+
+    #[test]
+    fn version_from_file_names() {
+        let v = |s: &str| version_from_file_name(Path::new(s));
+        assert_eq!(v("/x/libonnxruntime.so.1.31.1").as_deref(), Some("1.31.1"));
+        assert_eq!(v("/x/libonnxruntime.so.1"), Some("1".to_string()));
+        assert_eq!(v("/x/libonnxruntime.so"), None);
+        assert_eq!(v("/x/libonnxruntime.so.bak"), None);
+        assert_eq!(v("/x/libonnxruntime.so.1..2"), None);
+    }
+
+    #[test]
+    fn version_description() {
+        assert!(describe_version(Some(31), Some("1.31.1")).starts_with("1.31.1 "));
+        assert!(describe_version(Some(31), None).starts_with("1.31.x "));
+        assert!(describe_version(Some(31), Some("1.30.0")).starts_with("1.31.x "));
+        assert_eq!(describe_version(None, None), "unknown");
+    }
+
+    #[test]
+    fn panics_become_errors() {
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        let err = catch_panic(|| -> u8 { panic!("boom {}", 1) }).expect_err("panic");
+        assert_eq!(err, "boom 1");
+    }
+}

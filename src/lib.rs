@@ -1,0 +1,112 @@
+//! Helpers for the end-to-end tests in `tests/`, which drive the workspace's binaries.
+//!
+//! The binaries belong to other packages (`birdclef-train`, `birdclef-infer`, ...), so Cargo does
+//! not give this package `CARGO_BIN_EXE_*` for them; [`bin`] finds (and builds) them instead.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, PoisonError};
+
+/// Path of the workspace binary `name`, built for the same profile as the running test.
+///
+/// The test executable lives in `target/<profile>/deps/`, so the binary is looked for in
+/// `target/<profile>/`. On the first call for each `name` in a process, this runs
+/// `cargo build -p <name> --bin <name>` with that profile and target dir, so a test never runs a
+/// stale binary (a no-op build takes about a second). In this workspace every binary has the name
+/// of its package. Cross-compiled layouts (`target/<triple>/<profile>`) are not handled.
+///
+/// # Panics
+/// If the build fails or the binary is still missing afterwards: these helpers are for tests.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+    let test_exe = std::env::current_exe().expect("path of the running test executable");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is in target/<profile>/deps")
+        .to_path_buf();
+    let path = profile_dir.join(name);
+
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    if built
+        .get_or_insert_with(HashSet::new)
+        .insert(name.to_string())
+    {
+        build(name, &profile_dir);
+    }
+    assert!(
+        path.is_file(),
+        "{} is missing after `cargo build -p {name}`",
+        path.display()
+    );
+    path
+}
+
+/// `cargo build -p <name> --bin <name>` into the target dir and profile that `profile_dir` implies.
+fn build(name: &str, profile_dir: &Path) {
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .expect("profile directory name");
+    // The dev profile's directory is called `debug`.
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let target_dir = profile_dir.parent().expect("target dir");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            name,
+            "--bin",
+            name,
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
+    assert!(status.success(), "`cargo build -p {name}` failed: {status}");
+}
+
+/// Run `cmd`, returning (exit code, stdout, stderr). Both streams are echoed, so a failing test
+/// shows what the binary said.
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run binary");
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    println!("$ {cmd:?}\n--- exit {status}\n--- stdout\n{stdout}--- stderr\n{stderr}");
+    (status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// `../shared/data/<sub>` beside the repository, or `None` (with a printed notice) where it is
+/// absent: tests that need real recordings skip there, and say so.
+pub fn shared_data(sub: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(sub);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!("skipped: {} not found", dir.display());
+        None
+    }
+}
+
+/// A fresh, empty directory under the target dir for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}

@@ -1,0 +1,141 @@
+//! `birdclef-train`: training on libtorch (tch). For now only `doctor`, which checks the toolchain.
+mod device;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::device::{CudaProbe, DeviceRequest};
+
+/// Train BirdCLEF models with libtorch.
+#[derive(Parser, Debug)]
+#[command(name = "birdclef-train", version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Compute device: auto (CUDA device 0 if available, else CPU), cpu, cuda, or cuda:N.
+    /// Asking for CUDA when it is not available is an error.
+    #[arg(long, global = true, value_name = "DEVICE", default_value = "auto")]
+    device: DeviceRequest,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  birdclef-train doctor
+  birdclef-train --device cuda doctor
+
+On a GPU machine with its own PyTorch 2.11.0, point the loader at it:
+  LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib \\
+    birdclef-train --device cuda doctor";
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Report the libtorch build, CUDA availability and the device that would be used.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Doctor => doctor(cli.device),
+    }
+}
+
+/// Print the toolchain report, then fail if the requested device is unusable.
+fn doctor(request: DeviceRequest) -> Result<()> {
+    let probe = CudaProbe::detect();
+    let chosen = device::choose(request, &probe);
+
+    let show = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or_else(|| "not loaded".to_string(), |p| p.display().to_string())
+    };
+    let runtime_version = probe
+        .torch_cpu_path
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(libtorch_version_near)
+        .unwrap_or_else(|| "unknown".to_string());
+
+    row("birdclef-train", env!("CARGO_PKG_VERSION"));
+    row("tch crate", env!("BIRDCLEF_TCH_VERSION"));
+    row(
+        "libtorch built against",
+        format!(
+            "{} in {}",
+            env!("BIRDCLEF_LIBTORCH_VERSION"),
+            env!("BIRDCLEF_LIBTORCH_LIB")
+        ),
+    );
+    row(
+        "libtorch loaded",
+        format!("{runtime_version} from {}", show(&probe.torch_cpu_path)),
+    );
+    row("libtorch_cuda", show(&probe.torch_cuda_path));
+    row("libcuda (driver)", show(&probe.libcuda_path));
+    row("cuda available", probe.available);
+    row("cuda device count", probe.device_count);
+    row("cudnn available", probe.cudnn);
+    if probe.available {
+        // Only asked when CUDA is up: on a CPU-only setup these calls throw inside libtorch.
+        row("cuda runtime version", tch::utils::version_cudart());
+        if probe.cudnn {
+            row("cudnn version", tch::utils::version_cudnn());
+        }
+    } else {
+        for reason in probe.reasons_unavailable() {
+            row("why no cuda", reason);
+        }
+    }
+    match chosen {
+        Ok(chosen) => {
+            row("device", format!("{chosen} (requested {request})"));
+            eprintln!("info: using device {chosen} (requested {request})");
+            // Touch the device once so that a broken setup fails here, not mid-training.
+            let t = tch::Tensor::ones([2], (tch::Kind::Float, chosen.to_tch()));
+            let sum = t.sum(tch::Kind::Float).double_value(&[]);
+            anyhow::ensure!(
+                (sum - 2.0).abs() < 1e-6,
+                "sanity check on {chosen} failed: sum of [1, 1] is {sum}"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            row("device", format!("none (requested {request})"));
+            Err(e.into())
+        }
+    }
+}
+
+/// One `label: value` line of the doctor report, values aligned.
+fn row(label: &str, value: impl std::fmt::Display) {
+    println!("{:<24}{value}", format!("{label}:"));
+}
+
+/// The libtorch version for a loaded lib dir: pip's `torch/version.py` or a zip's `build-version`.
+fn libtorch_version_near(lib_dir: &Path) -> Option<String> {
+    let root = lib_dir.parent()?;
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        let line = text.lines().find(|l| l.starts_with("__version__"))?;
+        return Some(
+            line.split('=')
+                .nth(1)?
+                .trim()
+                .trim_matches(['\'', '"'])
+                .to_string(),
+        );
+    }
+    let text = std::fs::read_to_string(root.join("build-version")).ok()?;
+    Some(text.trim().to_string())
+}
