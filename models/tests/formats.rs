@@ -93,3 +93,41 @@ fn broken_files_give_typed_errors_naming_the_file() {
     let missing = decode_file(&dir.join("does_not_exist.ogg")).expect_err("missing");
     assert!(matches!(missing, AudioError::Io { .. }), "{missing:?}");
 }
+
+#[test]
+fn streaming_decode_holds_one_packet_at_a_time() {
+    // Three minutes of 48 kHz mono float WAV, streamed: every chunk is small, and the
+    // chunks joined equal the whole-file decode.
+    let dir = std::env::temp_dir().join(format!("stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("long.wav");
+    let n = 180 * 48_000;
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i as f32 * 0.013).sin() * 0.2) + ((i % 97) as f32 / 970.0))
+        .collect();
+    birdclef_models::audio::write_wav_f32(&path, &x, 48_000).expect("wav");
+    drop(x);
+    let mut stream = birdclef_models::audio::AudioStream::open(&path).expect("open");
+    let (mut joined, mut largest, mut chunks) = (Vec::new(), 0, 0);
+    while let Some(chunk) = stream.next_chunk().expect("chunk") {
+        largest = largest.max(chunk.len());
+        chunks += 1;
+        joined.extend_from_slice(&chunk);
+    }
+    let whole = decode_file(&path).expect("decode");
+    std::fs::remove_dir_all(&dir).ok();
+    println!(
+        "{chunks} chunks, largest {largest} samples, {} samples in all",
+        joined.len()
+    );
+    assert_eq!(joined.len(), 180 * 32_000);
+    assert_eq!(joined, whole.samples);
+    assert!(
+        chunks > 100,
+        "the file must arrive in many pieces, got {chunks}"
+    );
+    assert!(
+        largest <= 32_768,
+        "a chunk of {largest} samples is not streaming"
+    );
+}
