@@ -12,6 +12,8 @@ pub mod audio;
 pub mod card;
 pub mod dsp;
 pub mod frontend;
+pub mod ir;
 pub mod metrics;
+pub mod nets;
 pub mod npy;
 pub mod synth;
