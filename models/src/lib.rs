@@ -10,6 +10,7 @@
 
 pub mod audio;
 pub mod card;
+pub mod checkpoint;
 pub mod dsp;
 pub mod frontend;
 pub mod ir;

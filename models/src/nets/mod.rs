@@ -82,6 +82,32 @@ pub fn build(
     }
 }
 
+/// Build from an architecture spec as stored in model cards: a name from [`ARCHITECTURES`],
+/// optionally followed by `+sed` for the SED head (e.g. `efficientnet_b0+sed`).
+pub fn build_spec(spec: &str, in_chans: usize, num_classes: usize) -> Result<Graph, NetError> {
+    let (name, head) = parse_spec(spec)?;
+    build(name, in_chans, num_classes, head)
+}
+
+/// Split an architecture spec into its name and head.
+pub fn parse_spec(spec: &str) -> Result<(&str, Head), NetError> {
+    match spec.split_once('+') {
+        None => Ok((spec, Head::Classifier)),
+        Some((name, "sed")) => Ok((name, Head::Sed)),
+        Some((_, other)) => Err(NetError(format!(
+            "architecture {spec:?}: unknown head {other:?} (only \"+sed\" is known)"
+        ))),
+    }
+}
+
+/// The spec string of a name and head (inverse of [`parse_spec`]).
+pub fn spec_string(name: &str, head: Head) -> String {
+    match head {
+        Head::Classifier => name.to_string(),
+        Head::Sed => format!("{name}+sed"),
+    }
+}
+
 /// SED head on backbone features `[N, C, F, T]` (frequency × time): mean over frequency, then two
 /// 1×1 convs over time, `sed.att` (attention) and `sed.cla` (per-frame class logits); the clip's
 /// logits are the attention-weighted sum over time, `Σ_t softmax_t(tanh(att)) · cla`.
@@ -111,6 +137,10 @@ mod tests {
             }
         }
         assert!(build("resnet50", 1, 3, Head::Classifier).is_err());
+        let g = build_spec("mnasnet_100+sed", 3, 5).expect("spec");
+        assert!(g.param("sed.att.weight").is_some());
+        assert!(build_spec("mnasnet_100+crnn", 3, 5).is_err());
+        assert_eq!(spec_string("mnasnet_100", Head::Sed), "mnasnet_100+sed");
         assert!(build("efficientvit_b0", 1, 0, Head::Classifier).is_err());
     }
 
