@@ -533,8 +533,8 @@ def finish_case(spec, model, sd, x, out_dir, committed, extra_notes, extra_io, r
 
     wpath = os.path.join(out_dir, f"{name}.weights.safetensors")
     iopath = os.path.join(out_dir, f"{name}.io.safetensors")
-    save_file(sd, wpath, metadata={"case": name, "format": "timm state_dict, float32, "
-                                   "num_batches_tracked dropped"})
+    # one metadata entry only: safetensors writes its metadata map in hash order
+    save_file(sd, wpath, metadata={"case": name})
     io = OrderedDict(input=x.contiguous(), output=out64.to(torch.float32).contiguous(),
                      output_f32=out32.contiguous())
     io.update(extra_io)
@@ -753,6 +753,15 @@ Cases:
 With `--full`, `efficientvit_b0_full`, `efficientnet_b0_full` and `mnasnet_100_full`
 (`timm.create_model(name, in_chans=1, num_classes=182)`, input [2, 1, 224, 224]) are written the same
 way into `.dev/golden-nets-full/` (git-ignored; too big to commit), with a `summary.json`.
+
+Tolerances: `output_f32` is bit-reproducible only with the same torch build, CPU kind and a single
+thread (what the script uses); with 2 threads the same weights give logits that differ from it by
+about 1e-6. Compare a float32 implementation with `output` at an absolute tolerance of a few times
+the last column (e.g. 1e-4 for these cases).
+
+Sizes: case 1 keeps efficientvit_b0's exact body (widths up to 128, expand ratio 4), which alone has
+about 0.68 M parameters, so its weights file (and case 4's) is about 2.8 MB; only the head is reduced.
+`mnasnet_100_small` keeps timm's unscaled 1280-wide conv_head, hence about 1.4 MB.
 
 The float64 reference for EfficientViT: timm's `LiteMLA._attn` casts q, k, v to float32, which would
 downcast in a float64 model; only in the float64 copy it is replaced by the same math without the
