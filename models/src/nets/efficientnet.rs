@@ -96,8 +96,11 @@ pub struct EfficientNetConfig {
     pub stages: Vec<String>,
     /// Stem channels before the width multiplier.
     pub stem: usize,
-    /// Head (feature) channels before the width multiplier.
+    /// Head (feature) channels.
     pub features: usize,
+    /// Whether the width multiplier also scales the head (timm's EfficientNet generator passes
+    /// a rounded `num_features`; its MnasNet generator keeps 1280 whatever the multiplier).
+    pub scale_features: bool,
     /// Width multiplier.
     pub channel_multiplier: f64,
     /// Depth multiplier.
@@ -127,6 +130,7 @@ impl EfficientNetConfig {
             .to_vec(),
             stem: 32,
             features: 1280,
+            scale_features: true,
             channel_multiplier: 1.0,
             depth_multiplier: 1.0,
             act: Activation::Silu,
@@ -151,6 +155,7 @@ impl EfficientNetConfig {
             .to_vec(),
             stem: 32,
             features: 1280,
+            scale_features: false,
             channel_multiplier: 1.0,
             depth_multiplier: 1.0,
             act: Activation::Relu,
@@ -282,7 +287,11 @@ pub fn efficientnet(
             };
         }
     }
-    let features = cfg.round_channels(cfg.features);
+    let features = if cfg.scale_features {
+        cfg.round_channels(cfg.features)
+    } else {
+        cfg.features
+    };
     let x = b.conv("conv_head", x, features, 1, 1, 1, false);
     let x = bn_act(&mut b, "bn2", x, cfg.bn_eps, Some(act));
     let out = match head {
