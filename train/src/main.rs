@@ -1,13 +1,13 @@
-//! `birdclef-train`: training on libtorch (tch). For now only `doctor`, which checks the toolchain.
-mod device;
+//! `birdclef-train`: training on libtorch (tch). For now `doctor`, which checks the toolchain, and
+//! `init`, which creates a checkpoint (fresh or imported from timm weights).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
-
-use crate::device::{CudaProbe, DeviceRequest};
+use birdclef_train::device::{self, CudaProbe, DeviceRequest};
+use birdclef_train::init::{init_checkpoint, InitOptions};
+use clap::{Args, Parser, Subcommand};
 
 /// Train BirdCLEF models with libtorch.
 #[derive(Parser, Debug)]
@@ -24,6 +24,7 @@ struct Cli {
 const EXAMPLES: &str = "Examples:
   birdclef-train doctor
   birdclef-train --device cuda doctor
+  birdclef-train init --arch efficientvit_b0 --classes 182 --out runs/student/init
 
 On a GPU machine with its own PyTorch 2.11.0, point the loader at it:
   LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib \\
@@ -33,6 +34,51 @@ On a GPU machine with its own PyTorch 2.11.0, point the loader at it:
 enum Command {
     /// Report the libtorch build, CUDA availability and the device that would be used.
     Doctor,
+    /// Create a checkpoint directory (card.json, weights.safetensors, reference.safetensors) for
+    /// an architecture: freshly initialised, or with timm weights imported.
+    #[command(after_help = INIT_EXAMPLES)]
+    Init(InitArgs),
+}
+
+const INIT_EXAMPLES: &str = "Examples:
+  # EfficientViT-B0 student, 182 classes, 1-channel nvbird224 log-mel input, fresh init (seed 0)
+  birdclef-train init --arch efficientvit_b0 --classes 182 --out runs/student/init
+
+  # EfficientNet-B0 teacher with a SED head from timm ImageNet weights (RGB stem summed to 1
+  # channel, classifier left fresh), labels and frontend from a card
+  birdclef-train init --arch efficientnet_b0+sed --card labels.card.json \\
+    --timm-weights efficientnet_b0.safetensors --out runs/teacher/init
+
+The timm weights are a state_dict saved with safetensors.torch.save_file(model.state_dict(), F).
+Exit status: 0 success, 2 error (nothing is left behind at --out).";
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Architecture: efficientvit_b0, efficientnet_b0 or mnasnet_100, optionally with `+sed`.
+    #[arg(long, value_name = "NAME[+sed]")]
+    arch: String,
+    /// Number of classes (labels class0..class{N-1}); may be omitted when --card has labels,
+    /// and must agree with them otherwise.
+    #[arg(long, value_name = "N")]
+    classes: Option<usize>,
+    /// Input channels [default: the card frontend's channels, 1 for nvbird224].
+    #[arg(long = "in-chans", value_name = "C")]
+    in_chans: Option<usize>,
+    /// Import a timm state_dict (safetensors) instead of a fresh initialisation.
+    #[arg(long, value_name = "FILE.safetensors")]
+    timm_weights: Option<PathBuf>,
+    /// Card with the frontend (and labels, if it has any) [default: built-in nvbird224].
+    #[arg(long, value_name = "CARD.json")]
+    card: Option<PathBuf>,
+    /// Seed of the fresh initialisation and of the synthetic reference audio.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// The checkpoint directory to create.
+    #[arg(long, value_name = "CKPT")]
+    out: PathBuf,
+    /// Replace --out if it exists and is not empty.
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -49,7 +95,43 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor => doctor(cli.device),
+        Command::Init(args) => init(cli.device, args),
     }
+}
+
+/// `birdclef-train init`.
+fn init(request: DeviceRequest, args: InitArgs) -> Result<()> {
+    let chosen = device::choose(request, &CudaProbe::detect())?;
+    eprintln!("info: using device {chosen} (requested {request})");
+    let opts = InitOptions {
+        arch: args.arch,
+        classes: args.classes,
+        in_chans: args.in_chans,
+        timm_weights: args.timm_weights,
+        card: args.card,
+        seed: args.seed,
+        out: args.out,
+        force: args.force,
+        device: chosen.to_tch(),
+    };
+    let summary = init_checkpoint(&opts)?;
+    if let Some(report) = &summary.import {
+        for w in report.warnings() {
+            eprintln!("warning: {w}");
+        }
+    }
+    let card = &summary.card;
+    println!(
+        "wrote {}: {} ({} classes, input {:?}, {} trainable parameters); reference {:?} -> {:?}",
+        summary.out.display(),
+        card.architecture.as_deref().unwrap_or("?"),
+        card.labels.len(),
+        card.input_shape,
+        summary.trainable,
+        summary.reference_shapes.0,
+        summary.reference_shapes.1
+    );
+    Ok(())
 }
 
 /// Print the toolchain report, then fail if the requested device is unusable.

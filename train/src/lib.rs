@@ -1,0 +1,8 @@
+//! `birdclef-train` as a library: the tch interpreter of the layer-graph IR ([`net`]), checkpoint
+//! creation ([`init`]) and the choice of compute device ([`device`]). The binary in `main.rs` is a
+//! thin command-line layer over these.
+#![deny(unsafe_code)]
+
+pub mod device;
+pub mod init;
+pub mod net;
