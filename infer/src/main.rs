@@ -1,6 +1,6 @@
 //! `birdclef-infer`: CPU-only scoring of soundscapes with ONNX Runtime.
 mod features;
-mod ort_env;
+use birdclef_infer::ort_env;
 
 use std::path::PathBuf;
 

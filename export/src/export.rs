@@ -1,0 +1,373 @@
+//! Checkpoint → verified ONNX file.
+//!
+//! [`export_checkpoint`] reads a checkpoint directory (see `birdclef_models::checkpoint`), emits
+//! its graph with its weights and card, writes the bytes to a temporary file beside the target,
+//! runs that file in ONNX Runtime on the checkpoint's reference batch and renames it into place
+//! only if every output is within the tolerance of the stored reference output. On any failure
+//! the temporary file is removed and the target is left as it was.
+
+use std::path::{Path, PathBuf};
+
+use birdclef_models::checkpoint::{Checkpoint, CheckpointError, NamedTensor, CARD_FILE};
+
+use crate::emit::{self, EmitError};
+use crate::ort_run::{OrtModel, RunError};
+
+/// The default bound on `|ONNX Runtime − reference|` for every output.
+pub const DEFAULT_TOLERANCE: f32 = 1e-4;
+
+/// Settings of an export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportOptions {
+    /// Largest accepted absolute difference between an ONNX Runtime output and the reference.
+    pub tolerance: f32,
+    /// `--ort-lib`: the ONNX Runtime library to load (else the usual search).
+    pub ort_lib: Option<PathBuf>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            tolerance: DEFAULT_TOLERANCE,
+            ort_lib: None,
+        }
+    }
+}
+
+/// A written and verified ONNX file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exported {
+    /// The checkpoint directory it came from.
+    pub checkpoint: PathBuf,
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Largest `|ONNX Runtime − reference|` over the reference batch.
+    pub max_abs_diff: f32,
+    /// The tolerance it was checked against.
+    pub tolerance: f32,
+    /// Shape of the reference output, `[batch, classes]`.
+    pub output_shape: Vec<usize>,
+}
+
+/// Why a checkpoint was not exported. Every variant names the checkpoint directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The checkpoint directory does not exist.
+    #[error(
+        "checkpoint {dir}: no such directory (a checkpoint is a directory with card.json, \
+         weights.safetensors and reference.safetensors)"
+    )]
+    NoDirectory {
+        /// The path given.
+        dir: PathBuf,
+    },
+    /// The checkpoint cannot be read (card, weights, architecture).
+    #[error("checkpoint {dir}: {cause}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The cause, naming the file.
+        cause: CheckpointError,
+    },
+    /// The reference batch is unusable.
+    #[error("checkpoint {dir}: reference batch: {reason}")]
+    Reference {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The graph could not be emitted.
+    #[error("checkpoint {dir}: cannot write ONNX: {cause}")]
+    Emit {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The cause.
+        cause: EmitError,
+    },
+    /// ONNX Runtime could not be loaded or refused the model.
+    #[error("checkpoint {dir}: {cause}")]
+    Run {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The cause.
+        cause: RunError,
+    },
+    /// The exported model does not reproduce the reference output.
+    #[error(
+        "checkpoint {dir}: verification failed: ONNX Runtime's output differs from the \
+         reference output by up to {max_abs_diff:.3e} (output {at:?} of {shape:?}: ONNX \
+         {got}, reference {want}), more than the tolerance {tolerance:.1e}; nothing was written \
+         to {out}"
+    )]
+    Mismatch {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The target file (not written).
+        out: PathBuf,
+        /// Largest absolute difference (infinite when a value is NaN or the shapes differ).
+        max_abs_diff: f32,
+        /// The tolerance.
+        tolerance: f32,
+        /// Index `[row, class]` of the largest difference.
+        at: Vec<usize>,
+        /// Output shape.
+        shape: Vec<usize>,
+        /// ONNX Runtime's value there.
+        got: f32,
+        /// The reference value there.
+        want: f32,
+    },
+    /// Writing or renaming the file failed.
+    #[error("checkpoint {dir}: {path}: {cause}")]
+    Io {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// The command itself is inconsistent (e.g. two checkpoints would write the same file).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The largest `|a − b|` and where; NaN anywhere counts as an infinite difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    let mut worst = (0.0f32, 0usize);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = (x - y).abs();
+        let d = if d.is_nan() { f32::INFINITY } else { d };
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    worst
+}
+
+/// Removes a temporary file on drop unless it was kept.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The temporary file next to `out`: hidden, unique per process.
+fn temp_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "model.onnx".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Export the checkpoint in `dir` to `out`, verified; see the module documentation.
+pub fn export_checkpoint(
+    dir: &Path,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<Exported, ExportError> {
+    if !dir.is_dir() {
+        return Err(ExportError::NoDirectory {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let ckpt = Checkpoint::open(dir).map_err(|cause| ExportError::Checkpoint {
+        dir: dir.to_path_buf(),
+        cause,
+    })?;
+    let (input, reference) = ckpt.reference().map_err(|cause| ExportError::Checkpoint {
+        dir: dir.to_path_buf(),
+        cause,
+    })?;
+    check_reference(&ckpt, &input, &reference)?;
+    let bytes = emit::emit(&ckpt.graph, &ckpt.weights, Some(&ckpt.card)).map_err(|cause| {
+        ExportError::Emit {
+            dir: dir.to_path_buf(),
+            cause,
+        }
+    })?;
+
+    let io = |path: &Path, cause| ExportError::Io {
+        dir: dir.to_path_buf(),
+        path: path.to_path_buf(),
+        cause,
+    };
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    }
+    let mut tmp = TempFile {
+        path: temp_path(out),
+        keep: false,
+    };
+    std::fs::write(&tmp.path, &bytes).map_err(|e| io(&tmp.path, e))?;
+
+    // Verify the file as written, with the runtime that will score with it.
+    let run_err = |cause| ExportError::Run {
+        dir: dir.to_path_buf(),
+        cause,
+    };
+    let mut model = OrtModel::from_file(&tmp.path, opts.ort_lib.as_deref()).map_err(run_err)?;
+    let got = model.run(&input).map_err(run_err)?;
+    drop(model);
+    let (diff, at) = if got.shape == reference.shape {
+        max_abs_diff(&got.data, &reference.data)
+    } else {
+        (f32::INFINITY, 0)
+    };
+    if diff > opts.tolerance || opts.tolerance.is_nan() {
+        let classes = reference.shape.get(1).copied().unwrap_or(1).max(1);
+        return Err(ExportError::Mismatch {
+            dir: dir.to_path_buf(),
+            out: out.to_path_buf(),
+            max_abs_diff: diff,
+            tolerance: opts.tolerance,
+            at: vec![at / classes, at % classes],
+            shape: got.shape.clone(),
+            got: got.data.get(at).copied().unwrap_or(f32::NAN),
+            want: reference.data.get(at).copied().unwrap_or(f32::NAN),
+        });
+    }
+    std::fs::rename(&tmp.path, out).map_err(|e| io(out, e))?;
+    tmp.keep = true;
+    Ok(Exported {
+        checkpoint: dir.to_path_buf(),
+        path: out.to_path_buf(),
+        bytes: bytes.len() as u64,
+        max_abs_diff: diff,
+        tolerance: opts.tolerance,
+        output_shape: reference.shape,
+    })
+}
+
+/// The reference batch must be `[B, C, H, W]` as the card says and `[B, classes]`.
+fn check_reference(
+    ckpt: &Checkpoint,
+    input: &NamedTensor,
+    output: &NamedTensor,
+) -> Result<(), ExportError> {
+    let card = &ckpt.card;
+    let fail = |reason: String| {
+        Err(ExportError::Reference {
+            dir: ckpt.dir.clone(),
+            reason,
+        })
+    };
+    let [c, h, w] = card.input_shape;
+    let ok_input = input.shape.len() == 4 && input.shape[1..] == [c, h, w] && input.shape[0] > 0;
+    if !ok_input {
+        return fail(format!(
+            "input has shape {:?}; the card's input_shape {:?} needs [batch, {c}, {h}, {w}]",
+            input.shape, card.input_shape
+        ));
+    }
+    let want = vec![input.shape[0], card.labels.len()];
+    if output.shape != want {
+        return fail(format!(
+            "output has shape {:?}; {} windows and {} labels need {want:?}",
+            output.shape,
+            input.shape[0],
+            card.labels.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The output file of a checkpoint in folds mode: `<out_dir>/<checkpoint dir name>.onnx`.
+pub fn output_path(checkpoint: &Path, out_dir: &Path) -> Result<PathBuf, ExportError> {
+    let abs = std::path::absolute(checkpoint).unwrap_or_else(|_| checkpoint.to_path_buf());
+    let name = abs
+        .components()
+        .next_back()
+        .and_then(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ExportError::Usage(format!(
+                "{}: cannot name an output after this checkpoint path",
+                checkpoint.display()
+            ))
+        })?;
+    Ok(out_dir.join(format!("{name}.onnx")))
+}
+
+/// The checkpoints of a run: the subdirectories of `run_dir` that hold a `card.json`, sorted.
+pub fn checkpoints_in_run(run_dir: &Path) -> Result<Vec<PathBuf>, ExportError> {
+    let entries = std::fs::read_dir(run_dir).map_err(|cause| {
+        ExportError::Usage(format!("run directory {}: {cause}", run_dir.display()))
+    })?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.join(CARD_FILE).is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(ExportError::Usage(format!(
+            "run directory {}: no subdirectory holds a {CARD_FILE} (expected one checkpoint \
+             directory per fold, e.g. {}/fold0/{CARD_FILE})",
+            run_dir.display(),
+            run_dir.display()
+        )));
+    }
+    Ok(dirs)
+}
+
+/// Pair every checkpoint with its output file in `out_dir`, refusing two checkpoints that would
+/// write the same file.
+pub fn plan_outputs(
+    checkpoints: &[PathBuf],
+    out_dir: &Path,
+) -> Result<Vec<(PathBuf, PathBuf)>, ExportError> {
+    let mut plan: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for c in checkpoints {
+        let out = output_path(c, out_dir)?;
+        if let Some((other, _)) = plan.iter().find(|(_, o)| *o == out) {
+            return Err(ExportError::Usage(format!(
+                "checkpoints {} and {} would both be written to {}; export them into \
+                 different --out-dir directories",
+                other.display(),
+                c.display(),
+                out.display()
+            )));
+        }
+        plan.push((c.clone(), out));
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_and_nan() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0, 3.0], &[1.0, 2.5, 2.9]).1, 1);
+        assert_eq!(max_abs_diff(&[0.0, f32::NAN], &[0.0, 1.0]).0, f32::INFINITY);
+        assert_eq!(max_abs_diff(&[], &[]), (0.0, 0));
+    }
+
+    #[test]
+    fn output_names_and_collisions() {
+        let out = Path::new("/o");
+        assert_eq!(
+            output_path(Path::new("runs/a/fold0/"), out).expect("name"),
+            PathBuf::from("/o/fold0.onnx")
+        );
+        let err = plan_outputs(&[PathBuf::from("x/fold0"), PathBuf::from("y/fold0")], out)
+            .expect_err("collision");
+        assert!(err.to_string().contains("both"), "{err}");
+        assert!(temp_path(Path::new("d/m.onnx"))
+            .to_string_lossy()
+            .starts_with("d/.m.onnx.tmp-"));
+    }
+}

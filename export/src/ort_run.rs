@@ -1,0 +1,143 @@
+//! Running an ONNX model in ONNX Runtime, to verify what the emitter wrote.
+//!
+//! ONNX Runtime is found and loaded by `birdclef-infer`'s [`birdclef_infer::ort_env`] (the same
+//! search order as `birdclef-infer`: `--ort-lib`, `ORT_DYLIB_PATH`, the project's
+//! `.env/libonnxruntime.so`, python3's onnxruntime), so an exported file is checked by the very
+//! runtime that will score with it.
+
+use std::path::Path;
+
+use birdclef_models::checkpoint::NamedTensor;
+use ort::session::Session;
+use ort::value::Tensor;
+
+use crate::emit::{INPUT, OUTPUT};
+
+/// Why a model could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// ONNX Runtime could not be found or loaded (the message lists where it looked).
+    #[error("{0}")]
+    Runtime(String),
+    /// ONNX Runtime refused the model.
+    #[error("ONNX Runtime cannot load {origin}: {message}")]
+    Load {
+        /// The file, or `<memory>`.
+        origin: String,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+    /// The run failed or gave something other than one float tensor.
+    #[error("running {origin} in ONNX Runtime failed: {message}")]
+    Run {
+        /// The file, or `<memory>`.
+        origin: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// An ONNX model loaded into an ONNX Runtime session (CPU).
+pub struct OrtModel {
+    session: Session,
+    origin: String,
+}
+
+impl std::fmt::Debug for OrtModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtModel")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the model comes from.
+enum Source<'a> {
+    Memory(&'a [u8]),
+    File(&'a Path),
+}
+
+fn build(source: &Source<'_>) -> Result<Session, String> {
+    let env = birdclef_infer::ort_env::environment().map_err(|e| format!("{e:#}"))?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    // SessionBuilder errors are not Send; keep the whole chain in one ort::Result.
+    let session = (|| -> ort::Result<Session> {
+        let mut b = Session::builder(&env)?.with_intra_threads(threads)?;
+        match source {
+            Source::Memory(bytes) => b.commit_from_memory(bytes),
+            Source::File(path) => b.commit_from_file(path),
+        }
+    })();
+    session.map_err(|e| e.to_string())
+}
+
+impl OrtModel {
+    fn load(source: Source<'_>, origin: String, ort_lib: Option<&Path>) -> Result<Self, RunError> {
+        birdclef_infer::ort_env::init(ort_lib).map_err(|e| RunError::Runtime(format!("{e:#}")))?;
+        let session = build(&source).map_err(|message| RunError::Load {
+            origin: origin.clone(),
+            message,
+        })?;
+        Ok(Self { session, origin })
+    }
+
+    /// Load serialised ONNX bytes. `ort_lib` is the `--ort-lib` choice; ONNX Runtime is loaded
+    /// once per process, so later calls ignore it.
+    pub fn from_bytes(bytes: &[u8], ort_lib: Option<&Path>) -> Result<Self, RunError> {
+        Self::load(Source::Memory(bytes), "<memory>".into(), ort_lib)
+    }
+
+    /// Load an ONNX file (see [`from_bytes`](Self::from_bytes) for `ort_lib`).
+    pub fn from_file(path: &Path, ort_lib: Option<&Path>) -> Result<Self, RunError> {
+        let origin = path.display().to_string();
+        Self::load(Source::File(path), origin, ort_lib)
+    }
+
+    /// Run the model on `input` (fed to the graph input [`INPUT`]); returns [`OUTPUT`].
+    pub fn run(&mut self, input: &NamedTensor) -> Result<NamedTensor, RunError> {
+        let fail = |message: String| RunError::Run {
+            origin: self.origin.clone(),
+            message,
+        };
+        if input.data.len() != input.shape.iter().product::<usize>() {
+            return Err(fail(format!(
+                "input has shape {:?} but {} values",
+                input.shape,
+                input.data.len()
+            )));
+        }
+        let tensor = Tensor::from_array((input.shape.clone(), input.data.clone()))
+            .map_err(|e| fail(format!("input {:?}: {e}", input.shape)))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![INPUT => tensor])
+            .map_err(|e| RunError::Run {
+                origin: self.origin.clone(),
+                message: format!("input {:?}: {e}", input.shape),
+            })?;
+        let value = outputs.get(OUTPUT).ok_or_else(|| RunError::Run {
+            origin: self.origin.clone(),
+            message: format!("the model has no output named {OUTPUT:?}"),
+        })?;
+        let (shape, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| RunError::Run {
+                origin: self.origin.clone(),
+                message: format!("output {OUTPUT:?} is not a float tensor: {e}"),
+            })?;
+        Ok(NamedTensor {
+            name: OUTPUT.to_string(),
+            shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+            data: data.to_vec(),
+        })
+    }
+}
+
+/// Load `bytes` and run them once on `input`.
+pub fn run_onnx(
+    bytes: &[u8],
+    input: &NamedTensor,
+    ort_lib: Option<&Path>,
+) -> Result<NamedTensor, RunError> {
+    OrtModel::from_bytes(bytes, ort_lib)?.run(input)
+}

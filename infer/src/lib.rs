@@ -1,0 +1,6 @@
+//! The library side of `birdclef-infer`: what other binaries of the workspace share with it.
+//!
+//! [`ort_env`] finds and initialises the ONNX Runtime shared library; `birdclef-export` uses it to
+//! run the ONNX files it writes before it accepts them.
+
+pub mod ort_env;
