@@ -334,8 +334,22 @@ pub struct ConvSpec {
 pub struct GraphBuilder {
     graph: Graph,
     channels: Vec<usize>,
+    init: InitScheme,
     /// The first error, reported by [`finish`](Self::finish) (builders stay infallible to read).
     error: Option<String>,
+}
+
+/// How a builder initialises conv and linear weights when training from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitScheme {
+    /// PyTorch's defaults (`kaiming_uniform_(a=√5)`: uniform ±1/√fan_in for weights and biases),
+    /// which timm keeps for EfficientViT.
+    #[default]
+    Torch,
+    /// timm's `_init_weight_goog` for the EfficientNet family: conv weights normal with std
+    /// √(2 / fan_out) (fan_out = k·k·out / groups), conv biases zero, linear weights uniform
+    /// ±1/√out_features, linear biases zero.
+    Goog,
 }
 
 /// PyTorch's default initialisation of a conv or linear weight (`kaiming_uniform_(a=√5)`):
@@ -358,8 +372,15 @@ impl GraphBuilder {
                 output: 0,
             },
             channels: vec![in_chans],
+            init: InitScheme::Torch,
             error: None,
         }
+    }
+
+    /// Use `scheme` for the conv and linear layers added from now on.
+    pub fn with_init(mut self, scheme: InitScheme) -> Self {
+        self.init = scheme;
+        self
     }
 
     /// The graph input.
@@ -387,6 +408,14 @@ impl GraphBuilder {
             init,
         });
         self.graph.params.len() - 1
+    }
+
+    /// Change the initialisation of the parameter called `name` (no-op if there is none).
+    pub fn set_init(&mut self, name: &str, init: Init) {
+        match self.graph.params.iter_mut().find(|p| p.name == name) {
+            Some(p) => p.init = init,
+            None => self.fail(format!("set_init: no parameter {name:?}")),
+        }
     }
 
     /// Add a node producing a value with `channels` channels.
@@ -419,18 +448,30 @@ impl GraphBuilder {
             ));
         }
         let fan_in = cin / groups.max(1) * kernel * kernel;
+        let (w_init, b_init) = match self.init {
+            InitScheme::Torch => (default_weight_init(fan_in), default_weight_init(fan_in)),
+            InitScheme::Goog => {
+                let fan_out = kernel * kernel * out / groups.max(1);
+                (
+                    Init::Normal {
+                        std: (2.0 / fan_out.max(1) as f64).sqrt(),
+                    },
+                    Init::Zeros,
+                )
+            }
+        };
         let w = self.param(
             &format!("{scope}.weight"),
             vec![out, cin / groups.max(1), kernel, kernel],
             ParamKind::Trainable,
-            default_weight_init(fan_in),
+            w_init,
         );
         let b = bias.then(|| {
             self.param(
                 &format!("{scope}.bias"),
                 vec![out],
                 ParamKind::Trainable,
-                default_weight_init(fan_in),
+                b_init,
             )
         });
         let pad = ((stride - 1) + (kernel - 1)) / 2;
@@ -587,18 +628,27 @@ impl GraphBuilder {
     /// `scope.weight` `[out, in]` (+ `scope.bias`).
     pub fn linear(&mut self, scope: &str, x: ValueId, out: usize, bias: bool) -> ValueId {
         let fin = self.channels(x);
+        let (w_init, b_init) = match self.init {
+            InitScheme::Torch => (default_weight_init(fin), default_weight_init(fin)),
+            InitScheme::Goog => (
+                Init::Uniform {
+                    bound: 1.0 / (out.max(1) as f64).sqrt(),
+                },
+                Init::Zeros,
+            ),
+        };
         let weight = self.param(
             &format!("{scope}.weight"),
             vec![out, fin],
             ParamKind::Trainable,
-            default_weight_init(fin),
+            w_init,
         );
         let bias = bias.then(|| {
             self.param(
                 &format!("{scope}.bias"),
                 vec![out],
                 ParamKind::Trainable,
-                default_weight_init(fin),
+                b_init,
             )
         });
         self.node(scope, Op::Linear { weight, bias }, vec![x], out)

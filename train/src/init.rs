@@ -25,6 +25,8 @@ pub const NVBIRD224_CARD: &str = include_str!("../../models/cards/nvbird224.card
 
 /// Windows in the reference batch.
 pub const REFERENCE_BATCH: usize = 2;
+/// Windows of synthetic audio that set a fresh network's BatchNorm statistics.
+pub const CALIBRATION_WINDOWS: usize = 16;
 
 /// What to initialise (the `init` command line).
 #[derive(Debug, Clone)]
@@ -110,10 +112,18 @@ pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary, InitError> {
 
     let (base, card_origin) = match &opts.card {
         Some(path) => (Card::load(path)?, path.display().to_string()),
-        None => (
-            Card::from_json(NVBIRD224_CARD)?,
-            "the built-in nvbird224 card (models/cards/nvbird224.card.json)".to_string(),
-        ),
+        None => {
+            // The reference frontend, standardised per image: raw dB values (mean about -35)
+            // condition a network badly, in training and in the export check alike.
+            let mut card = Card::from_json(NVBIRD224_CARD)?;
+            card.frontend.normalize = birdclef_models::frontend::Normalize::ImageStandard;
+            (
+                card,
+                "the built-in nvbird224 card (models/cards/nvbird224.card.json) with per-image \
+                 standardisation"
+                    .to_string(),
+            )
+        }
     };
     let in_chans = opts.in_chans.unwrap_or(base.frontend.channels);
     if in_chans == 0 {
@@ -183,6 +193,24 @@ pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary, InitError> {
             cause,
         }
     })?;
+    if import.is_none() {
+        // Fresh BatchNorm statistics (mean 0, variance 1) do not fit log-mel input; set them from
+        // synthetic windows so the stored reference output exercises every layer at unit scale.
+        // A batch of its own, larger than the reference, so no channel's variance rests on a
+        // handful of values.
+        let calib =
+            synthetic_windows(&frontend_cfg, CALIBRATION_WINDOWS, opts.seed, "calibration")?;
+        let c = net::tensor_from(&calib.data, &calib.shape, opts.device).map_err(|cause| {
+            NetError::Torch {
+                context: "calibration input".into(),
+                cause,
+            }
+        })?;
+        model.calibrate_batch_norm(&c)?;
+        notes.push_str(&format!(
+            "; BatchNorm running statistics set from {CALIBRATION_WINDOWS} other synthetic windows"
+        ));
+    }
     let y = tch::no_grad(|| model.f_forward(&x, false))?;
     let output = NamedTensor {
         name: "output".into(),
@@ -237,27 +265,39 @@ pub fn reference_input(
     cfg: &birdclef_models::frontend::FrontendConfig,
     seed: u64,
 ) -> Result<NamedTensor, InitError> {
+    synthetic_windows(cfg, REFERENCE_BATCH, seed ^ 0x5EED_A0D1_0000_0001, "input")
+}
+
+/// `windows` model inputs computed by the frontend from seeded synthetic audio (about one call
+/// per second).
+pub fn synthetic_windows(
+    cfg: &birdclef_models::frontend::FrontendConfig,
+    windows: usize,
+    seed: u64,
+    name: &str,
+) -> Result<NamedTensor, InitError> {
     let frontend =
         Frontend::new(cfg.clone()).map_err(|e| InitError::Usage(format!("frontend: {e}")))?;
-    let seconds = cfg.windows.window_seconds * REFERENCE_BATCH as f64;
+    let seconds = cfg.windows.window_seconds * windows as f64;
     let species = synth::species(4);
+    let calls = (seconds * 1.2).ceil() as usize;
     let (audio, _) = synth::soundscape(
         seconds,
         cfg.sample_rate,
         &species,
-        6,
-        &mut synth::Rng::new(seed ^ 0x5EED_A0D1_0000_0001),
+        calls,
+        &mut synth::Rng::new(seed),
     );
     let images = frontend.compute(&audio);
     let shape = images.shape().to_vec();
-    if shape.first().copied() != Some(REFERENCE_BATCH) {
+    if shape.first().copied() != Some(windows) {
         return Err(InitError::Usage(format!(
-            "frontend: {seconds} s of audio gave {:?} windows, expected {REFERENCE_BATCH}",
+            "frontend: {seconds} s of audio gave {:?} windows, expected {windows}",
             shape.first()
         )));
     }
     Ok(NamedTensor {
-        name: "input".into(),
+        name: name.into(),
         shape,
         data: images.iter().copied().collect(),
     })

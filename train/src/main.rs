@@ -67,7 +67,8 @@ struct InitArgs {
     /// Import a timm state_dict (safetensors) instead of a fresh initialisation.
     #[arg(long, value_name = "FILE.safetensors")]
     timm_weights: Option<PathBuf>,
-    /// Card with the frontend (and labels, if it has any) [default: built-in nvbird224].
+    /// Card with the frontend (and labels, if it has any) [default: built-in nvbird224 with
+    /// per-image standardisation].
     #[arg(long, value_name = "CARD.json")]
     card: Option<PathBuf>,
     /// Seed of the fresh initialisation and of the synthetic reference audio.

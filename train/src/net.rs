@@ -132,6 +132,17 @@ impl ImportReport {
     }
 }
 
+/// How a forward pass treats BatchNorm and dropout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Running statistics, no dropout.
+    Eval,
+    /// Batch statistics (running ones updated with the op's momentum), dropout on.
+    Train,
+    /// Batch statistics copied into the running ones (momentum 1), no dropout.
+    CalibrateBatchNorm,
+}
+
 /// A network: an IR graph and its tch variables.
 #[derive(Debug)]
 pub struct Net {
@@ -249,6 +260,18 @@ impl Net {
 
     /// [`forward`](Self::forward) returning an error instead of panicking.
     pub fn f_forward(&self, x: &Tensor, train: bool) -> Result<Tensor, NetError> {
+        self.forward_mode(x, if train { Mode::Train } else { Mode::Eval })
+    }
+
+    /// Set every BatchNorm's running statistics to the statistics of `x` (one pass, momentum 1,
+    /// dropout off, no gradients). `birdclef-train init` does this for freshly initialised
+    /// networks: with running mean 0 and variance 1, eval-mode activations on log-mel input drift
+    /// far from unit scale, and a reference batch would then test little but the last bias.
+    pub fn calibrate_batch_norm(&self, x: &Tensor) -> Result<(), NetError> {
+        tch::no_grad(|| self.forward_mode(x, Mode::CalibrateBatchNorm)).map(|_| ())
+    }
+
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor, NetError> {
         let size = x.size();
         if size.len() != 4 || size[1] != self.graph.in_chans as i64 {
             return Err(NetError::Input {
@@ -275,7 +298,7 @@ impl Net {
                     reason: format!("node {i} ({}) reads a value that is gone", node.name),
                 })?;
             let y = self
-                .run_op(&node.op, &inputs, train)
+                .run_op(&node.op, &inputs, mode)
                 .map_err(|cause| NetError::Torch {
                     context: format!(
                         "graph {}, node {i} ({}, {})",
@@ -306,7 +329,7 @@ impl Net {
         &self.params[id]
     }
 
-    fn run_op(&self, op: &Op, xs: &[&Tensor], train: bool) -> Result<Tensor, TchError> {
+    fn run_op(&self, op: &Op, xs: &[&Tensor], mode: Mode) -> Result<Tensor, TchError> {
         let x = xs
             .first()
             .copied()
@@ -344,8 +367,12 @@ impl Net {
                 Some(self.p(*bias)),
                 Some(self.p(*running_mean)),
                 Some(self.p(*running_var)),
-                train,
-                *momentum,
+                mode != Mode::Eval,
+                if mode == Mode::CalibrateBatchNorm {
+                    1.0
+                } else {
+                    *momentum
+                },
                 *eps,
                 true,
             ),
@@ -384,7 +411,7 @@ impl Net {
             Op::Concat { axis } => Tensor::f_cat(xs, *axis as i64),
             Op::LinearAttention { dim, eps } => linear_attention(x, *dim as i64, *eps),
             Op::Dropout { p } => {
-                if train && *p > 0.0 {
+                if mode == Mode::Train && *p > 0.0 {
                     x.f_dropout(*p, true)
                 } else {
                     Ok(x.shallow_clone())

@@ -15,7 +15,7 @@
 //! multiplier (rounded up), as timm does.
 
 use super::{Head, NetError};
-use crate::ir::{Activation, Graph, GraphBuilder, ValueId};
+use crate::ir::{Activation, Graph, GraphBuilder, InitScheme, ValueId};
 
 /// One stage of blocks.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,7 +227,8 @@ pub fn efficientnet(
         .map(|s| BlockDef::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let act = cfg.act;
-    let mut b = GraphBuilder::new(name, in_chans);
+    // timm initialises this family with _init_weight_goog.
+    let mut b = GraphBuilder::new(name, in_chans).with_init(InitScheme::Goog);
     let x = b.input();
     let stem = cfg.round_channels(cfg.stem);
     let x = b.conv("conv_stem", x, stem, 3, 2, 1, false);

@@ -14,7 +14,7 @@ pub mod efficientvit;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ir::{Activation, Graph, GraphBuilder, GraphError, ValueId};
+use crate::ir::{Activation, Graph, GraphBuilder, GraphError, Init, ValueId};
 
 /// The architectures [`build`] knows.
 pub const ARCHITECTURES: [&str; 3] = ["efficientvit_b0", "efficientnet_b0", "mnasnet_100"];
@@ -119,6 +119,15 @@ pub fn sed_head(b: &mut GraphBuilder, x: ValueId, num_classes: usize, dropout: f
     let att = b.act("sed.att_tanh", att, Activation::Tanh);
     let att = b.softmax("sed.att_softmax", att, 3);
     let cla = b.conv("sed.cla", x, num_classes, 1, 1, 1, true);
+    // Xavier-uniform weights and zero biases, as SED heads usually start: the family's conv
+    // initialisation (e.g. EfficientNet's std sqrt(2 / fan_out)) is made for wide conv layers and
+    // would start a 1280 -> classes projection with logits in the tens.
+    let channels = b.channels(x);
+    for layer in ["sed.att", "sed.cla"] {
+        let bound = (6.0 / (channels + num_classes) as f64).sqrt();
+        b.set_init(&format!("{layer}.weight"), Init::Uniform { bound });
+        b.set_init(&format!("{layer}.bias"), Init::Zeros);
+    }
     let weighted = b.mul("sed.weighted", att, cla);
     let pooled = b.reduce_sum("sed.time_pool", weighted, vec![2, 3], false);
     b.flatten("sed.flatten", pooled, num_classes)
