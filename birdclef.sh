@@ -29,6 +29,7 @@ case "${1:-}" in
     ;;
   bench)
     bench/frontend.sh
+    bench/onnx.sh
     ;;
   *)
     sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
