@@ -3,4 +3,12 @@
 //! [`ort_env`] finds and initialises the ONNX Runtime shared library; `birdclef-export` uses it to
 //! run the ONNX files it writes before it accepts them.
 
+pub mod detections;
+pub mod model;
 pub mod ort_env;
+pub mod postprocess;
+pub mod predict;
+pub mod runner;
+pub mod score;
+pub mod shard;
+pub mod submission;

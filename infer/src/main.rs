@@ -1,15 +1,33 @@
 //! `birdclef-infer`: CPU-only scoring of soundscapes with ONNX Runtime.
 mod features;
 use birdclef_infer::ort_env;
+use birdclef_infer::postprocess::{Ensemble, Kernel};
+use birdclef_infer::predict::{predict, PredictOptions};
+use birdclef_infer::runner::{fmt_secs, RunConfig};
+use birdclef_infer::shard::ShardSpec;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
 
 /// Score soundscapes on the CPU with ONNX Runtime and write a Kaggle BirdCLEF submission.
+///
+/// Without a subcommand: every 5-s window of every soundscape gets a row
+/// `<stem>_<end second>` with one probability per species. Exit status: 0 success, 1 finished
+/// but some files could not be (fully) decoded (their rows hold 0.0; listed at the end),
+/// 2 error.
 #[derive(Parser, Debug)]
-#[command(name = "birdclef-infer", version, about, after_help = EXAMPLES)]
+#[command(
+    name = "birdclef-infer",
+    version,
+    about,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then python3's onnxruntime).
     #[arg(long, global = true, value_name = "FILE")]
@@ -17,14 +35,93 @@ struct Cli {
     /// Worker threads for decoding and features (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    #[command(flatten)]
+    predict: PredictArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 const EXAMPLES: &str = "Examples:
-  birdclef-infer demo --out demo-out
+  birdclef-infer --models fold0.onnx fold1.onnx --soundscapes test_soundscapes --out submission.csv \\
+      --sample-submission sample_submission.csv --smooth 0.1,0.2,0.4,0.2,0.1 --time-limit 120m
+  birdclef-infer --models m.onnx --soundscapes survey/ --out part3.csv --shard 3/16
+  birdclef-infer merge part*.csv -o submission.csv
+  birdclef-infer score submission.csv --solution test_solution.csv
   birdclef-infer features --card models/cards/nvbird224.card.json recording.ogg -o features.npy
-  birdclef-infer doctor";
+  birdclef-infer demo --out demo-out";
+
+/// The submission command's options (used when no subcommand is given).
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// ONNX models written by birdclef-export (several = an ensemble).
+    #[arg(long, num_args = 1.., required = true, value_name = "MODEL.onnx")]
+    models: Vec<PathBuf>,
+    /// Soundscape files or directories of them (.ogg, .mp3, .flac, .wav).
+    #[arg(long, num_args = 1.., required = true, value_name = "DIR|FILE")]
+    soundscapes: Vec<PathBuf>,
+    /// Submission CSV to write (atomically).
+    #[arg(long, required = true, value_name = "CSV")]
+    out: Option<PathBuf>,
+    /// Take the species columns (and their order) from this sample_submission.csv.
+    #[arg(long, value_name = "CSV", conflicts_with = "taxonomy")]
+    sample_submission: Option<PathBuf>,
+    /// Take the species columns from the primary_label column of this taxonomy.csv.
+    #[arg(long, value_name = "CSV")]
+    taxonomy: Option<PathBuf>,
+    /// How to combine several models.
+    #[arg(long, value_enum, default_value_t = Ensemble::Mean)]
+    ensemble: Ensemble,
+    /// Smooth over neighbouring windows with this kernel, e.g. 0.1,0.2,0.4,0.2,0.1 (default: off).
+    #[arg(long, value_name = "W1,W2,...")]
+    smooth: Option<Kernel>,
+    /// Score only shard K of N (0-based), or `auto` from SLURM_ARRAY_TASK_ID/COUNT or
+    /// JOB_COMPLETION_INDEX (`auto/N` for Kubernetes indexed jobs). Join with `merge`.
+    #[arg(long, value_name = "K/N|auto|auto/N")]
+    shard: Option<ShardSpec>,
+    /// Also write detections above --threshold as CSV (file,start,end,species,probability).
+    #[arg(long, value_name = "CSV")]
+    detections: Option<PathBuf>,
+    /// Also write a Raven Pro selection table per soundscape into this directory.
+    #[arg(long, value_name = "DIR")]
+    raven_dir: Option<PathBuf>,
+    /// Probability threshold for detections.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Warn when the projected total time exceeds this (e.g. 120m, 90s, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    time_limit: Option<Duration>,
+    /// With --time-limit: once the projection exceeds it, start no new files; their rows get 0.0.
+    #[arg(long, requires = "time_limit")]
+    strict: bool,
+    /// Windows per inference batch.
+    #[arg(long, default_value_t = 48)]
+    batch_size: usize,
+    /// ONNX Runtime threads per model (default: 2).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    ort_threads: usize,
+    /// Show a progress line even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 120m, 90s or 2h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use s, m or h)")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -59,12 +156,36 @@ enum Command {
     },
     /// Show where ONNX Runtime was found and its version.
     Doctor,
+    /// Join the CSVs of shard runs into one submission (same header, no duplicate rows).
+    Merge {
+        /// Shard CSVs.
+        #[arg(required = true, value_name = "CSV")]
+        inputs: Vec<PathBuf>,
+        /// Output CSV (written atomically).
+        #[arg(short, long, value_name = "CSV")]
+        out: PathBuf,
+    },
+    /// Score a submission against a solution: macro ROC-AUC (species with a positive) and padded
+    /// cmAP. The last line is `macro_roc_auc=<value>`.
+    Score {
+        /// The submission CSV.
+        submission: PathBuf,
+        /// The solution CSV (row_id + 0/1 per species).
+        #[arg(long, value_name = "CSV")]
+        solution: PathBuf,
+        /// Rows of ones padded for cmAP (BirdCLEF 2023 used 5).
+        #[arg(long, default_value_t = 5)]
+        padding: usize,
+        /// Print each species' AUC and AP.
+        #[arg(long)]
+        per_species: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
@@ -72,7 +193,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Exit status 0, or 1 when the submission was written but some files failed.
+fn run(cli: Cli) -> Result<u8> {
     if let Some(n) = cli.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()
@@ -80,17 +202,105 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .map_err(|e| anyhow::anyhow!("cannot start {n} worker threads: {e}"))?;
     }
-    match cli.command {
+    let Some(command) = cli.command else {
+        return submission(cli.predict, cli.ort_lib, cli.threads);
+    };
+    match command {
         Command::Features { card, audio, out } => {
             let summary = features::write_features(&card, &audio, &out)?;
             println!("{summary}");
-            Ok(())
         }
-        Command::Demo { out, seconds, seed } => features::demo(&out, seconds, seed),
+        Command::Demo { out, seconds, seed } => features::demo(&out, seconds, seed)?,
         Command::Doctor => {
             let report = ort_env::doctor(cli.ort_lib.as_deref())?;
             println!("{report}");
-            Ok(())
+        }
+        Command::Merge { inputs, out } => {
+            let report = birdclef_infer::shard::merge(&inputs, &out)?;
+            println!(
+                "merged {} shard files, {} rows -> {}",
+                report.inputs,
+                report.rows,
+                out.display()
+            );
+        }
+        Command::Score {
+            submission,
+            solution,
+            padding,
+            per_species,
+        } => {
+            let report = birdclef_infer::score::score(&submission, &solution, padding)?;
+            if per_species {
+                println!("{report:#}");
+            } else {
+                println!("{report}");
+            }
         }
     }
+    Ok(0)
+}
+
+fn submission(args: PredictArgs, ort_lib: Option<PathBuf>, threads: Option<usize>) -> Result<u8> {
+    let Some(out) = args.out else {
+        bail!("--out is required");
+    };
+    let decode_threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let opts = PredictOptions {
+        models: args.models,
+        soundscapes: args.soundscapes,
+        out: out.clone(),
+        sample_submission: args.sample_submission,
+        taxonomy: args.taxonomy,
+        ensemble: args.ensemble,
+        smooth: args.smooth,
+        shard: args.shard,
+        detections: args.detections,
+        raven_dir: args.raven_dir,
+        threshold: args.threshold,
+        run: RunConfig {
+            decode_threads,
+            batch_size: args.batch_size,
+            time_limit: args.time_limit,
+            strict: args.strict,
+            progress: args.progress || std::io::stderr().is_terminal(),
+        },
+        ort_threads: args.ort_threads,
+        ort_lib,
+    };
+    let summary = predict(&opts)?;
+    let secs = summary.elapsed.as_secs_f64();
+    println!(
+        "wrote {} rows for {} files to {} in {} ({:.0} windows/s, {:.0}x real time)",
+        summary.rows,
+        summary.files,
+        out.display(),
+        fmt_secs(secs),
+        summary.windows as f64 / secs.max(1e-9),
+        summary.audio_seconds / secs.max(1e-9)
+    );
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    if summary.failures.is_empty() {
+        return Ok(0);
+    }
+    eprintln!(
+        "warning: {} of {} files could not be fully scored; their missing windows hold 0.0:",
+        summary.failures.len(),
+        summary.files
+    );
+    for (path, f) in &summary.failures {
+        eprintln!(
+            "  {}: {} ({} windows scored)",
+            path.display(),
+            f.reason,
+            f.decoded_windows
+        );
+    }
+    Ok(1)
 }

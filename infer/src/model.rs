@@ -1,0 +1,160 @@
+//! An exported model: its ONNX Runtime session and the model card stored in its metadata.
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use birdclef_models::card::Card;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+
+use crate::ort_env;
+
+/// The metadata key under which `birdclef-export` stores the model card.
+pub const CARD_KEY: &str = "birdclef.card";
+
+/// An ONNX model ready to run on the CPU.
+pub struct OnnxModel {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its model card (labels, frontend, input shape).
+    pub card: Card,
+    session: Session,
+    input_name: String,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("path", &self.path)
+            .field("card", &self.card.name)
+            .finish()
+    }
+}
+
+fn build_session(path: &Path, threads: usize) -> ort::Result<Session> {
+    let env = ort_env::environment().map_err(|e| ort::Error::new(e.to_string()))?;
+    Session::builder(&env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(threads)?
+        .with_inter_threads(1)?
+        .commit_from_file(path)
+}
+
+impl OnnxModel {
+    /// Load a model written by `birdclef-export`; `threads` is ONNX Runtime's intra-op pool.
+    /// [`ort_env::init`] must have been called.
+    pub fn load(path: &Path, threads: usize) -> Result<Self> {
+        if !path.is_file() {
+            bail!("{}: no such model file", path.display());
+        }
+        let session = build_session(path, threads.max(1))
+            .map_err(|e| anyhow!("{}: ONNX Runtime cannot load it: {e}", path.display()))?;
+        let json = session
+            .metadata()
+            .ok()
+            .and_then(|m| m.custom(CARD_KEY))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: no model card in the ONNX metadata (key {CARD_KEY:?}); \
+                     was it written by birdclef-export?",
+                    path.display()
+                )
+            })?;
+        let card =
+            Card::from_json(&json).with_context(|| format!("{}: model card", path.display()))?;
+        card.validate_for_model()
+            .map_err(|e| anyhow!("{}: model card: {e}", path.display()))?;
+        let input_name = session
+            .inputs()
+            .first()
+            .map(|i| i.name().to_string())
+            .ok_or_else(|| anyhow!("{}: the model has no input", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            card,
+            session,
+            input_name,
+        })
+    }
+
+    /// Number of classes (outputs per window).
+    pub fn classes(&self) -> usize {
+        self.card.labels.len()
+    }
+
+    /// Run a batch: `input` holds `n` windows of the card's input shape, row-major; returns
+    /// `n × classes` logits.
+    pub fn run(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        let [c, h, w] = self.card.input_shape;
+        if input.len() != n * c * h * w {
+            bail!(
+                "{}: batch of {} values is not {n} windows of {c}x{h}x{w}",
+                self.path.display(),
+                input.len()
+            );
+        }
+        let k = self.classes();
+        let tensor = Tensor::from_array(([n, c, h, w], input.to_vec()))
+            .map_err(|e| anyhow!("{}: cannot make the input tensor: {e}", self.path.display()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| anyhow!("{}: inference failed: {e}", self.path.display()))?;
+        let (shape, values) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("{}: unexpected output: {e}", self.path.display()))?;
+        if values.len() != n * k {
+            bail!(
+                "{}: output shape {:?} is not [{n}, {k}] (the card lists {k} labels)",
+                self.path.display(),
+                shape
+            );
+        }
+        Ok(values.to_vec())
+    }
+}
+
+/// Check that models can be ensembled: identical labels in the same order, and frontends that cut
+/// soundscapes into the same windows (sample rate and window policy). Different frontends are
+/// otherwise allowed. The error names both files and the difference.
+pub fn check_ensemble(models: &[OnnxModel]) -> Result<()> {
+    let Some(first) = models.first() else {
+        bail!("no models given");
+    };
+    for m in &models[1..] {
+        if first.card.labels != m.card.labels {
+            let diff = first
+                .card
+                .ensemble_mismatch(&m.card)
+                .unwrap_or_else(|| "labels differ".into());
+            bail!(
+                "{} and {} cannot be ensembled: {diff}",
+                first.path.display(),
+                m.path.display()
+            );
+        }
+        let (a, b) = (&first.card.frontend, &m.card.frontend);
+        if a.sample_rate != b.sample_rate || a.windows != b.windows {
+            bail!(
+                "{} and {} cannot be ensembled: they cut audio into different windows \
+                 ({} Hz, {:?} vs {} Hz, {:?})",
+                first.path.display(),
+                m.path.display(),
+                a.sample_rate,
+                a.windows,
+                b.sample_rate,
+                b.windows
+            );
+        }
+        if a == b && first.card.input_shape != m.card.input_shape {
+            bail!(
+                "{} and {} have the same frontend but different input shapes {:?} vs {:?}",
+                first.path.display(),
+                m.path.display(),
+                first.card.input_shape,
+                m.card.input_shape
+            );
+        }
+    }
+    Ok(())
+}
