@@ -320,3 +320,92 @@ fn ensembles_that_disagree_are_refused_naming_both_files() {
     );
     assert!(!dir.join("x.csv").exists());
 }
+
+#[test]
+fn different_frontends_detections_and_strict_time_limit() {
+    let dir = scratch_dir("sub-more");
+    let card64 = small_card(&dir, &LABELS);
+    // A second frontend: 48 mels, another hop (48 x 81 per window).
+    let mut fe = FrontendConfig::kefir128();
+    fe.n_mels = 48;
+    fe.hop_length = 2000;
+    fe.normalize = Normalize::ImageStandard;
+    let mut card = Card::frontend_only("small48", fe);
+    card.labels = LABELS.iter().map(|s| s.to_string()).collect();
+    let card48 = dir.join("small48.card.json");
+    card.save(&card48).expect("card");
+    let a = model(&dir, "a64", "efficientvit_b0", 1, &card64);
+    let b = model(&dir, "b48", "efficientnet_b0", 2, &card48);
+    let audio = dir.join("audio");
+    std::fs::create_dir_all(&audio).expect("dir");
+    for i in 0..6 {
+        soundscape(&audio, &format!("rec{i}.wav"), 15.0, 20 + i);
+    }
+    let out = dir.join("two_frontends.csv");
+    let det = dir.join("detections.csv");
+    let raven = dir.join("raven");
+    let mut cmd = Command::new(bin("birdclef-infer"));
+    cmd.arg("--models")
+        .args([&a, &b])
+        .arg("--soundscapes")
+        .arg(&audio)
+        .arg("--out")
+        .arg(&out);
+    cmd.arg("--detections")
+        .arg(&det)
+        .arg("--raven-dir")
+        .arg(&raven)
+        .args(["--threshold", "0.3"]);
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 0, "models with different frontends ensemble: {err}");
+    let (_, rows) = read_csv(&out);
+    assert_eq!(rows.len(), 18);
+    let det_text = std::fs::read_to_string(&det).expect("detections");
+    assert!(
+        det_text.starts_with("file,start,end,species,probability"),
+        "{det_text}"
+    );
+    let above: usize = rows
+        .iter()
+        .map(|r| r.1.iter().filter(|&&p| p >= 0.3).count())
+        .sum();
+    assert_eq!(
+        det_text.lines().count() - 1,
+        above,
+        "one detection per value >= threshold"
+    );
+    for i in 0..6 {
+        let table = raven.join(format!("rec{i}.selections.txt"));
+        let t = std::fs::read_to_string(&table).expect("raven table");
+        assert!(
+            t.starts_with("Selection\tView\tChannel\tBegin Time (s)"),
+            "{t}"
+        );
+    }
+
+    // A time limit far too short, with --strict: the run stops starting files, yet every file
+    // still has all its rows (zeros for the skipped ones), and the exit status says so.
+    let strict = dir.join("strict.csv");
+    let mut cmd = Command::new(bin("birdclef-infer"));
+    cmd.arg("--models")
+        .args([&a, &b])
+        .arg("--soundscapes")
+        .arg(&audio)
+        .arg("--out")
+        .arg(&strict);
+    cmd.args([
+        "--time-limit",
+        "0.01s",
+        "--strict",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exceeds the time limit"), "{err}");
+    assert!(err.contains("skipped: the time limit was reached"), "{err}");
+    let (_, rows) = read_csv(&strict);
+    assert_eq!(rows.len(), 18, "full rows even when stopped early");
+}

@@ -28,7 +28,8 @@ struct Cli {
     /// Output directory: each checkpoint becomes `<checkpoint dir name>.onnx` in it.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
-    /// Largest accepted |ONNX Runtime - reference| for any output of the reference batch.
+    /// Largest accepted |ONNX Runtime - reference| / max(1, |reference|) for any output of the
+    /// reference batch: absolute for logits within +-1, relative beyond.
     #[arg(long, value_name = "TOL", default_value_t = DEFAULT_TOLERANCE, allow_negative_numbers = true)]
     tolerance: f32,
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then python3's onnxruntime).
@@ -109,13 +110,14 @@ fn run(cli: Cli) -> Result<()> {
 /// One line per file: path, size, max abs diff.
 fn report(e: &Exported) -> String {
     format!(
-        "{}: {} ({} bytes), max |onnxruntime - reference| = {:.2e} over {} outputs \
-         (tolerance {:.1e}), from {}",
+        "{}: {} ({} bytes), max |onnxruntime - reference| = {:.2e} over {} outputs, \
+         relative to max(1, |reference|) {:.2e} (tolerance {:.1e}), from {}",
         e.path.display(),
         human_size(e.bytes),
         e.bytes,
         e.max_abs_diff,
         shape_text(&e.output_shape),
+        e.scaled_diff,
         e.tolerance,
         Path::new(&e.checkpoint).display()
     )

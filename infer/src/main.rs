@@ -32,7 +32,8 @@ struct Cli {
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then python3's onnxruntime).
     #[arg(long, global = true, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
-    /// Worker threads for decoding and features (default: all cores).
+    /// Threads decoding audio and computing features [default: a quarter of the cores, at
+    /// least 1].
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
     #[command(flatten)]
@@ -96,8 +97,12 @@ struct PredictArgs {
     /// Windows per inference batch.
     #[arg(long, default_value_t = 48)]
     batch_size: usize,
-    /// ONNX Runtime threads per model (default: 2).
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    /// Inference workers, each running its own ONNX Runtime sessions on its own batches
+    /// [default: the number of cores]. Parallel single-threaded sessions outrun intra-op threads.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// ONNX Runtime intra-op threads per session.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     ort_threads: usize,
     /// Show a progress line even when stderr is not a terminal.
     #[arg(long)]
@@ -245,11 +250,10 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>, threads: Option<usize
     let Some(out) = args.out else {
         bail!("--out is required");
     };
-    let decode_threads = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let decode_threads = threads.unwrap_or((cores / 4).max(1));
     let opts = PredictOptions {
         models: args.models,
         soundscapes: args.soundscapes,
@@ -270,6 +274,7 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>, threads: Option<usize
             progress: args.progress || std::io::stderr().is_terminal(),
         },
         ort_threads: args.ort_threads,
+        workers: args.workers.unwrap_or(cores).max(1),
         ort_lib,
     };
     let summary = predict(&opts)?;

@@ -49,8 +49,10 @@ pub struct PredictOptions {
     pub threshold: f32,
     /// Decode threads, batch size, time limit, progress.
     pub run: RunConfig,
-    /// ONNX Runtime intra-op threads per model.
+    /// ONNX Runtime intra-op threads per session.
     pub ort_threads: usize,
+    /// Inference workers, each with its own sessions of every model.
+    pub workers: usize,
     /// Explicit ONNX Runtime library.
     pub ort_lib: Option<PathBuf>,
 }
@@ -140,14 +142,20 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
         }
         None => all,
     };
-    let mut models = opts
-        .models
-        .iter()
-        .map(|p| OnnxModel::load(p, opts.ort_threads))
-        .collect::<Result<Vec<_>>>()?;
-    check_ensemble(&models)?;
-    let labels = models[0].card.labels.clone();
-    let frontend = models[0].card.frontend.clone();
+    let load_set = || {
+        opts.models
+            .iter()
+            .map(|p| OnnxModel::load(p, opts.ort_threads))
+            .collect::<Result<Vec<_>>>()
+    };
+    let first = load_set()?;
+    check_ensemble(&first)?;
+    let labels = first[0].card.labels.clone();
+    let frontend = first[0].card.frontend.clone();
+    let mut model_sets = vec![first];
+    for _ in 1..opts.workers.max(1) {
+        model_sets.push(load_set()?);
+    }
     let columns = column_order(
         &labels,
         opts.sample_submission.as_deref(),
@@ -171,7 +179,7 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
         warnings.push("no audio files to score: the submission has the header only".into());
     }
 
-    let out = runner::run(&files, &mut models, &opts.run)?;
+    let out = runner::run(&files, model_sets, &opts.run)?;
     let (n_models, k) = (out.models, out.classes);
 
     // Per model, every file's rows stacked, so rank ensembling sees all rows of the run.

@@ -14,7 +14,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -242,11 +243,34 @@ pub fn fmt_secs(s: f64) -> String {
     }
 }
 
-/// Score `files` with every model. Models must already agree (see [`crate::model::check_ensemble`]).
-pub fn run(files: &[PathBuf], models: &mut [OnnxModel], cfg: &RunConfig) -> Result<RunOutput> {
+/// What the inference workers share.
+struct State {
+    scores: Vec<FileScores>,
+    files_done: usize,
+    bytes_done: u64,
+    warned: bool,
+    skipped_for_time: usize,
+    windows_inferred: usize,
+    error: Option<anyhow::Error>,
+    progress: Progress,
+}
+
+/// Score `files` with every model. `model_sets` holds one copy of the ensemble per inference
+/// worker (each worker runs its own sessions on its own batches: ONNX Runtime gains more from
+/// parallel single-threaded sessions than from intra-op threads). The sets must agree (see
+/// [`crate::model::check_ensemble`]).
+pub fn run(
+    files: &[PathBuf],
+    model_sets: Vec<Vec<OnnxModel>>,
+    cfg: &RunConfig,
+) -> Result<RunOutput> {
     let start = Instant::now();
-    let first = models.first().ok_or_else(|| anyhow!("no models"))?;
-    let classes = first.classes();
+    let models = model_sets
+        .first()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| anyhow!("no models"))?;
+    let classes = models[0].classes();
+    let n_models = models.len();
     // Distinct frontends, computed once each.
     let mut configs: Vec<FrontendConfig> = Vec::new();
     let mut model_frontend = Vec::new();
@@ -265,10 +289,6 @@ pub fn run(files: &[PathBuf], models: &mut [OnnxModel], cfg: &RunConfig) -> Resu
         .map(Frontend::new)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!("model frontend: {e}"))?;
-    let feature_len: Vec<usize> = frontends
-        .iter()
-        .map(|f| f.config().input_shape().iter().product())
-        .collect();
 
     let sizes: Vec<u64> = files
         .iter()
@@ -276,28 +296,38 @@ pub fn run(files: &[PathBuf], models: &mut [OnnxModel], cfg: &RunConfig) -> Resu
         .collect();
     let total_bytes: u64 = sizes.iter().sum();
     let batch = cfg.batch_size.max(1);
-    let (tx, rx) = sync_channel::<Msg>(4 * batch);
+    let workers = model_sets.len();
+    let (tx, rx) = sync_channel::<Msg>(4 * batch * workers);
+    let rx = Mutex::new(rx);
     let stop = AtomicBool::new(false);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.decode_threads.max(1))
         .thread_name(|i| format!("decode-{i}"))
         .build()
         .map_err(|e| anyhow!("cannot start decode threads: {e}"))?;
-
-    let n_models = models.len();
-    let mut scores: Vec<FileScores> = files
-        .iter()
-        .map(|p| FileScores {
-            path: p.clone(),
-            probs: Vec::new(),
-            windows: 0,
-            failure: None,
-            seconds: 0.0,
-        })
-        .collect();
-    let mut skipped_for_time = 0;
-    let mut windows_inferred = 0;
-    let mut inference_error = None;
+    let state = Mutex::new(State {
+        scores: files
+            .iter()
+            .map(|p| FileScores {
+                path: p.clone(),
+                probs: Vec::new(),
+                windows: 0,
+                failure: None,
+                seconds: 0.0,
+            })
+            .collect(),
+        files_done: 0,
+        bytes_done: 0,
+        warned: false,
+        skipped_for_time: 0,
+        windows_inferred: 0,
+        error: None,
+        progress: Progress {
+            start,
+            last: start,
+            enabled: cfg.progress,
+        },
+    });
 
     std::thread::scope(|scope| {
         let frontends = &frontends;
@@ -310,124 +340,134 @@ pub fn run(files: &[PathBuf], models: &mut [OnnxModel], cfg: &RunConfig) -> Resu
                     .for_each_with(tx, |tx, (i, p)| process_file(i, p, frontends, tx, stop));
             });
         });
-        let mut consumer = Consumer {
-            models,
-            model_frontend: &model_frontend,
-            feature_len: &feature_len,
-            classes,
-            pending: Vec::new(),
-            inputs: vec![Vec::new(); frontends.len()],
-        };
-        let mut progress = Progress {
-            start,
-            last: start,
-            enabled: cfg.progress,
-        };
-        let mut files_done = 0;
-        let mut bytes_done = 0u64;
-        let mut warned = false;
-        let result = (|| -> Result<()> {
-            for msg in rx_iter(&rx) {
-                match msg {
-                    Msg::Window {
-                        file,
-                        index,
-                        features,
-                    } => {
-                        consumer.push(file, index, features);
-                        if consumer.pending.len() >= batch {
-                            windows_inferred += consumer.flush(&mut scores, n_models)?;
-                        }
+        for mut set in model_sets {
+            let (rx, state, sizes, model_frontend) = (&rx, &state, &sizes, &model_frontend);
+            scope.spawn(move || {
+                let mut consumer = Consumer {
+                    models: &mut set,
+                    model_frontend,
+                    classes,
+                    pending: Vec::new(),
+                    inputs: vec![Vec::new(); frontends.len()],
+                    probs: Vec::new(),
+                };
+                let fail = |e: anyhow::Error| {
+                    // Keep draining the channel so no decoder blocks; start no new files.
+                    stop.store(true, Ordering::Relaxed);
+                    let mut st = lock(state);
+                    if st.error.is_none() {
+                        st.error = Some(e);
                     }
-                    Msg::Done {
-                        file,
-                        windows,
-                        expected,
-                        seconds,
-                        error,
-                    } => {
-                        let s = &mut scores[file];
-                        s.windows = expected;
-                        s.seconds = seconds;
-                        if let Some(reason) = error {
-                            if reason.starts_with("skipped:") {
-                                skipped_for_time += 1;
-                            }
-                            s.failure = Some(Failure {
-                                reason,
-                                decoded_windows: windows,
-                            });
-                        }
-                        files_done += 1;
-                        bytes_done += sizes[file];
-                        if let Some(limit) = cfg.time_limit {
-                            let elapsed = start.elapsed().as_secs_f64();
-                            let projected = elapsed * total_bytes as f64 / bytes_done as f64;
-                            if projected > limit.as_secs_f64() && files_done >= 3 && !warned {
-                                warned = true;
-                                eprintln!(
-                                    "\nwarning: projected total {} exceeds the time limit {} \
-                                     ({files_done} of {} files in {}){}",
-                                    fmt_secs(projected),
-                                    fmt_secs(limit.as_secs_f64()),
-                                    files.len(),
-                                    fmt_secs(elapsed),
-                                    if cfg.strict {
-                                        "; --strict: no new files are started, the rest get fallback rows"
-                                    } else {
-                                        ""
-                                    }
-                                );
-                                if cfg.strict {
-                                    stop.store(true, Ordering::Relaxed);
+                };
+                loop {
+                    let msg = lock(rx).recv();
+                    let Ok(msg) = msg else { break };
+                    match msg {
+                        Msg::Window {
+                            file,
+                            index,
+                            features,
+                        } => {
+                            consumer.push(file, index, features);
+                            if consumer.pending.len() >= batch {
+                                if let Err(e) = consumer.flush(state, n_models) {
+                                    fail(e);
                                 }
                             }
                         }
-                        progress.tick(files_done, files.len(), windows_inferred, false);
+                        Msg::Done {
+                            file,
+                            windows,
+                            expected,
+                            seconds,
+                            error,
+                        } => {
+                            let mut st = lock(state);
+                            let st = &mut *st;
+                            let s = &mut st.scores[file];
+                            s.windows = expected;
+                            s.seconds = seconds;
+                            if let Some(reason) = error {
+                                if reason.starts_with("skipped:") {
+                                    st.skipped_for_time += 1;
+                                }
+                                s.failure = Some(Failure {
+                                    reason,
+                                    decoded_windows: windows,
+                                });
+                            }
+                            st.files_done += 1;
+                            st.bytes_done += sizes[file];
+                            if let Some(limit) = cfg.time_limit {
+                                let elapsed = start.elapsed().as_secs_f64();
+                                let projected =
+                                    elapsed * total_bytes as f64 / st.bytes_done as f64;
+                                if projected > limit.as_secs_f64() && st.files_done >= 3 && !st.warned
+                                {
+                                    st.warned = true;
+                                    eprintln!(
+                                        "\nwarning: projected total {} exceeds the time limit {} \
+                                         ({} of {} files in {}){}",
+                                        fmt_secs(projected),
+                                        fmt_secs(limit.as_secs_f64()),
+                                        st.files_done,
+                                        files.len(),
+                                        fmt_secs(elapsed),
+                                        if cfg.strict {
+                                            "; --strict: no new files are started, the rest get fallback rows"
+                                        } else {
+                                            ""
+                                        }
+                                    );
+                                    if cfg.strict {
+                                        stop.store(true, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                            let (done, windows) = (st.files_done, st.windows_inferred);
+                            st.progress.tick(done, files.len(), windows, false);
+                        }
                     }
                 }
-            }
-            windows_inferred += consumer.flush(&mut scores, n_models)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Stop the workers: they notice when the channel is gone.
-            stop.store(true, Ordering::Relaxed);
-            inference_error = Some(e);
-            drop(rx);
-        } else {
-            progress.tick(files_done, files.len(), windows_inferred, true);
+                if let Err(e) = consumer.flush(state, n_models) {
+                    fail(e);
+                }
+            });
         }
     });
-    if let Some(e) = inference_error {
+    let mut st = state.into_inner().unwrap_or_else(PoisonError::into_inner);
+    if let Some(e) = st.error.take() {
         return Err(e);
     }
+    let (done, windows) = (st.files_done, st.windows_inferred);
+    st.progress.tick(done, files.len(), windows, true);
     // Fill rows that never got a prediction with the fallback value.
-    for s in &mut scores {
+    for s in &mut st.scores {
         s.probs
             .resize(s.windows * n_models * classes, FALLBACK_PROBABILITY);
     }
     Ok(RunOutput {
-        files: scores,
+        files: st.scores,
         models: n_models,
         classes,
-        skipped_for_time,
+        skipped_for_time: st.skipped_for_time,
         elapsed: start.elapsed(),
-        windows_inferred,
+        windows_inferred: st.windows_inferred,
     })
 }
 
-fn rx_iter(rx: &Receiver<Msg>) -> impl Iterator<Item = Msg> + '_ {
-    std::iter::from_fn(move || rx.recv().ok())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 struct Consumer<'a> {
     models: &'a mut [OnnxModel],
     model_frontend: &'a [usize],
-    feature_len: &'a [usize],
     classes: usize,
     pending: Vec<(usize, usize)>,
     inputs: Vec<Vec<f32>>,
+    /// Sigmoid outputs of the last batch, `[model][row * classes + class]`.
+    probs: Vec<Vec<f32>>,
 }
 
 impl Consumer<'_> {
@@ -438,31 +478,36 @@ impl Consumer<'_> {
         }
     }
 
-    /// Run every model on the pending windows and store sigmoid probabilities.
-    fn flush(&mut self, scores: &mut [FileScores], n_models: usize) -> Result<usize> {
+    /// Run every model on the pending windows (outside the lock), then store the sigmoid
+    /// probabilities.
+    fn flush(&mut self, state: &Mutex<State>, n_models: usize) -> Result<()> {
         let n = self.pending.len();
         if n == 0 {
-            return Ok(0);
+            return Ok(());
         }
         let k = self.classes;
+        self.probs.clear();
         for (m, model) in self.models.iter_mut().enumerate() {
-            let fi = self.model_frontend[m];
-            debug_assert_eq!(self.inputs[fi].len(), n * self.feature_len[fi]);
-            let logits = model.run(&self.inputs[fi], n)?;
-            for (row, &(file, index)) in self.pending.iter().enumerate() {
-                let probs = &mut scores[file].probs;
-                let need = (index + 1) * n_models * k;
-                if probs.len() < need {
-                    probs.resize(need, FALLBACK_PROBABILITY);
-                }
-                let dst = &mut probs[(index * n_models + m) * k..(index * n_models + m + 1) * k];
-                for (d, &l) in dst.iter_mut().zip(&logits[row * k..(row + 1) * k]) {
-                    *d = 1.0 / (1.0 + (-l).exp());
-                }
+            let logits = model.run(&self.inputs[self.model_frontend[m]], n)?;
+            self.probs
+                .push(logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect());
+        }
+        let mut st = lock(state);
+        for (row, &(file, index)) in self.pending.iter().enumerate() {
+            let probs = &mut st.scores[file].probs;
+            let need = (index + 1) * n_models * k;
+            if probs.len() < need {
+                probs.resize(need, FALLBACK_PROBABILITY);
+            }
+            for (m, p) in self.probs.iter().enumerate() {
+                probs[(index * n_models + m) * k..(index * n_models + m + 1) * k]
+                    .copy_from_slice(&p[row * k..(row + 1) * k]);
             }
         }
+        st.windows_inferred += n;
+        drop(st);
         self.pending.clear();
         self.inputs.iter_mut().for_each(Vec::clear);
-        Ok(n)
+        Ok(())
     }
 }

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The pipeline a Kaggle notebook would write, for comparison with birdclef-infer: per soundscape,
+soundfile decode, librosa log-mel of its 5-s windows (the model card's frontend, including its
+normalisation), onnxruntime on the batch, sigmoid; rows appended to a DataFrame-like list.
+Also measures raw ONNX Runtime throughput on precomputed inputs.
+
+    infer_reference.py raw   MODEL.onnx [--threads 2] [--batch 48] [--seconds 20]
+    infer_reference.py pipeline MODEL.onnx FILE... [--threads 2]
+Prints one JSON object."""
+import argparse
+import json
+import time
+
+import librosa
+import numpy as np
+import onnxruntime as ort
+import soundfile as sf
+
+
+def session(path, threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def card_of(sess):
+    return json.loads(sess.get_modelmeta().custom_metadata_map["birdclef.card"])
+
+
+def raw(args):
+    """ONNX Runtime alone on precomputed inputs, two ways: one session with `threads` intra-op
+    threads, and `threads` single-threaded sessions running batches in parallel (ONNX Runtime
+    releases the GIL while it runs)."""
+    import threading
+
+    def rate(sessions):
+        c, h, w = card_of(sessions[0])["input_shape"]
+        x = np.random.default_rng(0).standard_normal((args.batch, c, h, w)).astype(np.float32)
+        name = sessions[0].get_inputs()[0].name
+        for s in sessions:
+            s.run(None, {name: x})
+        counts = [0] * len(sessions)
+        start = time.perf_counter()
+
+        def loop(i):
+            while time.perf_counter() - start < args.seconds:
+                sessions[i].run(None, {name: x})
+                counts[i] += 1
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(sessions))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) * args.batch / (time.perf_counter() - start)
+
+    one = rate([session(args.model, args.threads)])
+    parallel = rate([session(args.model, 1) for _ in range(args.threads)])
+    return {"one_session": one, "parallel_sessions": parallel,
+            "windows_per_second": max(one, parallel)}
+
+
+def pipeline(args):
+    sess = session(args.model, args.threads)
+    card = card_of(sess)
+    fe = card["frontend"]
+    name = sess.get_inputs()[0].name
+    w = round(fe["windows"]["window_seconds"] * fe["sample_rate"])
+    rows, windows, start = [], 0, time.perf_counter()
+    for path in args.files:
+        y, sr = sf.read(path, dtype="float32")
+        if y.ndim > 1:
+            y = y.mean(axis=1)
+        n = max(1, len(y) // w + int(len(y) % w >= fe["windows"]["min_last_window_seconds"] * sr))
+        clips = np.zeros((n, w), dtype=np.float32)
+        for i in range(n):
+            part = y[i * w:(i + 1) * w]
+            clips[i, :len(part)] = part
+        S = librosa.feature.melspectrogram(
+            y=clips, sr=sr, n_fft=fe["n_fft"], hop_length=fe["hop_length"], win_length=fe["win_length"],
+            center=fe["center"], pad_mode=fe["pad_mode"], power=fe["power"], n_mels=fe["n_mels"],
+            fmin=fe["fmin"], fmax=fe["fmax"], htk=fe["mel_scale"] == "htk")
+        x = librosa.power_to_db(S, ref=1.0, amin=1e-10, top_db=80.0)
+        if fe["normalize"] == "image_standard":
+            mean = x.mean(axis=(1, 2), keepdims=True)
+            std = x.std(axis=(1, 2), keepdims=True)
+            x = (x - mean) / np.maximum(std, 1e-6)
+        x = x[:, None].astype(np.float32)
+        logits = sess.run(None, {name: x})[0]
+        probs = 1 / (1 + np.exp(-logits))
+        stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        rows.extend((f"{stem}_{(i + 1) * 5}", p) for i, p in enumerate(probs))
+        windows += n
+    elapsed = time.perf_counter() - start
+    return {"windows": windows, "seconds": elapsed, "windows_per_second": windows / elapsed}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["raw", "pipeline"])
+    ap.add_argument("model")
+    ap.add_argument("files", nargs="*")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    print(json.dumps(raw(args) if args.mode == "raw" else pipeline(args)))
+
+
+if __name__ == "__main__":
+    main()
