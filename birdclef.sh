@@ -30,6 +30,7 @@ case "${1:-}" in
   bench)
     bench/frontend.sh
     bench/onnx.sh
+    bench/infer.sh
     ;;
   *)
     sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
