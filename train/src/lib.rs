@@ -6,3 +6,4 @@
 pub mod device;
 pub mod init;
 pub mod net;
+pub mod data;

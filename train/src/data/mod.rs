@@ -1,0 +1,76 @@
+//! Training data: a Kaggle BirdCLEF directory read as it is, its folds, and the decoded audio.
+//!
+//! The contract between data loading and the training loop:
+//! - [`Dataset`]: the label order and one [`Recording`] per row of `train_metadata.csv`;
+//! - [`AudioStore`]: decoded 32 kHz mono audio per recording — the first and the last N seconds
+//!   ([`Segments`]), which is where random 5-s training crops are taken from;
+//! - fold assignment: `Vec<usize>` (fold of each recording).
+
+use std::path::PathBuf;
+
+/// One labelled recording (a row of train_metadata.csv).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recording {
+    /// The `filename` column, relative to `train_audio/` (e.g. `asbfly/XC134896.ogg`).
+    pub filename: String,
+    /// Full path of the audio file.
+    pub path: PathBuf,
+    /// Index of the primary label in [`Dataset::labels`].
+    pub primary: usize,
+    /// Indices of the secondary labels (known labels only).
+    pub secondary: Vec<usize>,
+    /// The `rating` column when present.
+    pub rating: Option<f32>,
+    /// The value of the group column (recordist, site, ...) when one is configured.
+    pub group: Option<String>,
+}
+
+/// A competition's labelled training data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// The competition directory.
+    pub root: PathBuf,
+    /// Species in submission order (from taxonomy.csv or sample_submission.csv).
+    pub labels: Vec<String>,
+    /// One entry per metadata row kept.
+    pub recordings: Vec<Recording>,
+}
+
+/// Decoded audio of one recording: its first and last N seconds at 32 kHz (`tail` is empty when
+/// the recording is no longer than N seconds, since `head` then holds all of it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Segments {
+    /// The first N seconds.
+    pub head: Vec<f32>,
+    /// The last N seconds (possibly overlapping `head` for recordings under 2N seconds).
+    pub tail: Vec<f32>,
+}
+
+/// Read access to decoded training audio, shared by the batch-building threads.
+pub trait AudioStore: Sync {
+    /// Number of recordings.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The segments of recording `index` (same order as [`Dataset::recordings`]).
+    fn segments(&self, index: usize) -> anyhow::Result<Segments>;
+}
+
+/// An [`AudioStore`] held in memory (tests, small datasets).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryStore(pub Vec<Segments>);
+
+impl AudioStore for MemoryStore {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn segments(&self, index: usize) -> anyhow::Result<Segments> {
+        self.0
+            .get(index)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no recording {index} in a store of {}", self.0.len()))
+    }
+}
