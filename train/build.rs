@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=src/torch_version.rs");
     // These select which libtorch torch-sys builds against. When they change, torch-sys re-runs,
     // and so does this script; listing them keeps that explicit. (DEP_* variables are set by Cargo
     // itself and cannot be watched with rerun-if-env-changed.)
@@ -77,23 +78,7 @@ fn main() {
     }
 }
 
-/// The libtorch version next to `lib_dir`: pip's `torch/version.py` (`__version__ = '2.11.0+cu130'`)
-/// or the `build-version` file of a libtorch zip.
-fn libtorch_version(lib_dir: &Path) -> Option<String> {
-    let root = lib_dir.parent()?;
-    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
-        let line = text.lines().find(|l| l.starts_with("__version__"))?;
-        return Some(
-            line.split('=')
-                .nth(1)?
-                .trim()
-                .trim_matches(['\'', '"'])
-                .to_string(),
-        );
-    }
-    let text = std::fs::read_to_string(root.join("build-version")).ok()?;
-    Some(text.trim().to_string())
-}
+include!("src/torch_version.rs");
 
 /// The version of package `name` in the workspace's Cargo.lock.
 fn locked_version(lock: &Path, name: &str) -> Option<String> {

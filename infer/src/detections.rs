@@ -18,6 +18,7 @@
 //! `View` is `Spectrogram 1`, `Channel` is 1 and the frequency band is the frontend's
 //! `fmin`–`fmax`, the band the model saw.
 
+use crate::files::FileError;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -41,24 +42,9 @@ pub enum DetectionError {
     /// The inputs do not fit together (column count, window length, threshold).
     #[error("{0}")]
     Invalid(String),
-    /// Writing a file or making the directory failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A CSV could not be encoded.
-    #[error("{path}: {source}")]
-    Csv {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: csv::Error,
-    },
+    /// Reading, parsing or writing a file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// One species detected in one window of one audio file.
@@ -154,11 +140,13 @@ fn prob_text(p: f32) -> String {
 ///
 /// # Errors
 ///
-/// [`DetectionError::Csv`] or [`DetectionError::Io`] naming the file.
+/// [`FileError::Csv`] or [`FileError::Io`] naming the file.
 pub fn write_csv(path: &Path, detections: &[Detection]) -> Result<(), DetectionError> {
-    let csv_err = |source| DetectionError::Csv {
-        path: path.to_path_buf(),
-        source,
+    let csv_err = |source| {
+        DetectionError::from(FileError::Csv {
+            path: path.to_path_buf(),
+            cause: source,
+        })
     };
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
@@ -180,13 +168,17 @@ pub fn write_csv(path: &Path, detections: &[Detection]) -> Result<(), DetectionE
         ])
         .map_err(csv_err)?;
     }
-    let bytes = w.into_inner().map_err(|e| DetectionError::Io {
-        path: path.to_path_buf(),
-        source: e.into_error(),
+    let bytes = w.into_inner().map_err(|e| {
+        DetectionError::from(FileError::Io {
+            path: path.to_path_buf(),
+            cause: e.into_error(),
+        })
     })?;
-    birdclef_models::npy::write_atomic(path, &bytes).map_err(|source| DetectionError::Io {
-        path: path.to_path_buf(),
-        source,
+    birdclef_models::npy::write_atomic(path, &bytes).map_err(|source| {
+        DetectionError::from(FileError::Io {
+            path: path.to_path_buf(),
+            cause: source,
+        })
     })
 }
 
@@ -224,7 +216,7 @@ pub fn raven_table(detections: &[&Detection], fmin: f64, fmax: f64) -> String {
 /// # Errors
 ///
 /// [`DetectionError::Invalid`] for a stem that is empty or holds a path separator, or a band
-/// that is not `0 ≤ fmin < fmax`; [`DetectionError::Io`] naming the directory or file.
+/// that is not `0 ≤ fmin < fmax`; [`FileError::Io`] naming the directory or file.
 pub fn write_raven_tables(
     dir: &Path,
     stems: &[String],
@@ -255,9 +247,11 @@ pub fn write_raven_tables(
             })
             .map_err(|r| DetectionError::Invalid(format!("file stem {stem:?}: {r}")))?;
     }
-    std::fs::create_dir_all(dir).map_err(|source| DetectionError::Io {
-        path: dir.to_path_buf(),
-        source,
+    std::fs::create_dir_all(dir).map_err(|source| {
+        DetectionError::from(FileError::Io {
+            path: dir.to_path_buf(),
+            cause: source,
+        })
     })?;
     let mut written = Vec::with_capacity(by_file.len());
     for (stem, mut dets) in by_file {
@@ -270,10 +264,10 @@ pub fn write_raven_tables(
         let path = dir.join(format!("{stem}{RAVEN_SUFFIX}"));
         let text = raven_table(&dets, fmin, fmax);
         birdclef_models::npy::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            DetectionError::Io {
+            DetectionError::from(FileError::Io {
                 path: path.clone(),
-                source,
-            }
+                cause: source,
+            })
         })?;
         written.push(path);
     }

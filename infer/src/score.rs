@@ -12,6 +12,7 @@
 //! A solution column named `Usage` (Kaggle's public/private split) is not a species and is
 //! skipped.
 
+use crate::files::FileError;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,32 +29,6 @@ const NON_SPECIES: &[&str] = &["Usage"];
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScoreError {
-    /// Reading a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A CSV file could not be parsed.
-    #[error("{path}: {source}")]
-    Csv {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: csv::Error,
-    },
-    /// A CSV file does not have the expected content.
-    #[error("{path}: {reason}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// Solution rows are missing from the submission.
     #[error(
         "{submission}: {count} row(s) of the solution are missing, e.g. {}",
@@ -84,6 +59,9 @@ pub enum ScoreError {
         #[source]
         source: MetricError,
     },
+    /// Reading, parsing or writing a file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// The result of [`score`].
@@ -176,17 +154,23 @@ struct Table {
 }
 
 fn read_table(path: &Path, what: &str) -> Result<Table, ScoreError> {
-    let file = std::fs::File::open(path).map_err(|source| ScoreError::Io {
-        path: path.to_path_buf(),
-        source,
+    let file = std::fs::File::open(path).map_err(|source| {
+        ScoreError::from(FileError::Io {
+            path: path.to_path_buf(),
+            cause: source,
+        })
     })?;
-    let csv_err = |source| ScoreError::Csv {
-        path: path.to_path_buf(),
-        source,
+    let csv_err = |source| {
+        ScoreError::from(FileError::Csv {
+            path: path.to_path_buf(),
+            cause: source,
+        })
     };
-    let fmt_err = |reason: String| ScoreError::Format {
-        path: path.to_path_buf(),
-        reason,
+    let fmt_err = |reason: String| {
+        ScoreError::from(FileError::Format {
+            path: path.to_path_buf(),
+            reason,
+        })
     };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -266,10 +250,10 @@ fn index_rows(table: &Table, path: &Path) -> Result<HashMap<String, usize>, Scor
     let mut index = HashMap::with_capacity(table.row_ids.len());
     for (i, id) in table.row_ids.iter().enumerate() {
         if index.insert(id.clone(), i).is_some() {
-            return Err(ScoreError::Format {
+            return Err(ScoreError::from(FileError::Format {
                 path: path.to_path_buf(),
                 reason: format!("row id {id:?} appears twice"),
-            });
+            }));
         }
     }
     Ok(index)
@@ -281,7 +265,7 @@ fn index_rows(table: &Table, path: &Path) -> Result<HashMap<String, usize>, Scor
 ///
 /// # Errors
 ///
-/// I/O and CSV errors; [`ScoreError::Format`] for a missing `row_id` column, a repeated row id
+/// I/O and CSV errors; [`FileError::Format`] for a missing `row_id` column, a repeated row id
 /// or column, a value that is not a finite number (or not 0/1 in the solution);
 /// [`ScoreError::MissingRows`] (up to 10 ids and the count); [`ScoreError::MissingColumns`];
 /// [`ScoreError::Metric`] when the metric is undefined (no species with a positive, or one
@@ -343,9 +327,11 @@ pub fn score(
     }
 
     let (n, c) = (sol.row_ids.len(), sol.columns.len());
-    let truth = Array2::from_shape_vec((n, c), sol.values).map_err(|e| ScoreError::Format {
-        path: solution.to_path_buf(),
-        reason: e.to_string(),
+    let truth = Array2::from_shape_vec((n, c), sol.values).map_err(|e| {
+        ScoreError::from(FileError::Format {
+            path: solution.to_path_buf(),
+            reason: e.to_string(),
+        })
     })?;
     let sub_width = sub.columns.len();
     let mut preds = Array2::<f64>::zeros((n, c));

@@ -14,6 +14,7 @@
 //! Rank ensembling (`--ensemble rank`) ranks the rows of one run: shards rank separately, so
 //! their merged result differs from an unsharded rank ensemble.
 
+use crate::files::FileError;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -34,23 +35,6 @@ pub enum ShardError {
     /// `auto` was asked for but the environment does not say which shard this is.
     #[error("cannot determine the shard from the environment: {0}")]
     Environment(String),
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A shard CSV is malformed.
-    #[error("{path}: {reason}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// A shard's header differs from the first shard's.
     #[error(
         "{path}: its header differs from that of {first} (first difference at column {column}: \
@@ -81,6 +65,9 @@ pub enum ShardError {
     /// No input file was given to [`merge`].
     #[error("no shard files to merge")]
     NoInputs,
+    /// Reading, parsing or writing a file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// Shard `k` of `n` (0-based, `k < n`).
@@ -382,7 +369,7 @@ pub fn split_row_id(row_id: &str) -> Option<(&str, u64)> {
 ///
 /// # Errors
 ///
-/// [`ShardError::NoInputs`], [`ShardError::Io`], [`ShardError::Format`] (empty file, a row id
+/// [`ShardError::NoInputs`], [`FileError::Io`], [`FileError::Format`] (empty file, a row id
 /// not of the form `<stem>_<integer>`, a row with the wrong number of fields),
 /// [`ShardError::HeaderMismatch`], [`ShardError::DuplicateRow`].
 pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeReport, ShardError> {
@@ -390,9 +377,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeReport, ShardError> 
     let texts: Vec<String> = inputs
         .iter()
         .map(|p| {
-            std::fs::read_to_string(p).map_err(|source| ShardError::Io {
-                path: p.clone(),
-                source,
+            std::fs::read_to_string(p).map_err(|source| {
+                ShardError::from(FileError::Io {
+                    path: p.clone(),
+                    cause: source,
+                })
             })
         })
         .collect::<Result<_, _>>()?;
@@ -401,9 +390,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeReport, ShardError> 
     // (stem, end second, line, input index)
     let mut rows: Vec<(&str, u64, &str, usize)> = Vec::new();
     for (index, (path, text)) in inputs.iter().zip(&texts).enumerate() {
-        let fmt_err = |reason: String| ShardError::Format {
-            path: path.clone(),
-            reason,
+        let fmt_err = |reason: String| {
+            ShardError::from(FileError::Format {
+                path: path.clone(),
+                reason,
+            })
         };
         let mut lines = text.lines();
         let this_header = lines
@@ -483,9 +474,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeReport, ShardError> 
         bytes.extend_from_slice(r.2.as_bytes());
         bytes.push(b'\n');
     }
-    birdclef_models::npy::write_atomic(out, &bytes).map_err(|source| ShardError::Io {
-        path: out.to_path_buf(),
-        source,
+    birdclef_models::npy::write_atomic(out, &bytes).map_err(|source| {
+        ShardError::from(FileError::Io {
+            path: out.to_path_buf(),
+            cause: source,
+        })
     })?;
     Ok(MergeReport {
         inputs: inputs.len(),

@@ -16,6 +16,7 @@
 //! (`0.5`, `0.000123457`, `1.23457e-05`, `1`), via [`push_prob`]. NaN and ±infinity are
 //! written as `0` and counted in [`WriteReport::non_finite`] so the caller can warn.
 
+use crate::files::FileError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,32 +32,6 @@ pub const ROW_ID: &str = "row_id";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmissionError {
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A CSV file could not be parsed.
-    #[error("{path}: {source}")]
-    Csv {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: csv::Error,
-    },
-    /// A CSV file does not have the expected content.
-    #[error("{path}: {reason}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// Both a sample submission and a taxonomy were given as the column order.
     #[error(
         "both a sample submission ({sample_submission}) and a taxonomy ({taxonomy}) were given \
@@ -98,6 +73,9 @@ pub enum SubmissionError {
         /// Number of data rows formatted.
         got: usize,
     },
+    /// Reading, parsing or writing a file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// Where the species columns of a submission come from.
@@ -239,9 +217,11 @@ pub fn column_order(
 /// I/O, CSV and format errors naming the file.
 pub fn sample_submission_columns(path: &Path) -> Result<Vec<String>, SubmissionError> {
     let mut reader = csv_reader(path)?;
-    let header = reader.headers().map_err(|source| SubmissionError::Csv {
-        path: path.to_path_buf(),
-        source,
+    let header = reader.headers().map_err(|source| {
+        SubmissionError::from(FileError::Csv {
+            path: path.to_path_buf(),
+            cause: source,
+        })
     })?;
     let fields: Vec<String> = header
         .iter()
@@ -257,24 +237,24 @@ pub fn sample_submission_columns(path: &Path) -> Result<Vec<String>, SubmissionE
     match fields.first() {
         Some(first) if first == ROW_ID => {}
         Some(first) => {
-            return Err(SubmissionError::Format {
+            return Err(SubmissionError::from(FileError::Format {
                 path: path.to_path_buf(),
                 reason: format!("the first column is {first:?}, expected {ROW_ID:?}"),
-            })
+            }))
         }
         None => {
-            return Err(SubmissionError::Format {
+            return Err(SubmissionError::from(FileError::Format {
                 path: path.to_path_buf(),
                 reason: "empty header".into(),
-            })
+            }))
         }
     }
     let species: Vec<String> = fields.into_iter().skip(1).collect();
     if species.is_empty() {
-        return Err(SubmissionError::Format {
+        return Err(SubmissionError::from(FileError::Format {
             path: path.to_path_buf(),
             reason: "no species column after row_id".into(),
-        });
+        }));
     }
     Ok(species)
 }
@@ -287,46 +267,52 @@ pub fn sample_submission_columns(path: &Path) -> Result<Vec<String>, SubmissionE
 /// rows).
 pub fn taxonomy_labels(path: &Path) -> Result<Vec<String>, SubmissionError> {
     let mut reader = csv_reader(path)?;
-    let csv_err = |source| SubmissionError::Csv {
-        path: path.to_path_buf(),
-        source,
+    let csv_err = |source| {
+        SubmissionError::from(FileError::Csv {
+            path: path.to_path_buf(),
+            cause: source,
+        })
     };
     let header = reader.headers().map_err(csv_err)?.clone();
     let col = header
         .iter()
         .position(|h| h.trim_start_matches('\u{feff}') == "primary_label")
-        .ok_or_else(|| SubmissionError::Format {
-            path: path.to_path_buf(),
-            reason: format!(
-                "no primary_label column (columns: {})",
-                header.iter().collect::<Vec<_>>().join(",")
-            ),
+        .ok_or_else(|| {
+            SubmissionError::from(FileError::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "no primary_label column (columns: {})",
+                    header.iter().collect::<Vec<_>>().join(",")
+                ),
+            })
         })?;
     let mut labels = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let record = record.map_err(csv_err)?;
         let label = record.get(col).unwrap_or("").trim();
         if label.is_empty() {
-            return Err(SubmissionError::Format {
+            return Err(SubmissionError::from(FileError::Format {
                 path: path.to_path_buf(),
                 reason: format!("data row {} has no primary_label", i + 1),
-            });
+            }));
         }
         labels.push(label.to_string());
     }
     if labels.is_empty() {
-        return Err(SubmissionError::Format {
+        return Err(SubmissionError::from(FileError::Format {
             path: path.to_path_buf(),
             reason: "no rows".into(),
-        });
+        }));
     }
     Ok(labels)
 }
 
 fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>, SubmissionError> {
-    let file = std::fs::File::open(path).map_err(|source| SubmissionError::Io {
-        path: path.to_path_buf(),
-        source,
+    let file = std::fs::File::open(path).map_err(|source| {
+        SubmissionError::from(FileError::Io {
+            path: path.to_path_buf(),
+            cause: source,
+        })
     })?;
     Ok(csv::ReaderBuilder::new()
         .has_headers(true)
@@ -488,7 +474,7 @@ impl SubmissionWriter {
     /// # Errors
     ///
     /// [`SubmissionError::RowCount`] (nothing written, an existing file is left as it was) or
-    /// [`SubmissionError::Io`] naming the file.
+    /// [`FileError::Io`] naming the file.
     pub fn finish(self, path: &Path, expected_rows: usize) -> Result<WriteReport, SubmissionError> {
         let bytes = self.render();
         // Count the lines of the text itself, not the bookkeeping, before anything is written.
@@ -501,9 +487,11 @@ impl SubmissionWriter {
                 got,
             });
         }
-        birdclef_models::npy::write_atomic(path, &bytes).map_err(|source| SubmissionError::Io {
-            path: path.to_path_buf(),
-            source,
+        birdclef_models::npy::write_atomic(path, &bytes).map_err(|source| {
+            SubmissionError::from(FileError::Io {
+                path: path.to_path_buf(),
+                cause: source,
+            })
         })?;
         Ok(WriteReport {
             rows: got,

@@ -1,6 +1,8 @@
 //! `birdclef-train`: training on libtorch (tch). For now `doctor`, which checks the toolchain, and
 //! `init`, which creates a checkpoint (fresh or imported from timm weights).
 
+mod torch_version;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -148,7 +150,7 @@ fn doctor(request: DeviceRequest) -> Result<()> {
         .torch_cpu_path
         .as_deref()
         .and_then(Path::parent)
-        .and_then(libtorch_version_near)
+        .and_then(torch_version::libtorch_version)
         .unwrap_or_else(|| "unknown".to_string());
 
     row("birdclef-train", env!("CARGO_PKG_VERSION"));
@@ -204,21 +206,4 @@ fn doctor(request: DeviceRequest) -> Result<()> {
 /// One `label: value` line of the doctor report, values aligned.
 fn row(label: &str, value: impl std::fmt::Display) {
     println!("{:<24}{value}", format!("{label}:"));
-}
-
-/// The libtorch version for a loaded lib dir: pip's `torch/version.py` or a zip's `build-version`.
-fn libtorch_version_near(lib_dir: &Path) -> Option<String> {
-    let root = lib_dir.parent()?;
-    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
-        let line = text.lines().find(|l| l.starts_with("__version__"))?;
-        return Some(
-            line.split('=')
-                .nth(1)?
-                .trim()
-                .trim_matches(['\'', '"'])
-                .to_string(),
-        );
-    }
-    let text = std::fs::read_to_string(root.join("build-version")).ok()?;
-    Some(text.trim().to_string())
 }
