@@ -74,3 +74,6 @@ impl AudioStore for MemoryStore {
             .ok_or_else(|| anyhow::anyhow!("no recording {index} in a store of {}", self.0.len()))
     }
 }
+pub mod cache;
+pub mod folds;
+pub mod metadata;

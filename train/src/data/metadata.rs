@@ -1,0 +1,420 @@
+//! Reading a Kaggle BirdCLEF competition directory as it is.
+//!
+//! ```text
+//! <root>/train_metadata.csv      primary_label, secondary_labels, filename, [rating], [group column], ...
+//! <root>/taxonomy.csv            primary_label column: the label order (else sample_submission.csv)
+//! <root>/sample_submission.csv   row_id, <label>, <label>, ...
+//! <root>/train_audio/<filename>  the recordings
+//! ```
+//!
+//! [`load_dataset`] checks everything before returning: one [`DataError::Invalid`] lists every
+//! problem found (each missing audio file, each unknown primary label, each malformed row with its
+//! line number), so one run shows all that must be fixed. Secondary labels that are not in the
+//! label list are dropped and counted in [`Loaded::warnings`] (older competitions' metadata names
+//! species that the current label list does not score).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::{Dataset, Recording};
+
+/// Everything that can go wrong while reading training data or building its cache. Every variant
+/// names the files concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The competition directory has problems; all of them are listed.
+    #[error("{root}: {} problem(s) in the training data:\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid {
+        /// The competition directory.
+        root: PathBuf,
+        /// One line per problem, each naming its file (and line, for CSV rows).
+        problems: Vec<String>,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// An HDF5 operation failed.
+    #[error("{path}: HDF5: {cause}")]
+    Hdf5 {
+        /// The HDF5 file.
+        path: PathBuf,
+        /// What the library said.
+        cause: String,
+    },
+    /// Recordings could not be decoded (training data must be clean; see `skip_bad`).
+    #[error("{} recording(s) could not be decoded:\n  {}", failures.len(), failures.join("\n  "))]
+    Decode {
+        /// One message per file, naming it and the cause.
+        failures: Vec<String>,
+    },
+}
+
+/// How [`DataOptions::cap_per_species`] chooses the recordings it keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CapOrder {
+    /// The highest `rating` first (a missing rating ranks below every rating), ties by filename.
+    /// BirdCLEF metadata has no recording date, so "most recent" cannot be offered.
+    #[default]
+    BestRated,
+    /// The first by filename (for xeno-canto files `XC<number>`, lexicographic order).
+    Filename,
+}
+
+/// Options of [`load_dataset`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataOptions {
+    /// A metadata column whose value groups recordings that must share a fold (e.g. `author`).
+    /// An empty cell leaves the recording in a group of its own.
+    pub group_column: Option<String>,
+    /// Keep at most this many recordings per primary label.
+    pub cap_per_species: Option<usize>,
+    /// Which recordings the cap keeps.
+    pub cap_order: CapOrder,
+}
+
+/// A loaded dataset with the warnings met on the way (for the caller to print).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The dataset.
+    pub dataset: Dataset,
+    /// Non-fatal findings (dropped secondary labels, capped species), one line each.
+    pub warnings: Vec<String>,
+}
+
+/// Read `<root>/train_metadata.csv`, the label order and check every audio file exists.
+///
+/// The label order comes from `taxonomy.csv` (its `primary_label` column) when present, else from
+/// `sample_submission.csv`'s header (every column but `row_id`). Rows keep the metadata's order
+/// (after the optional per-species cap).
+pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError> {
+    let mut problems = Vec::new();
+    let labels = read_labels(root, &mut problems);
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+
+    let meta_path = root.join("train_metadata.csv");
+    let mut recordings = Vec::new();
+    let mut unknown_secondary: HashMap<String, usize> = HashMap::new();
+    match csv::ReaderBuilder::new().from_path(&meta_path) {
+        Err(e) => problems.push(format!("{}: cannot read: {e}", meta_path.display())),
+        Ok(mut reader) => {
+            let header = reader.headers().cloned().unwrap_or_default();
+            let col = |name: &str| header.iter().position(|h| h.trim() == name);
+            let primary_col = col("primary_label");
+            let secondary_col = col("secondary_labels");
+            let filename_col = col("filename");
+            let rating_col = col("rating");
+            let group_col = opts.group_column.as_deref().map(|g| (g, col(g)));
+            let mut header_ok = true;
+            for (name, c) in [
+                ("primary_label", primary_col),
+                ("secondary_labels", secondary_col),
+                ("filename", filename_col),
+            ] {
+                if c.is_none() {
+                    problems.push(format!("{}: no `{name}` column", meta_path.display()));
+                    header_ok = false;
+                }
+            }
+            if let Some((g, None)) = group_col {
+                problems.push(format!(
+                    "{}: no `{g}` column (the configured group column)",
+                    meta_path.display()
+                ));
+                header_ok = false;
+            }
+            if header_ok {
+                let (Some(pc), Some(sc), Some(fc)) = (primary_col, secondary_col, filename_col)
+                else {
+                    unreachable!("checked above")
+                };
+                for record in reader.records() {
+                    let record = match record {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let line = e.position().map(|p| p.line()).unwrap_or(0);
+                            problems.push(format!(
+                                "{}:{line}: malformed row: {e}",
+                                meta_path.display()
+                            ));
+                            continue;
+                        }
+                    };
+                    let line = record.position().map(|p| p.line()).unwrap_or(0);
+                    let at = format!("{}:{line}", meta_path.display());
+                    let field = |c: usize| record.get(c).unwrap_or("").trim();
+                    let primary_name = field(pc);
+                    let filename = field(fc).to_string();
+                    let mut row_ok = true;
+                    let primary = match index.get(primary_name) {
+                        Some(&i) => i,
+                        None => {
+                            if labels.is_empty() {
+                                // The label list itself is missing: already reported.
+                            } else if primary_name.is_empty() {
+                                problems.push(format!("{at}: empty primary_label"));
+                            } else {
+                                problems.push(format!(
+                                    "{at}: unknown primary label `{primary_name}` (not in the label list)"
+                                ));
+                            }
+                            row_ok = false;
+                            0
+                        }
+                    };
+                    let secondary_names = match parse_label_list(field(sc)) {
+                        Ok(s) => s,
+                        Err(why) => {
+                            problems.push(format!("{at}: malformed secondary_labels: {why}"));
+                            row_ok = false;
+                            Vec::new()
+                        }
+                    };
+                    let rating = match rating_col.map(field) {
+                        None | Some("") => None,
+                        Some(r) => match r.parse::<f32>() {
+                            Ok(v) if v.is_finite() => Some(v),
+                            _ => {
+                                problems.push(format!("{at}: rating `{r}` is not a number"));
+                                row_ok = false;
+                                None
+                            }
+                        },
+                    };
+                    let group = match group_col {
+                        Some((_, Some(c))) => Some(field(c).to_string()).filter(|g| !g.is_empty()),
+                        _ => None,
+                    };
+                    let path = root.join("train_audio").join(&filename);
+                    if filename.is_empty() {
+                        problems.push(format!("{at}: empty filename"));
+                        row_ok = false;
+                    } else if !path.is_file() {
+                        problems.push(format!("{at}: audio file {} is missing", path.display()));
+                        row_ok = false;
+                    }
+                    if !row_ok {
+                        continue;
+                    }
+                    let mut secondary = Vec::new();
+                    for s in secondary_names {
+                        match index.get(s.as_str()) {
+                            Some(&i) if i != primary && !secondary.contains(&i) => {
+                                secondary.push(i)
+                            }
+                            Some(_) => {}
+                            None => *unknown_secondary.entry(s).or_default() += 1,
+                        }
+                    }
+                    recordings.push(Recording {
+                        filename,
+                        path,
+                        primary,
+                        secondary,
+                        rating,
+                        group,
+                    });
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(DataError::Invalid {
+            root: root.to_path_buf(),
+            problems,
+        });
+    }
+
+    let mut warnings = Vec::new();
+    if !unknown_secondary.is_empty() {
+        let mut names: Vec<_> = unknown_secondary.into_iter().collect();
+        names.sort();
+        let total: usize = names.iter().map(|(_, n)| n).sum();
+        let shown: Vec<String> = names
+            .iter()
+            .take(10)
+            .map(|(l, n)| format!("{l} ({n})"))
+            .collect();
+        warnings.push(format!(
+            "{}: {total} secondary label(s) of {} species not in the label list were dropped: {}{}",
+            meta_path.display(),
+            names.len(),
+            shown.join(", "),
+            if names.len() > 10 { ", ..." } else { "" }
+        ));
+    }
+    if let Some(cap) = opts.cap_per_species {
+        let before = recordings.len();
+        recordings = apply_cap(recordings, cap, opts.cap_order);
+        if recordings.len() < before {
+            warnings.push(format!(
+                "cap of {cap} recordings per species: kept {} of {before}",
+                recordings.len()
+            ));
+        }
+    }
+    Ok(Loaded {
+        dataset: Dataset {
+            root: root.to_path_buf(),
+            labels,
+            recordings,
+        },
+        warnings,
+    })
+}
+
+/// Keep at most `cap` recordings per primary label, chosen by `order`, in their original order.
+fn apply_cap(recordings: Vec<Recording>, cap: usize, order: CapOrder) -> Vec<Recording> {
+    let mut by_label: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, r) in recordings.iter().enumerate() {
+        by_label.entry(r.primary).or_default().push(i);
+    }
+    let mut keep = vec![false; recordings.len()];
+    for idx in by_label.values_mut() {
+        idx.sort_by(|&a, &b| {
+            let (ra, rb) = (&recordings[a], &recordings[b]);
+            let by_rating = match order {
+                CapOrder::BestRated => {
+                    let key = |r: &Recording| r.rating.unwrap_or(f32::NEG_INFINITY);
+                    key(rb).total_cmp(&key(ra))
+                }
+                CapOrder::Filename => std::cmp::Ordering::Equal,
+            };
+            by_rating
+                .then_with(|| ra.filename.cmp(&rb.filename))
+                .then(a.cmp(&b))
+        });
+        for &i in idx.iter().take(cap) {
+            keep[i] = true;
+        }
+    }
+    recordings
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect()
+}
+
+/// The label order: taxonomy.csv's `primary_label` column, else sample_submission.csv's header.
+fn read_labels(root: &Path, problems: &mut Vec<String>) -> Vec<String> {
+    let taxonomy = root.join("taxonomy.csv");
+    let submission = root.join("sample_submission.csv");
+    let labels = if taxonomy.is_file() {
+        match read_column(&taxonomy, "primary_label") {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(e);
+                return Vec::new();
+            }
+        }
+    } else if submission.is_file() {
+        match csv::ReaderBuilder::new()
+            .from_path(&submission)
+            .and_then(|mut r| r.headers().cloned())
+        {
+            Ok(h) => h
+                .iter()
+                .map(|c| c.trim().to_string())
+                .filter(|c| c != "row_id")
+                .collect(),
+            Err(e) => {
+                problems.push(format!("{}: cannot read: {e}", submission.display()));
+                return Vec::new();
+            }
+        }
+    } else {
+        problems.push(format!(
+            "{}: neither taxonomy.csv nor sample_submission.csv is there to give the label order",
+            root.display()
+        ));
+        return Vec::new();
+    };
+    let mut seen = HashSet::new();
+    for l in &labels {
+        if l.is_empty() {
+            problems.push("the label list has an empty label".to_string());
+        } else if !seen.insert(l.as_str()) {
+            problems.push(format!("label `{l}` appears twice in the label list"));
+        }
+    }
+    if labels.is_empty() {
+        problems.push(format!("{}: the label list is empty", root.display()));
+    }
+    labels
+}
+
+/// One column of a CSV file, by header name.
+fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .from_path(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let header = reader
+        .headers()
+        .map_err(|e| format!("{}: cannot read the header: {e}", path.display()))?;
+    let c = header
+        .iter()
+        .position(|h| h.trim() == name)
+        .ok_or_else(|| format!("{}: no `{name}` column", path.display()))?;
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| format!("{}: malformed row: {e}", path.display()))?;
+        out.push(record.get(c).unwrap_or("").trim().to_string());
+    }
+    Ok(out)
+}
+
+/// Parse a Python list literal of strings as pandas writes it: `[]`, `['a', 'b']`, `["a"]`.
+/// An empty cell counts as an empty list.
+pub fn parse_label_list(s: &str) -> Result<Vec<String>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inner = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| format!("`{s}` is not a list like ['a', 'b']"))?;
+    if inner.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    inner
+        .split(',')
+        .map(|item| {
+            let t = item.trim();
+            let unquoted = t
+                .strip_prefix('\'')
+                .and_then(|r| r.strip_suffix('\''))
+                .or_else(|| t.strip_prefix('"').and_then(|r| r.strip_suffix('"')));
+            match unquoted {
+                Some(u) if !u.trim().is_empty() => Ok(u.trim().to_string()),
+                _ => Err(format!("item `{t}` of `{s}` is not a quoted label")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_lists() {
+        assert_eq!(parse_label_list("[]").unwrap(), Vec::<String>::new());
+        assert_eq!(parse_label_list("").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            parse_label_list("['a', 'bb']").unwrap(),
+            vec!["a".to_string(), "bb".to_string()]
+        );
+        assert_eq!(parse_label_list("[\"x\"]").unwrap(), vec!["x".to_string()]);
+        assert!(parse_label_list("a, b").is_err());
+        assert!(parse_label_list("[a]").is_err());
+    }
+}
