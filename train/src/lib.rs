@@ -3,7 +3,7 @@
 //! thin command-line layer over these.
 #![deny(unsafe_code)]
 
+pub mod data;
 pub mod device;
 pub mod init;
 pub mod net;
-pub mod data;
