@@ -25,7 +25,6 @@ use clap::{Args, Parser, Subcommand};
     version,
     about,
     after_help = EXAMPLES,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 struct Cli {
@@ -210,6 +209,12 @@ fn run(cli: Cli) -> Result<u8> {
     let Some(command) = cli.command else {
         return submission(cli.predict, cli.ort_lib, cli.threads);
     };
+    if !cli.predict.models.is_empty()
+        || !cli.predict.soundscapes.is_empty()
+        || cli.predict.out.is_some()
+    {
+        bail!("--models, --soundscapes and --out belong to the submission command; give them without a subcommand");
+    }
     match command {
         Command::Features { card, audio, out } => {
             let summary = features::write_features(&card, &audio, &out)?;
