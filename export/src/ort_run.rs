@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
+use birdclef_infer::session::{build_session, run_f32, ModelSource};
 use birdclef_models::checkpoint::NamedTensor;
 use ort::session::Session;
-use ort::value::Tensor;
 
 use crate::emit::{INPUT, OUTPUT};
 
@@ -51,30 +51,15 @@ impl std::fmt::Debug for OrtModel {
     }
 }
 
-/// Where the model comes from.
-enum Source<'a> {
-    Memory(&'a [u8]),
-    File(&'a Path),
-}
-
-fn build(source: &Source<'_>) -> Result<Session, String> {
-    let env = birdclef_infer::ort_env::environment().map_err(|e| format!("{e:#}"))?;
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    // SessionBuilder errors are not Send; keep the whole chain in one ort::Result.
-    let session = (|| -> ort::Result<Session> {
-        let mut b = Session::builder(&env)?.with_intra_threads(threads)?;
-        match source {
-            Source::Memory(bytes) => b.commit_from_memory(bytes),
-            Source::File(path) => b.commit_from_file(path),
-        }
-    })();
-    session.map_err(|e| e.to_string())
-}
-
 impl OrtModel {
-    fn load(source: Source<'_>, origin: String, ort_lib: Option<&Path>) -> Result<Self, RunError> {
+    fn load(
+        source: ModelSource<'_>,
+        origin: String,
+        ort_lib: Option<&Path>,
+    ) -> Result<Self, RunError> {
         birdclef_infer::ort_env::init(ort_lib).map_err(|e| RunError::Runtime(format!("{e:#}")))?;
-        let session = build(&source).map_err(|message| RunError::Load {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let session = build_session(source, threads).map_err(|message| RunError::Load {
             origin: origin.clone(),
             message,
         })?;
@@ -84,51 +69,32 @@ impl OrtModel {
     /// Load serialised ONNX bytes. `ort_lib` is the `--ort-lib` choice; ONNX Runtime is loaded
     /// once per process, so later calls ignore it.
     pub fn from_bytes(bytes: &[u8], ort_lib: Option<&Path>) -> Result<Self, RunError> {
-        Self::load(Source::Memory(bytes), "<memory>".into(), ort_lib)
+        Self::load(ModelSource::Memory(bytes), "<memory>".into(), ort_lib)
     }
 
     /// Load an ONNX file (see [`from_bytes`](Self::from_bytes) for `ort_lib`).
     pub fn from_file(path: &Path, ort_lib: Option<&Path>) -> Result<Self, RunError> {
         let origin = path.display().to_string();
-        Self::load(Source::File(path), origin, ort_lib)
+        Self::load(ModelSource::File(path), origin, ort_lib)
     }
 
     /// Run the model on `input` (fed to the graph input [`INPUT`]); returns [`OUTPUT`].
     pub fn run(&mut self, input: &NamedTensor) -> Result<NamedTensor, RunError> {
-        let fail = |message: String| RunError::Run {
+        let (shape, data) = run_f32(
+            &mut self.session,
+            INPUT,
+            &input.shape,
+            &input.data,
+            Some(OUTPUT),
+        )
+        .map_err(|message| RunError::Run {
             origin: self.origin.clone(),
             message,
-        };
-        if input.data.len() != input.shape.iter().product::<usize>() {
-            return Err(fail(format!(
-                "input has shape {:?} but {} values",
-                input.shape,
-                input.data.len()
-            )));
-        }
-        let tensor = Tensor::from_array((input.shape.clone(), input.data.clone()))
-            .map_err(|e| fail(format!("input {:?}: {e}", input.shape)))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![INPUT => tensor])
-            .map_err(|e| RunError::Run {
-                origin: self.origin.clone(),
-                message: format!("input {:?}: {e}", input.shape),
-            })?;
-        let value = outputs.get(OUTPUT).ok_or_else(|| RunError::Run {
-            origin: self.origin.clone(),
-            message: format!("the model has no output named {OUTPUT:?}"),
         })?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| RunError::Run {
-                origin: self.origin.clone(),
-                message: format!("output {OUTPUT:?} is not a float tensor: {e}"),
-            })?;
         Ok(NamedTensor {
             name: OUTPUT.to_string(),
-            shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-            data: data.to_vec(),
+            shape,
+            data,
         })
     }
 }

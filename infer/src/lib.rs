@@ -11,5 +11,6 @@ pub mod postprocess;
 pub mod predict;
 pub mod runner;
 pub mod score;
+pub mod session;
 pub mod shard;
 pub mod submission;

@@ -3,11 +3,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use birdclef_models::card::Card;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::Tensor;
 
-use crate::ort_env;
+use crate::session::{build_session, run_f32, ModelSource};
 
 /// The metadata key under which `birdclef-export` stores the model card.
 pub const CARD_KEY: &str = "birdclef.card";
@@ -31,23 +29,14 @@ impl std::fmt::Debug for OnnxModel {
     }
 }
 
-fn build_session(path: &Path, threads: usize) -> ort::Result<Session> {
-    let env = ort_env::environment().map_err(|e| ort::Error::new(e.to_string()))?;
-    Session::builder(&env)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?
-        .with_intra_threads(threads)?
-        .with_inter_threads(1)?
-        .commit_from_file(path)
-}
-
 impl OnnxModel {
     /// Load a model written by `birdclef-export`; `threads` is ONNX Runtime's intra-op pool.
-    /// [`ort_env::init`] must have been called.
+    /// [`crate::ort_env::init`] must have been called.
     pub fn load(path: &Path, threads: usize) -> Result<Self> {
         if !path.is_file() {
             bail!("{}: no such model file", path.display());
         }
-        let session = build_session(path, threads.max(1))
+        let session = build_session(ModelSource::File(path), threads)
             .map_err(|e| anyhow!("{}: ONNX Runtime cannot load it: {e}", path.display()))?;
         let json = session
             .metadata()
@@ -94,15 +83,14 @@ impl OnnxModel {
             );
         }
         let k = self.classes();
-        let tensor = Tensor::from_array(([n, c, h, w], input.to_vec()))
-            .map_err(|e| anyhow!("{}: cannot make the input tensor: {e}", self.path.display()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| anyhow!("{}: inference failed: {e}", self.path.display()))?;
-        let (shape, values) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("{}: unexpected output: {e}", self.path.display()))?;
+        let (shape, values) = run_f32(
+            &mut self.session,
+            &self.input_name,
+            &[n, c, h, w],
+            input,
+            None,
+        )
+        .map_err(|e| anyhow!("{}: inference failed: {e}", self.path.display()))?;
         if values.len() != n * k {
             bail!(
                 "{}: output shape {:?} is not [{n}, {k}] (the card lists {k} labels)",
@@ -110,7 +98,7 @@ impl OnnxModel {
                 shape
             );
         }
-        Ok(values.to_vec())
+        Ok(values)
     }
 }
 
