@@ -3,7 +3,10 @@
 //! thin command-line layer over these.
 #![deny(unsafe_code)]
 
+pub mod batch;
+pub mod config;
 pub mod data;
 pub mod device;
+pub mod fit;
 pub mod init;
 pub mod net;

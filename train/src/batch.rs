@@ -1,0 +1,290 @@
+//! Training batches, built on rayon workers as plain `Vec<f32>` (a tch `Tensor` is `Send` but not
+//! `Sync`; the training loop turns a finished [`Batch`] into tensors with `Tensor::from_slice`).
+//!
+//! Each sample: a random crop of [`AugmentConfig::crop_seconds`] from the recording's head or
+//! tail segment (zero-padded when shorter), a circular time shift, a random gain, an optional
+//! background clip, optional mixup with a second crop (targets combined by maximum or by weight),
+//! then the model card's frontend ([`Frontend::compute_clip`], the code inference runs) and
+//! SpecAugment time and frequency masks (filled with the image mean).
+//!
+//! Everything random comes from a per-sample generator seeded from `(seed, epoch, position in the
+//! epoch)`, so a batch is the same whatever the thread count or the order the workers ran in.
+
+use birdclef_models::frontend::Frontend;
+use birdclef_models::synth::Rng;
+use rayon::prelude::*;
+
+use crate::config::{AugmentConfig, LossConfig};
+use crate::data::{AudioStore, Dataset};
+
+/// A finished batch: `n` model inputs and their targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Inputs, row-major `[n, channels, mels, frames]`.
+    pub x: Vec<f32>,
+    /// Shape of `x`.
+    pub shape: [usize; 4],
+    /// Targets `[n, classes]`.
+    pub y: Vec<f32>,
+    /// Loss weights `[n, classes]` (0 where a secondary label is masked, else 1).
+    pub w: Vec<f32>,
+}
+
+/// Builds training batches of a dataset (see the module documentation).
+pub struct BatchBuilder<'a> {
+    ds: &'a Dataset,
+    store: &'a dyn AudioStore,
+    frontend: Frontend,
+    aug: AugmentConfig,
+    loss: LossConfig,
+    backgrounds: &'a [Vec<f32>],
+    seed: u64,
+}
+
+/// Mix three integers into one well-spread seed.
+pub fn sample_seed(seed: u64, epoch: u64, index: u64) -> u64 {
+    let mut r = Rng::new(seed ^ epoch.wrapping_mul(0xD134_2543_DE82_EF95));
+    let a = r.next_u64();
+    let mut r = Rng::new(a ^ index.wrapping_mul(0xA076_1D64_78BD_642F));
+    r.next_u64()
+}
+
+/// One sample of Beta(alpha, alpha) (via two Gamma draws, Marsaglia–Tsang).
+fn beta(alpha: f64, rng: &mut Rng) -> f64 {
+    let a = gamma(alpha, rng);
+    let b = gamma(alpha, rng);
+    if a + b > 0.0 {
+        a / (a + b)
+    } else {
+        0.5
+    }
+}
+
+fn normal(rng: &mut Rng) -> f64 {
+    let u1 = rng.uniform().max(1e-300);
+    let u2 = rng.uniform();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+fn gamma(shape: f64, rng: &mut Rng) -> f64 {
+    if shape < 1.0 {
+        // Gamma(a) = Gamma(a + 1) · U^(1/a).
+        let u = rng.uniform().max(1e-300);
+        return gamma(shape + 1.0, rng) * u.powf(1.0 / shape);
+    }
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        let x = normal(rng);
+        let v = (1.0 + c * x).powi(3);
+        if v <= 0.0 {
+            continue;
+        }
+        let u = rng.uniform();
+        if u.max(1e-300).ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+            return d * v;
+        }
+    }
+}
+
+fn db_to_gain(db: f64) -> f32 {
+    10f64.powf(db / 20.0) as f32
+}
+
+impl<'a> BatchBuilder<'a> {
+    /// A builder for `ds` (audio from `store`), computing inputs with `frontend`.
+    /// `backgrounds` are 32 kHz clips (any length) mixed in with `aug.background_prob`.
+    pub fn new(
+        ds: &'a Dataset,
+        store: &'a dyn AudioStore,
+        frontend: Frontend,
+        aug: AugmentConfig,
+        loss: LossConfig,
+        backgrounds: &'a [Vec<f32>],
+        seed: u64,
+    ) -> Self {
+        Self {
+            ds,
+            store,
+            frontend,
+            aug,
+            loss,
+            backgrounds,
+            seed,
+        }
+    }
+
+    /// The frontend in use.
+    pub fn frontend(&self) -> &Frontend {
+        &self.frontend
+    }
+
+    /// Samples of one crop.
+    pub fn crop_samples(&self) -> usize {
+        (self.aug.crop_seconds * f64::from(self.frontend.config().sample_rate)).round() as usize
+    }
+
+    /// Clean targets and loss weights of recording `rec` (before mixup).
+    pub fn targets(&self, rec: usize) -> (Vec<f32>, Vec<f32>) {
+        let k = self.ds.labels.len();
+        let eps = self.loss.label_smoothing as f32;
+        let neg = eps / k as f32;
+        let mut y = vec![neg; k];
+        let mut w = vec![1.0f32; k];
+        let r = &self.ds.recordings[rec];
+        for &s in &r.secondary {
+            if s < k && s != r.primary {
+                if self.loss.secondary_mask {
+                    w[s] = 0.0;
+                } else {
+                    y[s] = (self.loss.secondary_weight as f32 * (1.0 - eps)).max(neg);
+                }
+            }
+        }
+        if r.primary < k {
+            y[r.primary] = 1.0 - eps;
+            w[r.primary] = 1.0;
+        }
+        (y, w)
+    }
+
+    /// A random crop of recording `rec` with time shift and gain.
+    fn clip(&self, rec: usize, rng: &mut Rng) -> anyhow::Result<Vec<f32>> {
+        let n = self.crop_samples();
+        let seg = self.store.segments(rec)?;
+        let src = if !seg.tail.is_empty() && rng.uniform() < self.aug.tail_prob {
+            &seg.tail
+        } else {
+            &seg.head
+        };
+        let mut out = vec![0.0f32; n];
+        if src.len() > n {
+            let start = rng.below(src.len() - n + 1);
+            out.copy_from_slice(&src[start..start + n]);
+        } else {
+            out[..src.len()].copy_from_slice(src);
+        }
+        let max_shift =
+            (self.aug.time_shift_seconds * f64::from(self.frontend.config().sample_rate)) as usize;
+        if max_shift > 0 && n > 0 {
+            let shift = rng.below(2 * max_shift + 1) % n;
+            out.rotate_right(shift);
+        }
+        let [lo, hi] = self.aug.gain_db;
+        let g = db_to_gain(rng.range(lo, hi.max(lo + f64::EPSILON)));
+        out.iter_mut().for_each(|v| *v *= g);
+        Ok(out)
+    }
+
+    /// Sample `pos` of the epoch: recording `rec`; `pool` is where mixup partners come from.
+    pub fn sample(
+        &self,
+        rec: usize,
+        pool: &[usize],
+        epoch: usize,
+        pos: usize,
+    ) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let mut rng = Rng::new(sample_seed(self.seed, epoch as u64, pos as u64));
+        let mut clip = self.clip(rec, &mut rng)?;
+        let (mut y, mut w) = self.targets(rec);
+        if !self.backgrounds.is_empty() && rng.uniform() < self.aug.background_prob {
+            let bg = &self.backgrounds[rng.below(self.backgrounds.len())];
+            if !bg.is_empty() {
+                let [lo, hi] = self.aug.background_gain_db;
+                let g = db_to_gain(rng.range(lo, hi.max(lo + f64::EPSILON)));
+                let start = if bg.len() > clip.len() {
+                    rng.below(bg.len() - clip.len() + 1)
+                } else {
+                    0
+                };
+                for (c, b) in clip.iter_mut().zip(&bg[start..]) {
+                    *c += g * b;
+                }
+            }
+        }
+        if !pool.is_empty() && rng.uniform() < self.aug.mixup_prob {
+            let other = pool[rng.below(pool.len())];
+            let clip2 = self.clip(other, &mut rng)?;
+            let (y2, w2) = self.targets(other);
+            let (a, b) = if self.aug.mixup_alpha > 0.0 {
+                let lam = beta(self.aug.mixup_alpha, &mut rng) as f32;
+                (lam, 1.0 - lam)
+            } else {
+                (1.0, 1.0)
+            };
+            for (c, d) in clip.iter_mut().zip(&clip2) {
+                *c = a * *c + b * d;
+            }
+            let (ya, yb) = if self.aug.mixup_alpha > 0.0 {
+                (a, b)
+            } else {
+                (0.5, 0.5)
+            };
+            for k in 0..y.len() {
+                y[k] = if self.aug.mixup_max_labels {
+                    y[k].max(y2[k])
+                } else {
+                    ya * y[k] + yb * y2[k]
+                };
+                w[k] = w[k].min(w2[k]);
+            }
+        }
+        let mut image = self.frontend.compute_clip(&clip);
+        let (_, mels, frames) = image.dim();
+        let mean = image.mean().unwrap_or(0.0);
+        let mut mask = |time: bool, count: usize, width: usize| {
+            let size = if time { frames } else { mels };
+            for _ in 0..count {
+                if width == 0 || size == 0 {
+                    break;
+                }
+                let wdt = rng.below(width.min(size) + 1);
+                let start = rng.below(size - wdt + 1);
+                for mut ch in image.outer_iter_mut() {
+                    for i in start..start + wdt {
+                        if time {
+                            ch.column_mut(i).fill(mean);
+                        } else {
+                            ch.row_mut(i).fill(mean);
+                        }
+                    }
+                }
+            }
+        };
+        mask(true, self.aug.time_masks, self.aug.time_mask_width);
+        mask(false, self.aug.freq_masks, self.aug.freq_mask_width);
+        Ok((image.iter().copied().collect(), y, w))
+    }
+
+    /// Batch `batch` of epoch `epoch`: samples for the recordings `order[batch*n..(batch+1)*n]`
+    /// (positions in `order` seed the per-sample generators; mixup partners are drawn from all of
+    /// `order`). Built in parallel on the current rayon pool.
+    pub fn build(
+        &self,
+        order: &[usize],
+        n: usize,
+        epoch: usize,
+        batch: usize,
+    ) -> anyhow::Result<Batch> {
+        let start = batch * n;
+        let end = (start + n).min(order.len());
+        let samples: Vec<_> = (start..end)
+            .into_par_iter()
+            .map(|pos| self.sample(order[pos], order, epoch, pos))
+            .collect::<anyhow::Result<_>>()?;
+        let [c, m, f] = self.frontend.config().input_shape();
+        let count = samples.len();
+        let mut batch_out = Batch {
+            x: Vec::with_capacity(count * c * m * f),
+            shape: [count, c, m, f],
+            y: Vec::with_capacity(count * self.ds.labels.len()),
+            w: Vec::with_capacity(count * self.ds.labels.len()),
+        };
+        for (x, y, w) in samples {
+            batch_out.x.extend_from_slice(&x);
+            batch_out.y.extend_from_slice(&y);
+            batch_out.w.extend_from_slice(&w);
+        }
+        Ok(batch_out)
+    }
+}

@@ -1,0 +1,523 @@
+//! The experiment configuration of `birdclef-train fit`: one TOML file (see `configs/`), every key
+//! optional with the default documented on its field, and `key=value` overrides from the command
+//! line (dotted keys, e.g. `optim.lr=3e-4`, `augment.gain_db=[-6.0, 6.0]`, `model.arch="mnasnet_100"`;
+//! a value that is not valid TOML is taken as a string, so `model.arch=mnasnet_100` works too).
+//!
+//! Unknown keys are errors (a misspelt option must not silently fall back to its default).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A complete experiment configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Network and input.
+    pub model: ModelConfig,
+    /// Optimiser, schedule, EMA, mixed precision.
+    pub optim: OptimConfig,
+    /// Loss and targets.
+    pub loss: LossConfig,
+    /// Waveform and spectrogram augmentation.
+    pub augment: AugmentConfig,
+    /// Folds, audio cache, batch-building threads.
+    pub data: DataConfig,
+    /// Seed, model selection, debugging.
+    pub run: RunConfig,
+}
+
+/// Network and input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Architecture spec: `efficientvit_b0`, `efficientnet_b0` or `mnasnet_100`, optionally with
+    /// `+sed`. Default `efficientvit_b0`.
+    pub arch: String,
+    /// Frontend card (JSON) giving the log-mel parameters; default: the built-in nvbird224 card
+    /// with per-image standardisation (as `birdclef-train init`). Relative paths are relative to
+    /// the config file.
+    pub card: Option<PathBuf>,
+    /// Start from this checkpoint directory's weights (e.g. one made by `birdclef-train init
+    /// --timm-weights`); its architecture and class count must match. Default: fresh weights.
+    pub init: Option<PathBuf>,
+    /// Override the card's mel band count (a reduced input for fast CPU runs). Default: the card's.
+    pub n_mels: Option<usize>,
+    /// Override the card's hop length in samples. Default: the card's.
+    pub hop_length: Option<usize>,
+    /// Override the card's FFT size (the window length is capped at it). Default: the card's.
+    pub n_fft: Option<usize>,
+    /// Override the card's input channel count. Default: the card's.
+    pub channels: Option<usize>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            arch: "efficientvit_b0".into(),
+            card: None,
+            init: None,
+            n_mels: None,
+            hop_length: None,
+            n_fft: None,
+            channels: None,
+        }
+    }
+}
+
+/// Optimiser, learning-rate schedule, EMA and mixed precision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Epochs. Default 20.
+    pub epochs: usize,
+    /// Training batch size (the last incomplete batch of an epoch is dropped when the epoch has
+    /// at least one full batch). Default 32.
+    pub batch_size: usize,
+    /// Each epoch visits every training recording this many times (different random crops).
+    /// Default 1.
+    pub repeats: usize,
+    /// Peak learning rate (AdamW). Default 1e-3.
+    pub lr: f64,
+    /// Final learning rate of the cosine schedule, as a fraction of `lr`. Default 0.01.
+    pub min_lr_ratio: f64,
+    /// Linear warm-up from 0 to `lr` over this many epochs (fractions allowed), then cosine
+    /// decay to `lr * min_lr_ratio` at the last step. Default 1.0.
+    pub warmup_epochs: f64,
+    /// AdamW decoupled weight decay. Default 1e-2.
+    pub weight_decay: f64,
+    /// AdamW beta1. Default 0.9.
+    pub beta1: f64,
+    /// AdamW beta2. Default 0.999.
+    pub beta2: f64,
+    /// AdamW epsilon. Default 1e-8.
+    pub eps: f64,
+    /// Clip the global gradient L2 norm to this; 0 disables. Default 5.0.
+    pub grad_clip_norm: f64,
+    /// Exponential moving average of the weights with this decay (e.g. 0.999); the EMA weights
+    /// are validated and saved. Default: none.
+    pub ema_decay: Option<f64>,
+    /// Mixed precision (fp16 autocast) with dynamic loss scaling, on CUDA only (ignored on the
+    /// CPU). Default false.
+    pub amp: bool,
+    /// Initial loss scale for `amp`. Default 65536.
+    pub loss_scale: f64,
+    /// Multiply the loss scale by this after `loss_scale_growth_interval` finite steps. Default 2.
+    pub loss_scale_growth: f64,
+    /// Multiply the loss scale by this after a step with inf/NaN gradients (the step is
+    /// skipped). Default 0.5.
+    pub loss_scale_backoff: f64,
+    /// Finite steps between loss-scale growths. Default 2000.
+    pub loss_scale_growth_interval: usize,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            batch_size: 32,
+            repeats: 1,
+            lr: 1e-3,
+            min_lr_ratio: 0.01,
+            warmup_epochs: 1.0,
+            weight_decay: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            grad_clip_norm: 5.0,
+            ema_decay: None,
+            amp: false,
+            loss_scale: 65536.0,
+            loss_scale_growth: 2.0,
+            loss_scale_backoff: 0.5,
+            loss_scale_growth_interval: 2000,
+        }
+    }
+}
+
+/// The training loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Binary cross-entropy with logits, averaged over classes and samples.
+    Bce,
+    /// Focal loss: BCE × (1 − p_t)^gamma.
+    Focal,
+}
+
+/// Loss and targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// `bce` or `focal`. Default `bce`.
+    pub kind: LossKind,
+    /// Focal-loss exponent. Default 2.0.
+    pub focal_gamma: f64,
+    /// Label smoothing ε: positive targets become 1 − ε, negative ones ε / K (K classes).
+    /// Default 0.0.
+    pub label_smoothing: f64,
+    /// Target of a secondary label (before smoothing is applied to the negatives). 0 makes
+    /// secondary labels negatives unless `secondary_mask`. Default 0.5.
+    pub secondary_weight: f64,
+    /// Leave secondary labels out of the loss altogether (loss weight 0) instead of giving them
+    /// `secondary_weight`. Default false.
+    pub secondary_mask: bool,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            kind: LossKind::Bce,
+            focal_gamma: 2.0,
+            label_smoothing: 0.0,
+            secondary_weight: 0.5,
+            secondary_mask: false,
+        }
+    }
+}
+
+/// Waveform and spectrogram augmentation (training only; validation sees plain windows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Length of a training crop in seconds; must equal the card's window (5 in BirdCLEF).
+    /// Default 5.0.
+    pub crop_seconds: f64,
+    /// Probability of taking the crop from the tail segment (when the recording has one).
+    /// Default 0.5.
+    pub tail_prob: f64,
+    /// Circular time shift of the crop, uniform in ±this many seconds. Default 0.5.
+    pub time_shift_seconds: f64,
+    /// Random gain in dB, uniform in `[lo, hi]`. Default [-6, 6].
+    pub gain_db: [f64; 2],
+    /// Probability of adding a background clip (when backgrounds are given). Default 0.5.
+    pub background_prob: f64,
+    /// Gain of the background clip in dB, uniform in `[lo, hi]`. Default [-12, 0].
+    pub background_gain_db: [f64; 2],
+    /// Probability of mixing a second training crop into a sample. Default 0.5.
+    pub mixup_prob: f64,
+    /// Mixup weight λ ~ Beta(alpha, alpha) (waveforms λ·a + (1 − λ)·b); 0 = additive mixup
+    /// (a + b). Default 0.0 (additive).
+    pub mixup_alpha: f64,
+    /// Combine the two targets with the element-wise maximum (true) or λ-weighted (false; with
+    /// additive mixup the weights are 1/2 each). Default true.
+    pub mixup_max_labels: bool,
+    /// Number of SpecAugment time masks. Default 2.
+    pub time_masks: usize,
+    /// Maximum width of a time mask in frames. Default 20.
+    pub time_mask_width: usize,
+    /// Number of SpecAugment frequency masks. Default 2.
+    pub freq_masks: usize,
+    /// Maximum width of a frequency mask in mel bands. Default 16.
+    pub freq_mask_width: usize,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            crop_seconds: 5.0,
+            tail_prob: 0.5,
+            time_shift_seconds: 0.5,
+            gain_db: [-6.0, 6.0],
+            background_prob: 0.5,
+            background_gain_db: [-12.0, 0.0],
+            mixup_prob: 0.5,
+            mixup_alpha: 0.0,
+            mixup_max_labels: true,
+            time_masks: 2,
+            time_mask_width: 20,
+            freq_masks: 2,
+            freq_mask_width: 16,
+        }
+    }
+}
+
+/// Folds, audio cache and batch-building threads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Number of folds. Default 5.
+    pub n_folds: usize,
+    /// The validation fold(s) to train, one model each. Default [0].
+    pub folds: Vec<usize>,
+    /// Seconds of audio kept per recording, at its head and tail (the audio cache). Default 30.
+    pub cache_seconds: f64,
+    /// Threads that build batches (rayon); 0 = one per core. Default 0.
+    pub num_workers: usize,
+    /// Batch size of validation (windows per forward pass). Default 64.
+    pub val_batch_size: usize,
+    /// Validation looks at at most this many 5-s windows of each recording's head. Default 6.
+    pub val_max_windows: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            n_folds: 5,
+            folds: vec![0],
+            cache_seconds: 30.0,
+            num_workers: 0,
+            val_batch_size: 64,
+            val_max_windows: 6,
+        }
+    }
+}
+
+/// Which validation number picks the `best/` checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// Macro ROC-AUC (higher is better).
+    ValMacroRocAuc,
+    /// Padded cmAP (higher is better).
+    ValCmap,
+    /// Validation BCE (lower is better).
+    ValLoss,
+}
+
+/// Seed, model selection and debugging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seed of initialisation, shuffling, augmentation and dropout. Default 42.
+    pub seed: u64,
+    /// `val_macro_roc_auc`, `val_cmap` or `val_loss`. Default `val_macro_roc_auc`.
+    pub best_metric: BestMetric,
+    /// Stop each epoch after this many batches and validate on at most 4× as many windows
+    /// (a quick end-to-end check). Default: none.
+    pub debug_batches: Option<usize>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            best_metric: BestMetric::ValMacroRocAuc,
+            debug_batches: None,
+        }
+    }
+}
+
+/// A configuration that cannot be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// TOML syntax or an unknown / mistyped key.
+    #[error("{origin}: {reason}")]
+    Parse {
+        /// The file or override.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Values that cannot work together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl TrainConfig {
+    /// Parse TOML text (`origin` names it in errors) and apply `overrides` (`key=value`).
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let cfg: Self = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: if overrides.is_empty() {
+                    origin.to_string()
+                } else {
+                    format!("{origin} with overrides {overrides:?}")
+                },
+                reason: e.to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read a config file, apply `overrides`, and make relative paths in it relative to the
+    /// file's directory.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let mut cfg = Self::from_toml(&text, &path.display().to_string(), overrides)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.model.card, &mut cfg.model.init]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The configuration as TOML (written next to every run as `config.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# not serialisable: {e}\n"))
+    }
+
+    /// Check values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let o = &self.optim;
+        if o.epochs == 0 || o.batch_size == 0 || o.repeats == 0 {
+            return bad(
+                "optim.epochs, optim.batch_size and optim.repeats must be at least 1".into(),
+            );
+        }
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return bad(format!("optim.lr must be positive, got {}", o.lr));
+        }
+        if !(0.0..=1.0).contains(&o.min_lr_ratio) || o.warmup_epochs < 0.0 {
+            return bad("optim.min_lr_ratio must be in [0, 1], optim.warmup_epochs ≥ 0".into());
+        }
+        if let Some(d) = o.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return bad(format!("optim.ema_decay must be in [0, 1), got {d}"));
+            }
+        }
+        if o.loss_scale <= 0.0
+            || o.loss_scale_growth < 1.0
+            || !(0.0..1.0).contains(&o.loss_scale_backoff)
+        {
+            return bad("optim.loss_scale > 0, loss_scale_growth ≥ 1, loss_scale_backoff in (0, 1) are required".into());
+        }
+        let l = &self.loss;
+        if !(0.0..1.0).contains(&l.label_smoothing) || !(0.0..=1.0).contains(&l.secondary_weight) {
+            return bad(
+                "loss.label_smoothing must be in [0, 1), loss.secondary_weight in [0, 1]".into(),
+            );
+        }
+        let a = &self.augment;
+        for (name, p) in [
+            ("tail_prob", a.tail_prob),
+            ("background_prob", a.background_prob),
+            ("mixup_prob", a.mixup_prob),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("augment.{name} must be a probability, got {p}"));
+            }
+        }
+        if a.gain_db[0] > a.gain_db[1] || a.background_gain_db[0] > a.background_gain_db[1] {
+            return bad("augment gain ranges must be [low, high]".into());
+        }
+        if a.mixup_alpha < 0.0 || a.time_shift_seconds < 0.0 || a.crop_seconds <= 0.0 {
+            return bad("augment.mixup_alpha, time_shift_seconds ≥ 0 and crop_seconds > 0".into());
+        }
+        let d = &self.data;
+        if d.n_folds < 2 {
+            return bad(format!(
+                "data.n_folds must be at least 2, got {}",
+                d.n_folds
+            ));
+        }
+        if let Some(f) = d.folds.iter().find(|&&f| f >= d.n_folds) {
+            return bad(format!(
+                "data.folds has fold {f}, but n_folds is {}",
+                d.n_folds
+            ));
+        }
+        if d.val_batch_size == 0 || d.val_max_windows == 0 || d.cache_seconds <= 0.0 {
+            return bad(
+                "data.val_batch_size, val_max_windows and cache_seconds must be positive".into(),
+            );
+        }
+        if self.run.debug_batches == Some(0) {
+            return bad("run.debug_batches must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Set a dotted key of `table` from `key=value` (the value parsed as TOML, else a string).
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError::Parse {
+        origin: format!("override {spec:?}"),
+        reason,
+    };
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| err("expected key=value".into()))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(err(format!("bad key {key:?}")));
+    }
+    let (last, scopes) = parts.split_last().ok_or_else(|| err("empty key".into()))?;
+    let mut t = table;
+    for s in scopes {
+        t = t
+            .entry(s.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| err(format!("{s} is not a table")))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let cfg = TrainConfig::from_toml("", "empty", &[]).expect("defaults");
+        assert_eq!(cfg, TrainConfig::default());
+        let cfg = TrainConfig::from_toml(
+            "[optim]\nlr = 0.01\n",
+            "t",
+            &[
+                "optim.epochs=3".into(),
+                "model.arch=mnasnet_100".into(),
+                "augment.gain_db=[-1.0, 2.0]".into(),
+                "loss.kind=focal".into(),
+                "optim.ema_decay=0.99".into(),
+            ],
+        )
+        .expect("overrides");
+        assert_eq!(cfg.optim.lr, 0.01);
+        assert_eq!(cfg.optim.epochs, 3);
+        assert_eq!(cfg.model.arch, "mnasnet_100");
+        assert_eq!(cfg.augment.gain_db, [-1.0, 2.0]);
+        assert_eq!(cfg.loss.kind, LossKind::Focal);
+        assert_eq!(cfg.optim.ema_decay, Some(0.99));
+        let back = TrainConfig::from_toml(&cfg.to_toml(), "roundtrip", &[]).expect("roundtrip");
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn rejects_unknown_and_invalid() {
+        assert!(TrainConfig::from_toml("[optim]\nlrr = 1\n", "t", &[]).is_err());
+        assert!(TrainConfig::from_toml("", "t", &["data.folds=[7]".into()]).is_err());
+        assert!(TrainConfig::from_toml("", "t", &["optim.epochs".into()]).is_err());
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for name in ["birdclef-mini.toml", "debug.toml"] {
+            TrainConfig::load(&dir.join(name), &[]).expect(name);
+        }
+    }
+}
