@@ -40,6 +40,59 @@ enum Command {
     /// an architecture: freshly initialised, or with timm weights imported.
     #[command(after_help = INIT_EXAMPLES)]
     Init(InitArgs),
+    /// Train teachers on a Kaggle BirdCLEF directory: one checkpoint directory per fold
+    /// (RUN_DIR/fold<N>/best and /last, exportable), history.csv and history.png per fold.
+    #[command(after_help = FIT_EXAMPLES)]
+    Fit(FitArgs),
+}
+
+const FIT_EXAMPLES: &str = "Examples:
+  birdclef-train fit --data ../shared/data/birdclef-mini --config configs/birdclef-mini.toml \\
+      --out runs/mini
+  birdclef-train --device cuda fit --data /kaggle/input/birdclef-2024 --config teacher.toml \\
+      --out runs/t1 --fold 0 --set optim.lr=5e-4 --set optim.epochs=30
+  birdclef-train fit ... --out runs/t1 --resume     # continue a killed run";
+
+/// `birdclef-train fit` options.
+#[derive(Args, Debug)]
+struct FitArgs {
+    /// The competition directory (train_metadata.csv, train_audio/, taxonomy.csv or
+    /// sample_submission.csv, unlabeled_soundscapes/ for background mixing).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Experiment config (TOML); every key is documented in train/src/config.rs.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Run directory: fold<N>/ per trained fold.
+    #[arg(long, value_name = "RUN_DIR")]
+    out: PathBuf,
+    /// Train only this fold (default: the config's data.folds).
+    #[arg(long, value_name = "N")]
+    fold: Option<usize>,
+    /// Continue from each fold's last/ checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Override a config key, e.g. --set optim.lr=3e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Where the HDF5 audio cache lives [default: RUN_DIR/../.cache].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Column of train_metadata.csv whose values must not be split across folds.
+    #[arg(long, value_name = "COLUMN")]
+    group_column: Option<String>,
+    /// Keep at most this many recordings per species (best rated first).
+    #[arg(long, value_name = "N")]
+    cap_per_species: Option<usize>,
+    /// Classes with fewer recordings than this are only ever trained on, never validated.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    min_count_for_val: usize,
+    /// Seconds of each unlabeled soundscape loaded for background mixing.
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    background_seconds: f64,
+    /// Most unlabeled soundscapes loaded for background mixing.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    backgrounds: usize,
 }
 
 const INIT_EXAMPLES: &str = "Examples:
@@ -99,7 +152,94 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Doctor => doctor(cli.device),
         Command::Init(args) => init(cli.device, args),
+        Command::Fit(args) => fit(cli.device, args),
     }
+}
+
+/// `birdclef-train fit`.
+fn fit(request: DeviceRequest, args: FitArgs) -> Result<()> {
+    use anyhow::Context;
+    use birdclef_train::config::TrainConfig;
+    use birdclef_train::data::cache::{load_backgrounds, Cache, CacheOptions};
+    use birdclef_train::data::folds::assign_folds;
+    use birdclef_train::data::metadata::{load_dataset, DataOptions};
+
+    let chosen = device::choose(request, &CudaProbe::detect())?;
+    eprintln!("info: using device {chosen} (requested {request})");
+    let cfg = TrainConfig::load(&args.config, &args.overrides)?;
+    let loaded = load_dataset(
+        &args.data,
+        &DataOptions {
+            group_column: args.group_column.clone(),
+            cap_per_species: args.cap_per_species,
+            ..DataOptions::default()
+        },
+    )?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let ds = loaded.dataset;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
+        args.out
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(".cache")
+    });
+    let cache = Cache::build_or_open(
+        &ds,
+        &cache_dir,
+        &CacheOptions {
+            seconds: cfg.data.cache_seconds,
+            threads: cfg.data.num_workers,
+            ..CacheOptions::default()
+        },
+    )?;
+    let backgrounds = if cfg.augment.background_prob > 0.0 && args.backgrounds > 0 {
+        load_backgrounds(&args.data, args.background_seconds, args.backgrounds)?
+    } else {
+        Vec::new()
+    };
+    eprintln!(
+        "info: {} recordings, {} labels, {} background clips; audio cache {}",
+        ds.recordings.len(),
+        ds.labels.len(),
+        backgrounds.len(),
+        cache.path().display()
+    );
+    let folds = assign_folds(&ds, cfg.data.n_folds, cfg.run.seed, args.min_count_for_val);
+    let which = match args.fold {
+        Some(f) => vec![f],
+        None => cfg.data.folds.clone(),
+    };
+    for fold in which {
+        anyhow::ensure!(
+            fold < cfg.data.n_folds,
+            "--fold {fold} is not below data.n_folds = {}",
+            cfg.data.n_folds
+        );
+        let out = args.out.join(format!("fold{fold}"));
+        let s = birdclef_train::fit::fit(
+            &ds,
+            &cache,
+            &folds,
+            fold,
+            &cfg,
+            &backgrounds,
+            &out,
+            chosen.to_tch(),
+            args.resume,
+        )
+        .with_context(|| format!("fold {fold}"))?;
+        println!(
+            "fold {fold}: best {:?} = {:.4} at epoch {}; {} epochs; checkpoints in {}",
+            cfg.run.best_metric,
+            s.best.1,
+            s.best.0,
+            s.epochs_run,
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// `birdclef-train init`.

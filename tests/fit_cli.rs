@@ -1,0 +1,81 @@
+//! `birdclef-train fit` from the command line on a synthesised BirdCLEF-layout directory (nothing
+//! from ../shared): it trains, writes history.csv/history.png and checkpoints, and best/ exports.
+use std::path::Path;
+use std::process::Command;
+
+use birdclef::{bin, run, scratch_dir};
+use birdclef_models::audio::write_wav_f32;
+use birdclef_models::synth;
+
+fn competition(root: &Path) {
+    let species = synth::species(4);
+    let mut meta = String::from("primary_label,secondary_labels,type,rating,filename\n");
+    let mut rng = synth::Rng::new(5);
+    for (s, sp) in species.iter().enumerate() {
+        std::fs::create_dir_all(root.join("train_audio").join(&sp.label)).expect("dir");
+        for r in 0..4 {
+            let mut x = synth::background(8 * 32_000, 0.01, &mut rng);
+            for c in 0..6 {
+                synth::add_call(&mut x, 32_000, 10_000 + c * 40_000, sp, 0.3);
+            }
+            let name = format!("{}/XC{s}{r}.wav", sp.label);
+            write_wav_f32(&root.join("train_audio").join(&name), &x, 32_000).expect("wav");
+            meta.push_str(&format!("{},[],['call'],4.0,{name}\n", sp.label));
+        }
+    }
+    std::fs::write(root.join("train_metadata.csv"), meta).expect("meta");
+    let mut tax = String::from("primary_label,common_name\n");
+    for sp in &species {
+        tax.push_str(&format!("{},{}\n", sp.label, sp.label));
+    }
+    std::fs::write(root.join("taxonomy.csv"), tax).expect("taxonomy");
+    std::fs::create_dir_all(root.join("unlabeled_soundscapes")).expect("dir");
+    let (bg, _) = synth::soundscape(20.0, 32_000, &species, 3, &mut rng);
+    write_wav_f32(&root.join("unlabeled_soundscapes/site1.wav"), &bg, 32_000).expect("wav");
+}
+
+#[test]
+fn fit_trains_and_its_best_checkpoint_exports() {
+    let dir = scratch_dir("fit-cli");
+    let data = dir.join("competition");
+    competition(&data);
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/debug.toml");
+    let out = dir.join("run");
+    let (code, stdout, stderr) = run(Command::new(bin("birdclef-train"))
+        .args(["--device", "cpu", "fit", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .args(["--set", "data.n_folds=2", "--set", "optim.epochs=2"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("fold 0: best"), "{stdout}");
+    let fold = out.join("fold0");
+    let history = std::fs::read_to_string(fold.join("history.csv")).expect("history");
+    assert!(
+        history.starts_with("epoch,train_loss,val_loss,val_macro_roc_auc,val_cmap"),
+        "{history}"
+    );
+    assert_eq!(history.lines().count(), 3, "header + 2 epochs");
+    let png = std::fs::read(fold.join("history.png")).expect("png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let onnx = dir.join("best.onnx");
+    let (code, _, stderr) = run(Command::new(bin("birdclef-export"))
+        .arg("--checkpoint")
+        .arg(fold.join("best"))
+        .arg("--out")
+        .arg(&onnx));
+    assert_eq!(code, 0, "{stderr}");
+    // A bad data directory is a clear error naming it.
+    let (code, _, stderr) = run(Command::new(bin("birdclef-train"))
+        .args(["--device", "cpu", "fit", "--data"])
+        .arg(dir.join("nowhere"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(dir.join("run2")));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
