@@ -17,7 +17,7 @@ case "${1:-}" in
   setup)
     ;;
   demo)
-    cargo build --release --bins
+    cargo build --release --workspace --bins
     ./target/release/birdclef-train doctor
     ./target/release/birdclef-infer doctor
     ./target/release/birdclef-infer demo --out target/demo

@@ -13,7 +13,7 @@ bash scripts/setup.sh
 copies="${1:-4}"
 src="$root/../shared/data/bench_soundscapes"
 [ -d "$src" ] || { echo "needs $src" >&2; exit 1; }
-cargo build -q --release --bins
+cargo build -q --release --workspace --bins
 work="$root/.dev/bench-infer"
 mkdir -p "$work/audio" "$work/models"
 rm -f "$work/audio"/*
