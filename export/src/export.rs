@@ -309,36 +309,51 @@ fn check_reference(
 /// The output file of a checkpoint in folds mode: `<out_dir>/<checkpoint dir name>.onnx`.
 pub fn output_path(checkpoint: &Path, out_dir: &Path) -> Result<PathBuf, ExportError> {
     let abs = std::path::absolute(checkpoint).unwrap_or_else(|_| checkpoint.to_path_buf());
-    let name = abs
+    let names: Vec<String> = abs
         .components()
-        .next_back()
-        .and_then(|c| match c {
+        .filter_map(|c| match c {
             std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
             _ => None,
         })
-        .ok_or_else(|| {
-            ExportError::Usage(format!(
-                "{}: cannot name an output after this checkpoint path",
-                checkpoint.display()
-            ))
-        })?;
+        .collect();
+    // Training writes <run>/fold<N>/best and /last: name those after the fold.
+    let name = match names.as_slice() {
+        [.., fold, last] if last == "best" || last == "last" => Some(fold.clone()),
+        [.., last] => Some(last.clone()),
+        [] => None,
+    }
+    .ok_or_else(|| {
+        ExportError::Usage(format!(
+            "{}: cannot name an output after this checkpoint path",
+            checkpoint.display()
+        ))
+    })?;
     Ok(out_dir.join(format!("{name}.onnx")))
 }
 
-/// The checkpoints of a run: the subdirectories of `run_dir` that hold a `card.json`, sorted.
+/// The checkpoints of a run, sorted: each subdirectory of `run_dir` that holds a `card.json`, or
+/// whose `best/` does (the layout `birdclef-train fit` writes: `<run>/fold<N>/best`).
 pub fn checkpoints_in_run(run_dir: &Path) -> Result<Vec<PathBuf>, ExportError> {
     let entries = std::fs::read_dir(run_dir).map_err(|cause| {
         ExportError::Usage(format!("run directory {}: {cause}", run_dir.display()))
     })?;
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.join(CARD_FILE).is_file())
+        .filter(|p| p.is_dir())
+        .filter_map(|p| {
+            if p.join(CARD_FILE).is_file() {
+                Some(p)
+            } else {
+                let best = p.join("best");
+                best.join(CARD_FILE).is_file().then_some(best)
+            }
+        })
         .collect();
     dirs.sort();
     if dirs.is_empty() {
         return Err(ExportError::Usage(format!(
             "run directory {}: no subdirectory holds a {CARD_FILE} (expected one checkpoint \
-             directory per fold, e.g. {}/fold0/{CARD_FILE})",
+             directory per fold, e.g. {}/fold0/{CARD_FILE} or fold0/best/{CARD_FILE})",
             run_dir.display(),
             run_dir.display()
         )));
@@ -371,6 +386,40 @@ pub fn plan_outputs(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn training_layout_fold_best_is_found_and_named_after_the_fold() {
+        let run = std::env::temp_dir().join(format!("export-run-{}", std::process::id()));
+        for d in ["fold0/best", "fold0/last", "fold1/best", "plain", "empty"] {
+            std::fs::create_dir_all(run.join(d)).expect("dir");
+        }
+        for d in ["fold0/best", "fold0/last", "fold1/best", "plain"] {
+            std::fs::write(run.join(d).join(CARD_FILE), "{}").expect("card");
+        }
+        let found = checkpoints_in_run(&run).expect("checkpoints");
+        assert_eq!(
+            found,
+            vec![
+                run.join("fold0/best"),
+                run.join("fold1/best"),
+                run.join("plain")
+            ]
+        );
+        let out = Path::new("/out");
+        assert_eq!(
+            output_path(&run.join("fold0/best"), out).expect("name"),
+            out.join("fold0.onnx")
+        );
+        assert_eq!(
+            output_path(&run.join("fold0/last"), out).expect("name"),
+            out.join("fold0.onnx")
+        );
+        assert_eq!(
+            output_path(&run.join("plain"), out).expect("name"),
+            out.join("plain.onnx")
+        );
+        std::fs::remove_dir_all(&run).ok();
+    }
+
     use super::*;
 
     #[test]
