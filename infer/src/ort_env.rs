@@ -127,7 +127,6 @@ pub fn init(cli_path: Option<&Path>) -> Result<Found> {
 }
 
 /// The ORT environment created by [`init`], for `Session::builder(&env)`.
-#[allow(dead_code)] // used by the scoring subcommands
 pub fn environment() -> Result<ort::environment::Environment> {
     LOADED
         .lock()

@@ -117,8 +117,6 @@ fn process_file(
 ) {
     let policy = frontends[0].config().clone();
     let w = policy.window_samples();
-    let min_last =
-        (policy.windows.min_last_window_seconds * f64::from(policy.sample_rate)).ceil() as usize;
     let done = |windows, expected, seconds, error| {
         let _ = tx.send(Msg::Done {
             file,
@@ -182,8 +180,9 @@ fn process_file(
             }
         }
     }
-    // The last, partial window: kept when long enough, or when it is all the file has.
-    if (!buf.is_empty() && buf.len() >= min_last) || (index == 0 && total > 0) {
+    // The last, partial window, when the window policy keeps it (long enough, or all the file
+    // has). A file that decoded nothing gets no window here: its row is a fallback.
+    if total > 0 && policy.window_count(total) > index {
         if !send_window(&buf, index) {
             return;
         }
