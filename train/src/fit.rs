@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::atomic_dir;
 use crate::batch::{Batch, BatchBuilder};
 use crate::config::{BestMetric, LossConfig, LossKind, TrainConfig};
 use crate::data::{AudioStore, Dataset};
@@ -391,29 +392,13 @@ fn snapshot(ts: &[Tensor]) -> Vec<Tensor> {
 
 /// Write a directory atomically: `write` fills a temporary sibling, which then replaces `dest`.
 pub fn write_dir_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: no directory name", dest.display()))?
-        .to_string_lossy()
-        .to_string();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp = atomic_dir::temp_dir_beside(dest, "tmp")
+        .with_context(|| format!("creating a temporary directory beside {}", dest.display()))?;
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if dest.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(dest, &old).with_context(|| format!("moving {} aside", dest.display()))?;
-        std::fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
-    }
-    Ok(())
+    atomic_dir::replace_dir(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))
 }
 
 /// `dir`, or the copy moved aside by an interrupted [`write_dir_atomic`].
@@ -422,7 +407,7 @@ fn existing_dir(dir: &Path) -> Option<PathBuf> {
         return Some(dir.to_path_buf());
     }
     let parent = dir.parent()?;
-    let prefix = format!(".{}.old-", dir.file_name()?.to_string_lossy());
+    let prefix = atomic_dir::aside_prefix(&dir.file_name()?.to_string_lossy());
     std::fs::read_dir(parent)
         .ok()?
         .flatten()

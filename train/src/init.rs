@@ -9,7 +9,6 @@
 //! the result was reopened with [`Checkpoint::open`]: a failed `init` leaves nothing behind.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use birdclef_models::card::{Card, CardError, Provenance};
 use birdclef_models::checkpoint::{self, Checkpoint, CheckpointError, NamedTensor};
@@ -18,6 +17,7 @@ use birdclef_models::{nets, synth};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
+use crate::atomic_dir;
 use crate::net::{self, ImportReport, Net, NetError};
 
 /// The NVBird 2024 student frontend card, used when `--card` is not given.
@@ -357,44 +357,22 @@ fn write_checkpoint(
         }
     };
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let tmp = parent.join(format!(
-        ".{name}.init-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(cause) = std::fs::create_dir(&tmp) {
-        cleanup_parent();
-        return Err(InitError::Io { path: tmp, cause });
-    }
-    let result = write(&tmp).and_then(|()| commit(&tmp, out, &parent, &name));
+    let tmp = match atomic_dir::temp_dir_beside(out, "init") {
+        Ok(tmp) => tmp,
+        Err(cause) => {
+            cleanup_parent();
+            return Err(InitError::Io {
+                path: parent.join(format!(".{name}.init-*")),
+                cause,
+            });
+        }
+    };
+    let result = write(&tmp).and_then(|()| atomic_dir::replace_dir(&tmp, out).map_err(io_err(out)));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         cleanup_parent();
     }
     result
-}
-
-/// Move `tmp` to `out`; an existing `out` (empty, or replaced with `--force`) is moved aside
-/// first and deleted after the rename.
-fn commit(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), InitError> {
-    if std::fs::symlink_metadata(out).is_ok() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(out, &old).map_err(io_err(out))?;
-        if let Err(cause) = std::fs::rename(tmp, out) {
-            let _ = std::fs::rename(&old, out);
-            return Err(InitError::Io {
-                path: out.to_path_buf(),
-                cause,
-            });
-        }
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        Ok(())
-    } else {
-        std::fs::rename(tmp, out).map_err(io_err(out))
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
