@@ -26,7 +26,7 @@ use std::process::{Command, Output};
 use birdclef_models::card::Card;
 use birdclef_models::checkpoint::{write_tensors, NamedTensor};
 use birdclef_models::frontend::FrontendConfig;
-use common::{golden_dir, onnx_check, Case, TempDir};
+use common::{card_64x96, golden_dir, onnx_check, Case, TempDir};
 
 const LABELS: usize = 7;
 
@@ -50,15 +50,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 fn card() -> Card {
-    let mut frontend = FrontendConfig::kefir128();
-    frontend.n_mels = 64;
-    frontend.n_fft = 2048;
-    frontend.win_length = 2048;
-    frontend.hop_length = 1680;
-    let mut card = Card::frontend_only("efficientvit-b0-test", frontend);
-    assert_eq!(card.input_shape, [1, 64, 96]);
-    card.architecture = Some("efficientvit_b0".into());
-    card.labels = (0..LABELS).map(|i| format!("bird{i}")).collect();
+    let mut card = card_64x96("efficientvit-b0-test", LABELS);
     card.provenance.notes = Some("built by export/tests/cli.rs from a timm golden case".into());
     card
 }

@@ -9,7 +9,7 @@ use birdclef_export::emit::{self, emit, emit_model, CARD_KEY, LABELS_KEY};
 use birdclef_export::run_onnx;
 use birdclef_models::card::Card;
 use birdclef_models::frontend::FrontendConfig;
-use common::{full_golden_dir, golden_dir, max_abs_diff, onnx_check, Case, TempDir};
+use common::{card_64x96, full_golden_dir, golden_dir, max_abs_diff, onnx_check, Case, TempDir};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -120,17 +120,7 @@ fn full_size_models_match_timm_when_present() {
 fn metadata_holds_the_card_and_the_labels() {
     let case = Case::load(&golden_dir(), "efficientvit_b0_small");
     let graph = case.graph();
-    // A frontend whose window gives the case's 64 x 96 input: 5 s at 32 kHz, hop 1680 -> 96
-    // centred frames, 64 mels.
-    let mut frontend = FrontendConfig::kefir128();
-    frontend.n_mels = 64;
-    frontend.n_fft = 2048;
-    frontend.win_length = 2048;
-    frontend.hop_length = 1680;
-    let mut card = Card::frontend_only("student-fold0", frontend);
-    assert_eq!(card.input_shape, [1, 64, 96]);
-    card.architecture = Some("efficientvit_b0".into());
-    card.labels = (0..7).map(|i| format!("bird{i}")).collect();
+    let card = card_64x96("student-fold0", 7);
     let bytes = emit(&graph, &case.weights, Some(&card)).expect("emit");
 
     let model = emit::decode(&bytes).expect("decode");

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use birdclef_models::card::Card;
 use birdclef_models::checkpoint::{read_tensors, NamedTensor};
+use birdclef_models::frontend::FrontendConfig;
 use birdclef_models::ir::Graph;
 use birdclef_models::nets::efficientnet::{efficientnet, EfficientNetConfig};
 use birdclef_models::nets::efficientvit::{efficientvit, EfficientVitConfig};
@@ -14,6 +16,21 @@ use birdclef_models::nets::Head;
 use serde_json::Value;
 
 /// The workspace root.
+/// An efficientvit_b0 card whose frontend gives the golden cases' 64 x 96 input (5 s at
+/// 32 kHz, hop 1680 -> 96 centred frames, 64 mels), with labels `bird0..`.
+pub fn card_64x96(name: &str, labels: usize) -> Card {
+    let mut frontend = FrontendConfig::kefir128();
+    frontend.n_mels = 64;
+    frontend.n_fft = 2048;
+    frontend.win_length = 2048;
+    frontend.hop_length = 1680;
+    let mut card = Card::frontend_only(name, frontend);
+    assert_eq!(card.input_shape, [1, 64, 96]);
+    card.architecture = Some("efficientvit_b0".into());
+    card.labels = (0..labels).map(|i| format!("bird{i}")).collect();
+    card
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
