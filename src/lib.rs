@@ -110,3 +110,24 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
+
+/// `birdclef-train --device cpu init <init_args> --out DIR/NAME`, then `birdclef-export` of that
+/// checkpoint to `DIR/NAME.onnx`; asserts both succeed. Returns the ONNX path and export's report
+/// (stdout, with the verified difference).
+pub fn init_and_export(dir: &Path, name: &str, init_args: &[&str]) -> (PathBuf, String) {
+    let ckpt = dir.join(name);
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .args(["--device", "cpu", "init"])
+        .args(init_args)
+        .arg("--out")
+        .arg(&ckpt));
+    assert_eq!(code, 0, "{name}: init failed: {err}");
+    let onnx = dir.join(format!("{name}.onnx"));
+    let (code, out, err) = run(Command::new(bin("birdclef-export"))
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(&onnx));
+    assert_eq!(code, 0, "{name}: export failed: {err}");
+    (onnx, out)
+}

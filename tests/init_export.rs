@@ -2,7 +2,7 @@
 //! in `birdclef-export`'s self-verification) for every architecture, then ONNX's own checker.
 use std::process::Command;
 
-use birdclef::{bin, run, scratch_dir};
+use birdclef::{init_and_export, run, scratch_dir};
 
 /// The max difference `birdclef-export` reports: "max |onnxruntime - reference| = 9.83e-7".
 fn reported_diff(stdout: &str) -> Option<f64> {
@@ -37,29 +37,12 @@ fn every_architecture_exports_with_matching_outputs() {
         "efficientvit_b0+sed",
         "mnasnet_100+sed",
     ] {
-        let ckpt = dir.join(arch.replace('+', "_"));
-        let (code, _, stderr) = run(Command::new(bin("birdclef-train"))
-            .args([
-                "--device",
-                "cpu",
-                "init",
-                "--arch",
-                arch,
-                "--classes",
-                "11",
-                "--seed",
-                "3",
-            ])
-            .arg("--out")
-            .arg(&ckpt));
-        assert_eq!(code, 0, "{arch}: init failed: {stderr}");
-        let onnx = dir.join(format!("{}.onnx", arch.replace('+', "_")));
-        let (code, stdout, stderr) = run(Command::new(bin("birdclef-export"))
-            .arg("--checkpoint")
-            .arg(&ckpt)
-            .arg("--out")
-            .arg(&onnx));
-        assert_eq!(code, 0, "{arch}: export failed: {stderr}");
+        let name = arch.replace('+', "_");
+        let (onnx, stdout) = init_and_export(
+            &dir,
+            &name,
+            &["--arch", arch, "--classes", "11", "--seed", "3"],
+        );
         let diff = reported_diff(&stdout).unwrap_or_else(|| panic!("{arch}: no diff in {stdout}"));
         println!("{arch:22} max |ORT - tch| = {diff:.2e}");
         assert!(diff <= 1e-4, "{arch}: {diff}");

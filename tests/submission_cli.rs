@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use birdclef::{bin, run, scratch_dir};
+use birdclef::{bin, init_and_export, run, scratch_dir};
 use birdclef_models::audio::write_wav_f32;
 use birdclef_models::card::Card;
 use birdclef_models::frontend::{FrontendConfig, Normalize};
@@ -25,32 +25,16 @@ fn small_card(dir: &Path, labels: &[&str]) -> PathBuf {
     path
 }
 
-/// init + export one model; returns the ONNX path.
+/// init + export one model with `card`; returns the ONNX path.
 fn model(dir: &Path, name: &str, arch: &str, seed: u64, card: &Path) -> PathBuf {
-    let ckpt = dir.join(name);
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args([
-            "--device",
-            "cpu",
-            "init",
-            "--arch",
-            arch,
-            "--seed",
-            &seed.to_string(),
-            "--card",
-        ])
-        .arg(card)
-        .arg("--out")
-        .arg(&ckpt));
-    assert_eq!(code, 0, "init: {err}");
-    let onnx = dir.join(format!("{name}.onnx"));
-    let (code, _, err) = run(Command::new(bin("birdclef-export"))
-        .arg("--checkpoint")
-        .arg(&ckpt)
-        .arg("--out")
-        .arg(&onnx));
-    assert_eq!(code, 0, "export: {err}");
-    onnx
+    let seed = seed.to_string();
+    let card = card.to_string_lossy();
+    init_and_export(
+        dir,
+        name,
+        &["--arch", arch, "--seed", &seed, "--card", &card],
+    )
+    .0
 }
 
 fn soundscape(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
