@@ -1,0 +1,902 @@
+//! `birdclef-train pseudo-label`: a teacher ensemble labels unlabeled soundscapes, window by window,
+//! into one HDF5 file that students are distilled from.
+//!
+//! Teachers are checkpoint directories (run with libtorch on the chosen device) or ONNX files
+//! written by `birdclef-export` (run with ONNX Runtime on the CPU), mixed freely as long as their
+//! cards agree on the labels and on how audio is cut into windows. Teachers with different
+//! frontends are allowed; each frontend is computed once per soundscape. A window's probability
+//! is the mean over teachers of the sigmoid of their logits.
+//!
+//! Every soundscape is computed on its own (its windows batched from its start), so the result
+//! for a file does not depend on which other files a run holds: shards merged with
+//! [`merge`] equal an unsharded run.
+//!
+//! # Resuming
+//!
+//! Finished soundscapes are kept as small safetensors files in `<out>.parts/` (one per file,
+//! written atomically), next to a `key` file naming the teachers and the input files. A killed
+//! run started again with the same arguments skips every soundscape already there; a run with
+//! other teachers or files starts the parts afresh. The HDF5 file is written at the end
+//! (temporary file + rename) and the parts are then removed.
+//!
+//! # File layout (format version 1)
+//!
+//! | object | type | content |
+//! | --- | --- | --- |
+//! | `/row_id` | `str[n]` | `<soundscape stem>_<window end second>`, as in a submission |
+//! | `/soundscape` | `str[n]` | the soundscape's file name (e.g. `XC123.ogg`) |
+//! | `/start`, `/end` | `f64[n]` | window start and end in seconds (`end` = the row id's second) |
+//! | `/probs` | `f32[n, k]` | ensemble probabilities, columns in `/labels` order |
+//! | `/labels` | `str[k]` | species codes |
+//! | `/teachers` | `str[t]` | the teacher files or directories, as given |
+//! | `/teacher_names` | `str[t]` | the name in each teacher's model card |
+//! | `/failed` | `str[m]` | `"<file>: <why>"` for soundscapes that could not be read (no rows) |
+//!
+//! Rows are sorted by soundscape file name, then by window. Root attributes: `format_version`
+//! (u32), `sample_rate` (u32), `window_seconds` (f64), `shard` (`"K/N"`, or `"merged"`),
+//! `created_by` (program and version) and `complete` (u8, 1), written last.
+//!
+//! ```python
+//! import h5py, pandas as pd
+//! with h5py.File("pseudo.h5", "r") as f:
+//!     assert f.attrs["complete"] == 1
+//!     labels = list(f["labels"].asstr()[:])
+//!     df = pd.DataFrame(f["probs"][:], columns=labels, index=f["row_id"].asstr()[:])
+//!     df.insert(0, "soundscape", f["soundscape"].asstr()[:])
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+use std::time::{Instant, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use birdclef_infer::model::OnnxModel;
+use birdclef_infer::predict::{discover, stem_of};
+use birdclef_infer::shard::{self, Shard, ShardEnv, ShardSpec};
+use birdclef_models::audio::{self, TARGET_SAMPLE_RATE};
+use birdclef_models::card::Card;
+use birdclef_models::checkpoint::{self, NamedTensor};
+use birdclef_models::frontend::{Frontend, FrontendConfig};
+use hdf5::types::VarLenUnicode;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use tch::Device;
+
+use crate::net::{self, Net};
+
+/// Version of the file layout described in the module documentation.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Testing aid: with this environment variable set to `N`, the process exits (status 137, as if
+/// killed) right after the `N`-th soundscape's part is written, so tests can check resuming.
+pub const ABORT_ENV: &str = "BIRDCLEF_PSEUDO_ABORT_AFTER";
+
+/// A loaded teacher.
+pub enum Teacher {
+    /// A checkpoint directory, run with libtorch.
+    Torch {
+        /// The directory.
+        path: PathBuf,
+        /// Its card.
+        card: Card,
+        /// The network.
+        net: Net,
+    },
+    /// An ONNX file written by birdclef-export, run with ONNX Runtime.
+    Onnx(OnnxModel),
+}
+
+impl std::fmt::Debug for Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Teacher({})", self.path().display())
+    }
+}
+
+impl Teacher {
+    /// Load a teacher: a directory is a checkpoint (card.json + weights.safetensors), a file an
+    /// ONNX model. ONNX Runtime must have been initialised for ONNX files
+    /// ([`birdclef_infer::ort_env::init`]).
+    pub fn load(path: &Path, device: Device, ort_threads: usize) -> Result<Self> {
+        if path.is_dir() {
+            let ckpt = checkpoint::Checkpoint::open(path)
+                .with_context(|| format!("teacher {}", path.display()))?;
+            let card = ckpt.card.clone();
+            let net = Net::from_checkpoint(path, device)
+                .with_context(|| format!("teacher {}", path.display()))?;
+            Ok(Teacher::Torch {
+                path: path.to_path_buf(),
+                card,
+                net,
+            })
+        } else {
+            Ok(Teacher::Onnx(OnnxModel::load(path, ort_threads)?))
+        }
+    }
+
+    /// Where it came from.
+    pub fn path(&self) -> &Path {
+        match self {
+            Teacher::Torch { path, .. } => path,
+            Teacher::Onnx(m) => &m.path,
+        }
+    }
+
+    /// Its model card.
+    pub fn card(&self) -> &Card {
+        match self {
+            Teacher::Torch { card, .. } => card,
+            Teacher::Onnx(m) => &m.card,
+        }
+    }
+
+    /// Logits of `n` windows (`x` row-major in the card's input shape): `n × classes`.
+    pub fn logits(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        match self {
+            Teacher::Torch { path, card, net } => {
+                let [c, h, w] = card.input_shape;
+                let t = net::tensor_from(x, &[n, c, h, w], net.device())?;
+                let y = tch::no_grad(|| net.f_forward(&t, false))
+                    .with_context(|| format!("teacher {}", path.display()))?;
+                Ok(net::to_vec_f32(&y)?)
+            }
+            Teacher::Onnx(m) => m.run(x, n),
+        }
+    }
+
+    /// The files whose content identifies this teacher (for the resume key).
+    fn identity_files(&self) -> Vec<PathBuf> {
+        match self {
+            Teacher::Torch { path, .. } => vec![
+                path.join(checkpoint::CARD_FILE),
+                path.join(checkpoint::WEIGHTS_FILE),
+            ],
+            Teacher::Onnx(m) => vec![m.path.clone()],
+        }
+    }
+}
+
+/// Expand teacher arguments: a checkpoint directory or ONNX file stands for itself; a training
+/// run directory (`fold<N>/best/` inside) for its folds' best checkpoints; a directory of ONNX
+/// files for those files (sorted).
+pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.is_file() || a.join(checkpoint::CARD_FILE).is_file() {
+            out.push(a.clone());
+            continue;
+        }
+        if !a.is_dir() {
+            bail!("teacher {}: no such file or directory", a.display());
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(a)
+            .with_context(|| format!("teacher {}: cannot list the directory", a.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        let folds: Vec<PathBuf> = entries
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("fold"))
+                    && p.join("best").join(checkpoint::CARD_FILE).is_file()
+            })
+            .map(|p| p.join("best"))
+            .collect();
+        let onnx: Vec<PathBuf> = entries
+            .iter()
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "onnx"))
+            .cloned()
+            .collect();
+        if folds.is_empty() && onnx.is_empty() {
+            bail!(
+                "teacher {}: neither a checkpoint (card.json), a run directory with fold<N>/best/, \
+                 nor a directory of .onnx files",
+                a.display()
+            );
+        }
+        out.extend(folds);
+        out.extend(onnx);
+    }
+    if out.is_empty() {
+        bail!("no teachers given");
+    }
+    Ok(out)
+}
+
+/// Check that teachers can be ensembled (same labels, same windows); the error names both.
+pub fn check_teachers(teachers: &[Teacher]) -> Result<()> {
+    let Some(first) = teachers.first() else {
+        bail!("no teachers given");
+    };
+    for t in &teachers[1..] {
+        let (a, b) = (first.card(), t.card());
+        let same_windows = a.frontend.sample_rate == b.frontend.sample_rate
+            && a.frontend.windows == b.frontend.windows;
+        if a.labels != b.labels || !same_windows {
+            let why = a.ensemble_mismatch(b).unwrap_or_else(|| {
+                format!(
+                    "they cut audio into different windows ({:?} vs {:?})",
+                    a.frontend.windows, b.frontend.windows
+                )
+            });
+            bail!(
+                "teachers {} and {} cannot be ensembled: {why}",
+                first.path().display(),
+                t.path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Options of [`pseudo_label`].
+#[derive(Debug, Clone)]
+pub struct PseudoLabelOptions {
+    /// Teachers (see [`expand_teachers`]).
+    pub teachers: Vec<PathBuf>,
+    /// Soundscape files or directories (a directory contributes its audio files).
+    pub soundscapes: Vec<PathBuf>,
+    /// The HDF5 file to write.
+    pub out: PathBuf,
+    /// Label one shard of the files only.
+    pub shard: Option<ShardSpec>,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+    /// Device of checkpoint teachers.
+    pub device: Device,
+    /// Decoding threads (0: one per core).
+    pub threads: usize,
+    /// ONNX Runtime library for ONNX teachers (else found as birdclef-infer finds it).
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// What [`pseudo_label`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PseudoSummary {
+    /// The file written.
+    pub out: PathBuf,
+    /// The shard labelled.
+    pub shard: Shard,
+    /// Soundscapes in this shard.
+    pub files: usize,
+    /// Of those, taken from the parts of an earlier, interrupted run.
+    pub resumed: usize,
+    /// Windows written.
+    pub windows: usize,
+    /// Soundscapes that could not be read, with the reason (they have no rows).
+    pub failed: Vec<(PathBuf, String)>,
+    /// Seconds of audio labelled by this call.
+    pub audio_seconds: f64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// One soundscape's result.
+struct Part {
+    file: String,
+    probs: Vec<f32>,
+    windows: usize,
+}
+
+fn file_identity(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{}\t{}\t{mtime}", path.display(), meta.len()))
+}
+
+fn resume_key(teachers: &[Teacher], files: &[PathBuf]) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!("birdclef pseudo-label v{FORMAT_VERSION}\n"));
+    for t in teachers {
+        for f in t.identity_files() {
+            h.update(file_identity(&f)?);
+            h.update(b"\n");
+        }
+    }
+    h.update(b"--\n");
+    for f in files {
+        h.update(file_identity(f)?);
+        h.update(b"\n");
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `<out>.parts`, beside the output file.
+pub fn parts_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".parts");
+    out.with_file_name(name)
+}
+
+fn part_path(dir: &Path, file: &Path) -> PathBuf {
+    dir.join(format!("{}.safetensors", stem_of(file)))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A finished soundscape's part, if it is there and whole.
+fn read_part(path: &Path, file: &Path, k: usize) -> Option<Part> {
+    let tensors = checkpoint::read_tensors(path).ok()?;
+    let probs = tensors.into_iter().find(|t| t.name == "probs")?;
+    let windows = *probs.shape.first()?;
+    (probs.shape == [windows, k]).then(|| Part {
+        file: file_name(file),
+        probs: probs.data,
+        windows,
+    })
+}
+
+/// The inputs of one soundscape for each distinct frontend: `[windows, c, m, f]` flattened.
+struct Prepared {
+    index: usize,
+    result: std::result::Result<(Vec<Vec<f32>>, usize, f64), String>,
+}
+
+/// Run the teacher ensemble over the soundscapes and write the HDF5 file (see the module docs).
+pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
+    let t0 = Instant::now();
+    let teacher_paths = expand_teachers(&opts.teachers)?;
+    if teacher_paths.iter().any(|p| p.is_file()) {
+        birdclef_infer::ort_env::init(opts.ort_lib.as_deref())?;
+    }
+    let mut teachers: Vec<Teacher> = teacher_paths
+        .iter()
+        .map(|p| Teacher::load(p, opts.device, 1))
+        .collect::<Result<_>>()?;
+    check_teachers(&teachers)?;
+    let card = teachers[0].card().clone();
+    let k = card.labels.len();
+    // Distinct frontends, and which one each teacher uses.
+    let mut frontends: Vec<FrontendConfig> = Vec::new();
+    let mut uses = Vec::new();
+    for t in &teachers {
+        let f = &t.card().frontend;
+        let i = frontends.iter().position(|g| g == f).unwrap_or_else(|| {
+            frontends.push(f.clone());
+            frontends.len() - 1
+        });
+        uses.push(i);
+    }
+    let frontends: Vec<Frontend> = frontends
+        .into_iter()
+        .map(|f| Frontend::new(f).map_err(|e| anyhow!("teacher frontend: {e}")))
+        .collect::<Result<_>>()?;
+
+    let all = discover(&opts.soundscapes)?;
+    let shard = match &opts.shard {
+        Some(spec) => spec.resolve(&ShardEnv::from_process_env())?,
+        None => Shard::new(0, 1)?,
+    };
+    let files = shard::select(&all, shard);
+    let key = resume_key(&teachers, &files)?;
+    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let parts = parts_dir(&opts.out);
+    let key_file = parts.join("key");
+    let same_key = std::fs::read_to_string(&key_file).is_ok_and(|s| s.trim() == key);
+    if parts.exists() && !same_key {
+        eprintln!(
+            "pseudo-label: {} holds parts of a run with other teachers or files; starting afresh",
+            parts.display()
+        );
+        std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
+    }
+    std::fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+    std::fs::write(&key_file, &key).with_context(|| format!("writing {}", key_file.display()))?;
+
+    let mut done: BTreeMap<usize, Part> = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        if let Some(p) = read_part(&part_path(&parts, f), f, k) {
+            done.insert(i, p);
+        }
+    }
+    let resumed = done.len();
+    if resumed > 0 {
+        eprintln!(
+            "pseudo-label: resuming: {resumed} of {} soundscapes already labelled in {}",
+            files.len(),
+            parts.display()
+        );
+    }
+    let todo: Vec<usize> = (0..files.len()).filter(|i| !done.contains_key(i)).collect();
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("building the decoding thread pool")?;
+    let mut failed: Vec<(PathBuf, String)> = Vec::new();
+    let mut audio_seconds = 0.0;
+    let batch = opts.batch_size.max(1);
+    let start = Instant::now();
+    let mut labelled = 0usize;
+    let mut last_report = f64::NEG_INFINITY;
+    let abort_after: Option<usize> = std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok());
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Prepared>(threads * 2);
+        let (files, frontends, todo, pool) = (&files, &frontends, &todo, &pool);
+        s.spawn(move || {
+            for chunk in todo.chunks(threads.max(1) * 2) {
+                let prepared: Vec<Prepared> = pool.install(|| {
+                    chunk
+                        .par_iter()
+                        .map(|&index| Prepared {
+                            index,
+                            result: prepare(&files[index], frontends),
+                        })
+                        .collect()
+                });
+                for p in prepared {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        for p in rx {
+            let file = &files[p.index];
+            let (inputs, windows, seconds) = match p.result {
+                Ok(r) => r,
+                Err(why) => {
+                    eprintln!("\npseudo-label: {}: {why}; no rows", file.display());
+                    failed.push((file.clone(), why));
+                    continue;
+                }
+            };
+            let mut sum = vec![0.0f32; windows * k];
+            for (t, &fi) in teachers.iter_mut().zip(&uses) {
+                let per = frontends[fi]
+                    .config()
+                    .input_shape()
+                    .iter()
+                    .product::<usize>();
+                for b0 in (0..windows).step_by(batch) {
+                    let n = batch.min(windows - b0);
+                    let logits = t.logits(&inputs[fi][b0 * per..(b0 + n) * per], n)?;
+                    for (acc, l) in sum[b0 * k..(b0 + n) * k].iter_mut().zip(&logits) {
+                        *acc += 1.0 / (1.0 + (-l).exp());
+                    }
+                }
+            }
+            let nt = teachers.len() as f32;
+            sum.iter_mut().for_each(|v| *v /= nt);
+            checkpoint::write_tensors(
+                &part_path(&parts, file),
+                &[NamedTensor {
+                    name: "probs".into(),
+                    shape: vec![windows, k],
+                    data: sum.clone(),
+                }],
+                None,
+            )?;
+            done.insert(
+                p.index,
+                Part {
+                    file: file_name(file),
+                    probs: sum,
+                    windows,
+                },
+            );
+            audio_seconds += seconds;
+            labelled += 1;
+            if abort_after == Some(labelled) {
+                eprintln!("\npseudo-label: {ABORT_ENV}={labelled}: stopping as if killed");
+                std::process::exit(137);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            if labelled < todo.len() && secs - last_report < 0.5 {
+                continue;
+            }
+            last_report = secs;
+            eprint!(
+                "\rpseudo-label: {}/{} soundscapes ({:.0} s of audio, {:.1}x real time)",
+                labelled,
+                todo.len(),
+                audio_seconds,
+                audio_seconds / secs.max(1e-9)
+            );
+            let _ = std::io::stderr().flush();
+        }
+        Ok(())
+    })?;
+    if labelled > 0 {
+        eprintln!();
+    }
+    let fcfg = &card.frontend;
+    let mut table = Table {
+        labels: card.labels.clone(),
+        teachers: teacher_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        teacher_names: teachers.iter().map(|t| t.card().name.clone()).collect(),
+        sample_rate: fcfg.sample_rate,
+        window_seconds: fcfg.windows.window_seconds,
+        shard: shard.to_string(),
+        ..Table::default()
+    };
+    for (i, part) in &done {
+        let stem = stem_of(&files[*i]);
+        for w in 0..part.windows {
+            let end = fcfg.window_end_seconds(w);
+            table.row_id.push(format!("{stem}_{}", end.round() as u64));
+            table.soundscape.push(part.file.clone());
+            table.start.push(end - fcfg.windows.window_seconds);
+            table.end.push(end);
+        }
+        table.probs.extend_from_slice(&part.probs);
+    }
+    table.failed = failed
+        .iter()
+        .map(|(p, why)| format!("{}: {why}", p.display()))
+        .collect();
+    table.write(&opts.out)?;
+    std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
+    Ok(PseudoSummary {
+        out: opts.out.clone(),
+        shard,
+        files: files.len(),
+        resumed,
+        windows: table.row_id.len(),
+        failed,
+        audio_seconds,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Decode one soundscape and compute every frontend's windows.
+fn prepare(
+    path: &Path,
+    frontends: &[Frontend],
+) -> std::result::Result<(Vec<Vec<f32>>, usize, f64), String> {
+    let decoded = audio::decode_file(path).map_err(|e| e.to_string())?;
+    if decoded.samples.is_empty() {
+        return Err("contains no audio samples".into());
+    }
+    let seconds = decoded.samples.len() as f64 / f64::from(TARGET_SAMPLE_RATE);
+    let mut windows = 0;
+    let inputs = frontends
+        .iter()
+        .map(|f| {
+            let images = f.compute(&decoded.samples);
+            windows = images.shape()[0];
+            images.into_raw_vec_and_offset().0
+        })
+        .collect();
+    Ok((inputs, windows, seconds))
+}
+
+/// The content of a pseudo-label file, in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    /// Row ids.
+    pub row_id: Vec<String>,
+    /// Soundscape file name of each row.
+    pub soundscape: Vec<String>,
+    /// Window start (s).
+    pub start: Vec<f64>,
+    /// Window end (s).
+    pub end: Vec<f64>,
+    /// Probabilities, row-major `[rows, labels]`.
+    pub probs: Vec<f32>,
+    /// Species codes.
+    pub labels: Vec<String>,
+    /// Teachers as given.
+    pub teachers: Vec<String>,
+    /// Card names of the teachers.
+    pub teacher_names: Vec<String>,
+    /// Soundscapes that could not be read.
+    pub failed: Vec<String>,
+    /// Sample rate of the teachers' frontend.
+    pub sample_rate: u32,
+    /// Window length (s).
+    pub window_seconds: f64,
+    /// `K/N` or `merged`.
+    pub shard: String,
+}
+
+fn strings(path: &Path, v: &[String]) -> Result<Vec<VarLenUnicode>> {
+    v.iter()
+        .map(|s| {
+            VarLenUnicode::from_str(s)
+                .map_err(|e| anyhow!("{}: cannot store {s:?}: {e}", path.display()))
+        })
+        .collect()
+}
+
+impl Table {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.row_id.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.row_id.is_empty()
+    }
+
+    /// Write the file atomically (temporary file beside it, then rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let k = self.labels.len();
+        if self.probs.len() != self.len() * k
+            || self.soundscape.len() != self.len()
+            || self.start.len() != self.len()
+            || self.end.len() != self.len()
+        {
+            bail!("{}: inconsistent pseudo-label table", path.display());
+        }
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = path.with_file_name(name);
+        let result = self.write_to(&tmp);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    fn write_to(&self, tmp: &Path) -> Result<()> {
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: hdf5::Error| anyhow!("{}: {what}: {e}", tmp.display())
+        };
+        let file = hdf5::File::create(tmp).map_err(err("create"))?;
+        let str_ds = |name: &str, v: &[String]| -> Result<()> {
+            let v = strings(tmp, v)?;
+            file.new_dataset_builder()
+                .with_data(v.as_slice())
+                .create(name)
+                .map_err(err(name))?;
+            Ok(())
+        };
+        str_ds("row_id", &self.row_id)?;
+        str_ds("soundscape", &self.soundscape)?;
+        str_ds("labels", &self.labels)?;
+        str_ds("teachers", &self.teachers)?;
+        str_ds("teacher_names", &self.teacher_names)?;
+        str_ds("failed", &self.failed)?;
+        for (name, v) in [("start", &self.start), ("end", &self.end)] {
+            file.new_dataset_builder()
+                .with_data(v.as_slice())
+                .create(name)
+                .map_err(err(name))?;
+        }
+        let probs = file
+            .new_dataset::<f32>()
+            .shape([self.len(), self.labels.len()])
+            .create("probs")
+            .map_err(err("probs"))?;
+        if !self.probs.is_empty() {
+            probs.write_raw(&self.probs).map_err(err("probs"))?;
+        }
+        file.new_attr::<u32>()
+            .shape(())
+            .create("format_version")
+            .and_then(|a| a.write_scalar(&FORMAT_VERSION))
+            .map_err(err("format_version"))?;
+        file.new_attr::<u32>()
+            .shape(())
+            .create("sample_rate")
+            .and_then(|a| a.write_scalar(&self.sample_rate))
+            .map_err(err("sample_rate"))?;
+        file.new_attr::<f64>()
+            .shape(())
+            .create("window_seconds")
+            .and_then(|a| a.write_scalar(&self.window_seconds))
+            .map_err(err("window_seconds"))?;
+        for (name, value) in [
+            ("shard", self.shard.clone()),
+            (
+                "created_by",
+                format!("birdclef-train {}", env!("CARGO_PKG_VERSION")),
+            ),
+        ] {
+            let v = strings(tmp, &[value])?.remove(0);
+            file.new_attr::<VarLenUnicode>()
+                .shape(())
+                .create(name)
+                .and_then(|a| a.write_scalar(&v))
+                .map_err(err(name))?;
+        }
+        file.flush().map_err(err("flush"))?;
+        file.new_attr::<u8>()
+            .shape(())
+            .create("complete")
+            .and_then(|a| a.write_scalar(&1u8))
+            .map_err(err("complete"))?;
+        drop(probs);
+        file.close().map_err(err("close"))?;
+        Ok(())
+    }
+
+    /// Read a pseudo-label file; the error names the file and what is wrong with it.
+    pub fn read(path: &Path) -> Result<Self> {
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: hdf5::Error| {
+                anyhow!(
+                    "{}: not a readable pseudo-label file ({what}: {e})",
+                    path.display()
+                )
+            }
+        };
+        let file = hdf5::File::open(path).map_err(err("open"))?;
+        let complete = file
+            .attr("complete")
+            .and_then(|a| a.read_scalar::<u8>())
+            .map_err(err("attribute complete"))?;
+        if complete != 1 {
+            bail!("{}: incomplete pseudo-label file", path.display());
+        }
+        let version = file
+            .attr("format_version")
+            .and_then(|a| a.read_scalar::<u32>())
+            .map_err(err("attribute format_version"))?;
+        if version != FORMAT_VERSION {
+            bail!(
+                "{}: pseudo-label format version {version}; this program reads {FORMAT_VERSION}",
+                path.display()
+            );
+        }
+        let read_str = |name: &str| -> Result<Vec<String>> {
+            Ok(file
+                .dataset(name)
+                .and_then(|d| d.read_raw::<VarLenUnicode>())
+                .map_err(err(name))?
+                .into_iter()
+                .map(|s| s.as_str().to_string())
+                .collect())
+        };
+        let read_f64 = |name: &str| -> Result<Vec<f64>> {
+            file.dataset(name)
+                .and_then(|d| d.read_raw::<f64>())
+                .map_err(err(name))
+        };
+        let attr_str = |name: &str| -> Result<String> {
+            Ok(file
+                .attr(name)
+                .and_then(|a| a.read_scalar::<VarLenUnicode>())
+                .map_err(err(name))?
+                .as_str()
+                .to_string())
+        };
+        let probs_ds = file.dataset("probs").map_err(err("probs"))?;
+        let table = Table {
+            row_id: read_str("row_id")?,
+            soundscape: read_str("soundscape")?,
+            start: read_f64("start")?,
+            end: read_f64("end")?,
+            probs: probs_ds.read_raw::<f32>().map_err(err("probs"))?,
+            labels: read_str("labels")?,
+            teachers: read_str("teachers")?,
+            teacher_names: read_str("teacher_names")?,
+            failed: read_str("failed")?,
+            sample_rate: file
+                .attr("sample_rate")
+                .and_then(|a| a.read_scalar::<u32>())
+                .map_err(err("sample_rate"))?,
+            window_seconds: file
+                .attr("window_seconds")
+                .and_then(|a| a.read_scalar::<f64>())
+                .map_err(err("window_seconds"))?,
+            shard: attr_str("shard")?,
+        };
+        let n = table.len();
+        if probs_ds.shape() != [n, table.labels.len()]
+            || table.soundscape.len() != n
+            || table.start.len() != n
+            || table.end.len() != n
+        {
+            bail!(
+                "{}: its datasets disagree in length (row_id {n}, probs {:?})",
+                path.display(),
+                probs_ds.shape()
+            );
+        }
+        Ok(table)
+    }
+
+    /// Probabilities of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let k = self.labels.len();
+        &self.probs[i * k..(i + 1) * k]
+    }
+}
+
+/// Join the files of a sharded run into the file one unsharded run writes: same teachers and
+/// labels required, rows sorted by soundscape then window, a soundscape in two inputs refused.
+/// Written atomically. Returns the merged table.
+pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table> {
+    let Some(first_path) = inputs.first() else {
+        bail!("no pseudo-label files to merge");
+    };
+    let tables: Vec<Table> = inputs
+        .iter()
+        .map(|p| Table::read(p))
+        .collect::<Result<_>>()?;
+    let first = &tables[0];
+    let mut owner: HashMap<&str, &Path> = HashMap::new();
+    for (t, p) in tables.iter().zip(inputs) {
+        for (what, a, b) in [
+            ("labels", &first.labels, &t.labels),
+            ("teachers", &first.teachers, &t.teachers),
+        ] {
+            if a != b {
+                bail!(
+                    "{} and {} have different {what}; only shards of one run can be merged",
+                    first_path.display(),
+                    p.display()
+                );
+            }
+        }
+        if t.window_seconds != first.window_seconds || t.sample_rate != first.sample_rate {
+            bail!(
+                "{} and {} cut audio into different windows",
+                first_path.display(),
+                p.display()
+            );
+        }
+        let mut seen: Vec<&str> = t.soundscape.iter().map(String::as_str).collect();
+        seen.dedup();
+        for s in seen {
+            if let Some(other) = owner.insert(s, p) {
+                if other != p.as_path() {
+                    bail!(
+                        "soundscape {s} is in both {} and {}",
+                        other.display(),
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+    let k = first.labels.len();
+    let mut rows: Vec<(usize, usize)> = tables
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| (0..t.len()).map(move |r| (ti, r)))
+        .collect();
+    rows.sort_by(|&(ta, ra), &(tb, rb)| {
+        let (a, b) = (&tables[ta], &tables[tb]);
+        a.soundscape[ra]
+            .cmp(&b.soundscape[rb])
+            .then(a.start[ra].total_cmp(&b.start[rb]))
+    });
+    let mut merged = Table {
+        labels: first.labels.clone(),
+        teachers: first.teachers.clone(),
+        teacher_names: first.teacher_names.clone(),
+        sample_rate: first.sample_rate,
+        window_seconds: first.window_seconds,
+        shard: "merged".into(),
+        ..Table::default()
+    };
+    for (ti, r) in rows {
+        let t = &tables[ti];
+        merged.row_id.push(t.row_id[r].clone());
+        merged.soundscape.push(t.soundscape[r].clone());
+        merged.start.push(t.start[r]);
+        merged.end.push(t.end[r]);
+        merged.probs.extend_from_slice(&t.probs[r * k..(r + 1) * k]);
+    }
+    merged.failed = tables.iter().flat_map(|t| t.failed.clone()).collect();
+    merged.failed.sort();
+    merged.write(out)?;
+    Ok(merged)
+}
