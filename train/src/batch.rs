@@ -7,6 +7,10 @@
 //! then the model card's frontend ([`Frontend::compute_clip`], the code inference runs) and
 //! SpecAugment time and frequency masks (filled with the image mean).
 //!
+//! With a [`PseudoSet`] (distillation), a sample may instead be a pseudo-labelled soundscape
+//! window ([`Item::Pseudo`]): the window's audio with the same shift and gain, and its soft
+//! targets; mixup pairs samples of either kind.
+//!
 //! Everything random comes from a per-sample generator seeded from `(seed, epoch, position in the
 //! epoch)`, so a batch is the same whatever the thread count or the order the workers ran in.
 
@@ -16,6 +20,16 @@ use rayon::prelude::*;
 
 use crate::config::{AugmentConfig, LossConfig};
 use crate::data::{AudioStore, Dataset};
+use crate::distill::PseudoSet;
+
+/// One training sample's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    /// A random crop of a labelled recording (index into [`Dataset::recordings`]).
+    Clip(usize),
+    /// A pseudo-labelled window (index into [`PseudoSet::windows`]).
+    Pseudo(usize),
+}
 
 /// A finished batch: `n` model inputs and their targets.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +53,7 @@ pub struct BatchBuilder<'a> {
     loss: LossConfig,
     backgrounds: &'a [Vec<f32>],
     seed: u64,
+    pseudo: Option<&'a PseudoSet>,
 }
 
 /// Mix three integers into one well-spread seed.
@@ -111,7 +126,14 @@ impl<'a> BatchBuilder<'a> {
             loss,
             backgrounds,
             seed,
+            pseudo: None,
         }
+    }
+
+    /// Also draw samples from pseudo-labelled windows ([`Item::Pseudo`]).
+    pub fn with_pseudo(mut self, pseudo: &'a PseudoSet) -> Self {
+        self.pseudo = Some(pseudo);
+        self
     }
 
     /// The frontend in use.
@@ -148,21 +170,42 @@ impl<'a> BatchBuilder<'a> {
         (y, w)
     }
 
-    /// A random crop of recording `rec` with time shift and gain.
-    fn clip(&self, rec: usize, rng: &mut Rng) -> anyhow::Result<Vec<f32>> {
+    fn pseudo_set(&self) -> anyhow::Result<&PseudoSet> {
+        self.pseudo
+            .ok_or_else(|| anyhow::anyhow!("a pseudo-labelled sample without a pseudo-label set"))
+    }
+
+    /// Targets and loss weights of a sample source (before mixup).
+    fn item_targets(&self, item: Item) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        match item {
+            Item::Clip(rec) => Ok(self.targets(rec)),
+            Item::Pseudo(i) => {
+                let p = self.pseudo_set()?;
+                Ok((p.targets(i).to_vec(), p.weights().to_vec()))
+            }
+        }
+    }
+
+    /// A random crop of a recording, or a pseudo-labelled window, with time shift and gain.
+    fn clip(&self, item: Item, rng: &mut Rng) -> anyhow::Result<Vec<f32>> {
         let n = self.crop_samples();
-        let seg = self.store.segments(rec)?;
-        let src = if !seg.tail.is_empty() && rng.uniform() < self.aug.tail_prob {
-            &seg.tail
-        } else {
-            &seg.head
-        };
         let mut out = vec![0.0f32; n];
-        if src.len() > n {
-            let start = rng.below(src.len() - n + 1);
-            out.copy_from_slice(&src[start..start + n]);
-        } else {
-            out[..src.len()].copy_from_slice(src);
+        match item {
+            Item::Clip(rec) => {
+                let seg = self.store.segments(rec)?;
+                let src = if !seg.tail.is_empty() && rng.uniform() < self.aug.tail_prob {
+                    &seg.tail
+                } else {
+                    &seg.head
+                };
+                if src.len() > n {
+                    let start = rng.below(src.len() - n + 1);
+                    out.copy_from_slice(&src[start..start + n]);
+                } else {
+                    out[..src.len()].copy_from_slice(src);
+                }
+            }
+            Item::Pseudo(i) => out = self.pseudo_set()?.audio(i, n)?,
         }
         let max_shift =
             (self.aug.time_shift_seconds * f64::from(self.frontend.config().sample_rate)) as usize;
@@ -176,17 +219,17 @@ impl<'a> BatchBuilder<'a> {
         Ok(out)
     }
 
-    /// Sample `pos` of the epoch: recording `rec`; `pool` is where mixup partners come from.
+    /// Sample `pos` of the epoch from `item`; `pool` is where mixup partners come from.
     pub fn sample(
         &self,
-        rec: usize,
-        pool: &[usize],
+        item: Item,
+        pool: &[Item],
         epoch: usize,
         pos: usize,
     ) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let mut rng = Rng::new(sample_seed(self.seed, epoch as u64, pos as u64));
-        let mut clip = self.clip(rec, &mut rng)?;
-        let (mut y, mut w) = self.targets(rec);
+        let mut clip = self.clip(item, &mut rng)?;
+        let (mut y, mut w) = self.item_targets(item)?;
         if !self.backgrounds.is_empty() && rng.uniform() < self.aug.background_prob {
             let bg = &self.backgrounds[rng.below(self.backgrounds.len())];
             if !bg.is_empty() {
@@ -205,7 +248,7 @@ impl<'a> BatchBuilder<'a> {
         if !pool.is_empty() && rng.uniform() < self.aug.mixup_prob {
             let other = pool[rng.below(pool.len())];
             let clip2 = self.clip(other, &mut rng)?;
-            let (y2, w2) = self.targets(other);
+            let (y2, w2) = self.item_targets(other)?;
             let (a, b) = if self.aug.mixup_alpha > 0.0 {
                 let lam = beta(self.aug.mixup_alpha, &mut rng) as f32;
                 (lam, 1.0 - lam)
@@ -262,6 +305,18 @@ impl<'a> BatchBuilder<'a> {
     pub fn build(
         &self,
         order: &[usize],
+        n: usize,
+        epoch: usize,
+        batch: usize,
+    ) -> anyhow::Result<Batch> {
+        let items: Vec<Item> = order.iter().map(|&r| Item::Clip(r)).collect();
+        self.build_items(&items, n, epoch, batch)
+    }
+
+    /// As [`BatchBuilder::build`], for samples of either source.
+    pub fn build_items(
+        &self,
+        order: &[Item],
         n: usize,
         epoch: usize,
         batch: usize,

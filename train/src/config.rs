@@ -25,6 +25,8 @@ pub struct TrainConfig {
     pub data: DataConfig,
     /// Seed, model selection, debugging.
     pub run: RunConfig,
+    /// Distillation from pseudo-labelled soundscape windows (`birdclef-train distill`).
+    pub distill: DistillConfig,
 }
 
 /// Network and input.
@@ -263,6 +265,52 @@ impl Default for DataConfig {
     }
 }
 
+/// How pseudo-labelled windows enter a student's training (`birdclef-train distill`; ignored by
+/// `fit`). A window's soft target for a species is the ensemble probability `p`, transformed as
+/// `sigmoid(logit(p) / temperature)` then raised to `power`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Share of every batch taken from pseudo-labelled windows (the rest are labelled clips; the
+    /// number of steps per epoch stays that of the labelled data alone). NVBird used about as
+    /// many pseudo-labelled as labelled samples. Default 0.5.
+    pub pseudo_fraction: f64,
+    /// Temperature of the soft targets (< 1 sharpens, > 1 softens). Default 1.
+    pub temperature: f64,
+    /// Power applied to the soft targets (> 1 pushes small probabilities towards 0). Default 1.
+    pub power: f64,
+    /// Windows whose largest (transformed) probability is below this are left out. Default 0.
+    pub threshold: f64,
+    /// Loss weight of pseudo-labelled samples relative to labelled ones. Default 1.
+    pub weight: f64,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        Self {
+            pseudo_fraction: 0.5,
+            temperature: 1.0,
+            power: 1.0,
+            threshold: 0.0,
+            weight: 1.0,
+        }
+    }
+}
+
+impl DistillConfig {
+    /// The soft target of an ensemble probability `p`.
+    pub fn transform(&self, p: f32) -> f32 {
+        let p = f64::from(p).clamp(1e-7, 1.0 - 1e-7);
+        let q = if (self.temperature - 1.0).abs() > 0.0 {
+            let logit = (p / (1.0 - p)).ln();
+            1.0 / (1.0 + (-logit / self.temperature).exp())
+        } else {
+            p
+        };
+        q.powf(self.power) as f32
+    }
+}
+
 /// Which validation number picks the `best/` checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -435,6 +483,23 @@ impl TrainConfig {
         if d.val_batch_size == 0 || d.val_max_windows == 0 || d.cache_seconds <= 0.0 {
             return bad(
                 "data.val_batch_size, val_max_windows and cache_seconds must be positive".into(),
+            );
+        }
+        let t = &self.distill;
+        if !(0.0..1.0).contains(&t.pseudo_fraction) {
+            return bad(format!(
+                "distill.pseudo_fraction must be in [0, 1), got {}",
+                t.pseudo_fraction
+            ));
+        }
+        if !(t.temperature > 0.0
+            && t.power > 0.0
+            && t.weight >= 0.0
+            && (0.0..=1.0).contains(&t.threshold))
+        {
+            return bad(
+                "distill.temperature and power must be positive, weight ≥ 0, threshold in [0, 1]"
+                    .into(),
             );
         }
         if self.run.debug_batches == Some(0) {

@@ -32,9 +32,10 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::atomic_dir;
-use crate::batch::{Batch, BatchBuilder};
+use crate::batch::{Batch, BatchBuilder, Item};
 use crate::config::{BestMetric, LossConfig, LossKind, TrainConfig};
 use crate::data::{AudioStore, Dataset};
+use crate::distill::{epoch_items, PseudoSet};
 use crate::init::{reference_input, NVBIRD224_CARD};
 use crate::net::{self, Net};
 
@@ -567,7 +568,40 @@ pub fn fit(
     device: Device,
     resume: bool,
 ) -> Result<FitSummary> {
+    fit_with(
+        ds,
+        store,
+        folds,
+        fold,
+        cfg,
+        backgrounds,
+        None,
+        out_dir,
+        device,
+        resume,
+    )
+}
+
+/// [`fit`], and with `pseudo` a distillation: every batch holds
+/// [`DistillConfig::pseudo_fraction`](crate::config::DistillConfig) pseudo-labelled windows
+/// (soft targets) and labelled clips for the rest, mixed up across both; an epoch has as many
+/// steps as the labelled data alone would give, so runs with and without pseudo-labels cost the
+/// same number of steps. Pseudo-labelled windows are never validated on.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_with(
+    ds: &Dataset,
+    store: &dyn AudioStore,
+    folds: &[usize],
+    fold: usize,
+    cfg: &TrainConfig,
+    backgrounds: &[Vec<f32>],
+    pseudo: Option<&PseudoSet>,
+    out_dir: &Path,
+    device: Device,
+    resume: bool,
+) -> Result<FitSummary> {
     cfg.validate()?;
+    let pseudo = pseudo.filter(|p| !p.is_empty() && cfg.distill.pseudo_fraction > 0.0);
     let n_rec = ds.recordings.len();
     if folds.len() != n_rec || store.len() != n_rec {
         bail!(
@@ -762,7 +796,7 @@ pub fn fit(
         .num_threads(workers)
         .build()
         .context("building the batch thread pool")?;
-    let builder = BatchBuilder::new(
+    let mut builder = BatchBuilder::new(
         ds,
         store,
         frontend.clone(),
@@ -771,6 +805,10 @@ pub fn fit(
         backgrounds,
         seed,
     );
+    if let Some(p) = pseudo {
+        builder = builder.with_pseudo(p);
+    }
+    let kind = if pseudo.is_some() { "distill" } else { "fit" };
     let card_base = Card {
         format_version: CARD_FORMAT_VERSION,
         name: format!("{}-{card_name}-fold{fold}", cfg.model.arch),
@@ -805,18 +843,26 @@ pub fn fit(
             order.swap(i, j);
         }
         let bs = o.batch_size.min(order.len());
+        let items: Vec<Item> = match pseudo {
+            Some(p) => {
+                let share = (bs as f64 * cfg.distill.pseudo_fraction).round() as usize;
+                let n_pseudo = share.clamp(1, bs.saturating_sub(1).max(1));
+                epoch_items(&order, p.len(), n_pseudo, bs, steps_per_epoch, &mut rng)
+            }
+            None => order.iter().map(|&r| Item::Clip(r)).collect(),
+        };
         let mut loss_sum = 0.0;
         let mut skipped = 0usize;
         let mut lr = 0.0;
         let mut samples = 0usize;
         let result: Result<()> = std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
-            let order = &order;
+            let order = &items;
             let builder = &builder;
             let pool = &pool;
             s.spawn(move || {
                 for b in 0..steps_per_epoch {
-                    let batch = pool.install(|| builder.build(order, bs, epoch, b));
+                    let batch = pool.install(|| builder.build_items(order, bs, epoch, b));
                     if tx.send(batch).is_err() {
                         break;
                     }
@@ -937,12 +983,17 @@ pub fn fit(
                 model.save_weights(&tmp.join(checkpoint::WEIGHTS_FILE))?;
                 let mut card = card_base.clone();
                 card.provenance.notes = Some(format!(
-                    "birdclef-train fit: fold {fold}/{}, epoch {} of {}, {} = {value:.5}{}; seed {seed}",
+                    "birdclef-train {kind}: fold {fold}/{}, epoch {} of {}, {} = {value:.5}{}{}; seed {seed}",
                     cfg.data.n_folds,
                     epoch + 1,
                     o.epochs,
                     serde_json::to_string(&cfg.run.best_metric).unwrap_or_default().trim_matches('"'),
                     if ema.is_some() { ", EMA weights" } else { "" },
+                    pseudo.map_or(String::new(), |p| format!(
+                        ", {} pseudo-labelled windows at {} of each batch",
+                        p.len(),
+                        cfg.distill.pseudo_fraction
+                    )),
                 ));
                 card.save(&tmp.join(checkpoint::CARD_FILE))?;
                 let y = tch::no_grad(|| model.f_forward(&ref_x, false))?;
@@ -995,7 +1046,7 @@ pub fn fit(
             copy_all(&all, r);
         }
         eprintln!(
-            "fit: epoch {}/{}: train_loss {:.4} val_loss {:.4} val_macro_roc_auc {:.4} val_cmap {:.4} lr {:.2e} {:.1} s ({:.1} samples/s){}",
+            "{kind}: epoch {}/{}: train_loss {:.4} val_loss {:.4} val_macro_roc_auc {:.4} val_cmap {:.4} lr {:.2e} {:.1} s ({:.1} samples/s){}",
             row.epoch,
             o.epochs,
             row.train_loss,

@@ -342,6 +342,32 @@ impl AudioStore for Cache {
             tail: read(&self.tail, &self.tail_offsets)?,
         })
     }
+
+    fn head_range(&self, index: usize, start: usize, len: usize) -> anyhow::Result<Vec<f32>> {
+        let &row = self.rows.get(index).ok_or_else(|| {
+            anyhow::anyhow!("no recording {index} in a cache of {}", self.rows.len())
+        })?;
+        if !self.errors[row].is_empty() {
+            anyhow::bail!("recording {index} was skipped: {}", self.errors[row]);
+        }
+        let (a, b) = (
+            self.head_offsets[row] as usize,
+            self.head_offsets[row + 1] as usize,
+        );
+        let mut out = vec![0.0f32; len];
+        let from = a + start;
+        let to = (from + len).min(b);
+        if from < to {
+            let got = self
+                .head
+                .read_slice_1d::<f32, _>(from..to)
+                .map_err(|e| anyhow::anyhow!("{}: reading row {row}: {e}", self.path.display()))?;
+            for (o, v) in out.iter_mut().zip(got.iter()) {
+                *o = *v;
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The first and last `seconds` of decoded samples (tail empty when no longer than `seconds`).

@@ -56,6 +56,18 @@ pub trait AudioStore: Sync {
     }
     /// The segments of recording `index` (same order as [`Dataset::recordings`]).
     fn segments(&self, index: usize) -> anyhow::Result<Segments>;
+
+    /// `len` samples of recording `index`'s head from sample `start`, zero-padded past its end
+    /// (used for windows of whole soundscapes stored as one long head).
+    fn head_range(&self, index: usize, start: usize, len: usize) -> anyhow::Result<Vec<f32>> {
+        let head = self.segments(index)?.head;
+        let mut out = vec![0.0f32; len];
+        if start < head.len() {
+            let end = (start + len).min(head.len());
+            out[..end - start].copy_from_slice(&head[start..end]);
+        }
+        Ok(out)
+    }
 }
 
 /// An [`AudioStore`] held in memory (tests, small datasets).
