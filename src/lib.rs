@@ -131,3 +131,123 @@ pub fn init_and_export(dir: &Path, name: &str, init_args: &[&str]) -> (PathBuf, 
     assert_eq!(code, 0, "{name}: export failed: {err}");
     (onnx, out)
 }
+
+/// A small synthetic competition with two untrained teachers, for the pseudo-labelling tests.
+#[derive(Debug, Clone)]
+pub struct PseudoFixture {
+    /// The competition directory.
+    pub data: PathBuf,
+    /// Its `unlabeled_soundscapes/`.
+    pub soundscapes: PathBuf,
+    /// An efficientvit_b0 checkpoint directory (seed 1).
+    pub teacher_a: PathBuf,
+    /// `teacher_a` exported to ONNX.
+    pub teacher_a_onnx: PathBuf,
+    /// A mnasnet_100 checkpoint directory (seed 2).
+    pub teacher_b: PathBuf,
+}
+
+/// Write [`PseudoFixture`] under `dir`: 4 species, 6 unlabeled soundscapes of 12 s (3 windows
+/// each), teachers on a 64-mel, 161-frame input with the competition's labels.
+pub fn pseudo_fixture(dir: &Path) -> PseudoFixture {
+    use birdclef_models::synth::{write_competition, CompetitionSpec};
+    let data = dir.join("data");
+    let summary = write_competition(
+        &data,
+        &CompetitionSpec {
+            species: 4,
+            recordings_per_species: 3,
+            recording_seconds: 4.0,
+            unlabeled: 6,
+            unlabeled_seconds: 12.0,
+            test: 2,
+            test_seconds: 10.0,
+            seed: 5,
+        },
+    )
+    .expect("write the synthetic competition");
+    let mut card: serde_json::Value =
+        serde_json::from_str(include_str!("../models/cards/nvbird224.card.json"))
+            .expect("built-in card");
+    card["name"] = "pseudo-test".into();
+    card["labels"] = summary.labels.clone().into();
+    card["frontend"]["n_mels"] = 64.into();
+    card["frontend"]["hop_length"] = 1000.into();
+    card["frontend"]["n_fft"] = 1024.into();
+    card["frontend"]["normalize"] = "image_standard".into();
+    card["input_shape"] = serde_json::json!([1, 64, 161]);
+    let card_path = dir.join("teacher.card.json");
+    std::fs::write(&card_path, card.to_string()).expect("write the card");
+    let card_arg = card_path.to_string_lossy().into_owned();
+    let (teacher_a_onnx, _) = init_and_export(
+        dir,
+        "teacher_a",
+        &[
+            "--arch",
+            "efficientvit_b0",
+            "--card",
+            &card_arg,
+            "--seed",
+            "1",
+        ],
+    );
+    let teacher_b = dir.join("teacher_b");
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .args([
+            "--device",
+            "cpu",
+            "init",
+            "--arch",
+            "mnasnet_100",
+            "--seed",
+            "2",
+        ])
+        .args(["--card", &card_arg, "--out"])
+        .arg(&teacher_b));
+    assert_eq!(code, 0, "init teacher_b: {err}");
+    PseudoFixture {
+        soundscapes: data.join("unlabeled_soundscapes"),
+        data,
+        teacher_a: dir.join("teacher_a"),
+        teacher_a_onnx,
+        teacher_b,
+    }
+}
+
+/// The project's Python (the venv `scripts/setup.sh` makes), for reading HDF5 with h5py.
+pub fn venv_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".env/venv/bin/python")
+}
+
+/// Every dataset and attribute of a pseudo-label file, read with h5py, as JSON:
+/// `{"attrs": {...}, "<dataset>": {"shape": [...], "values": [...]}, ...}`.
+pub fn h5_dump(path: &Path) -> serde_json::Value {
+    let script = r#"
+import json, sys
+import h5py, numpy as np
+out = {}
+with h5py.File(sys.argv[1], "r") as f:
+    out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else np.asarray(v).item()) for k, v in f.attrs.items()}
+    for name, d in f.items():
+        v = d[()]
+        if d.dtype.kind == "O":
+            v = [s.decode() if isinstance(s, bytes) else s for s in d.asstr()[()]]
+        else:
+            v = np.asarray(v, dtype=np.float64).ravel().tolist()
+        out[name] = {"shape": list(d.shape), "dtype": str(d.dtype), "values": v}
+print(json.dumps(out))
+"#;
+    let out = Command::new(venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("run the venv's python (scripts/setup.sh makes it)");
+    assert!(
+        out.status.success(),
+        "h5py could not read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("h5py dump is JSON")
+}

@@ -1,5 +1,7 @@
-//! `birdclef-train`: training on libtorch (tch). For now `doctor`, which checks the toolchain, and
-//! `init`, which creates a checkpoint (fresh or imported from timm weights).
+//! `birdclef-train`: training on libtorch (tch): `doctor` (the toolchain), `init` (a fresh or
+//! timm-imported checkpoint), `fit` (teachers), `pseudo-label` / `pseudo-merge` (teacher ensemble
+//! over unlabeled soundscapes), `distill` (students) and `pipeline` (all of it, then export,
+//! inference and scoring).
 
 mod torch_version;
 
@@ -7,8 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
+use birdclef_infer::shard::ShardSpec;
+use birdclef_train::config::TrainConfig;
 use birdclef_train::device::{self, CudaProbe, DeviceRequest};
 use birdclef_train::init::{init_checkpoint, InitOptions};
+use birdclef_train::pseudo::{self, PseudoLabelOptions};
+use birdclef_train::runs::{train_folds, RunOptions};
 use clap::{Args, Parser, Subcommand};
 
 /// Train BirdCLEF models with libtorch.
@@ -44,6 +50,115 @@ enum Command {
     /// (RUN_DIR/fold<N>/best and /last, exportable), history.csv and history.png per fold.
     #[command(after_help = FIT_EXAMPLES)]
     Fit(FitArgs),
+    /// Distill students: like fit, with a share of every batch taken from soundscape windows
+    /// pseudo-labelled by a teacher ensemble (soft targets).
+    #[command(after_help = DISTILL_EXAMPLES)]
+    Distill(DistillArgs),
+    /// Label unlabeled soundscapes with a teacher ensemble (checkpoints or ONNX files) into an
+    /// HDF5 file; resumable and shardable.
+    #[command(name = "pseudo-label", after_help = PSEUDO_EXAMPLES)]
+    PseudoLabel(PseudoArgs),
+    /// Join the HDF5 files of a sharded pseudo-labelling run into the file one run would write.
+    #[command(name = "pseudo-merge")]
+    PseudoMerge(MergeArgs),
+    /// Teachers -> pseudo-labels -> students -> export -> inference -> score, from one TOML file
+    /// (default: the embedded synthetic competition), skipping stages that are up to date.
+    #[command(after_help = PIPELINE_EXAMPLES)]
+    Pipeline(PipelineArgs),
+}
+
+const PIPELINE_EXAMPLES: &str = "Examples:
+  birdclef-train pipeline                                   # embedded synthetic default
+  birdclef-train pipeline --config configs/birdclef-mini.pipeline.toml --out runs/mini-pipeline
+
+OUT/submission/ holds the exported student ensemble, OUT/summary.csv one row per stage
+(stage,status,seconds,metric,value). Run it again to skip what is up to date; a stage that was
+interrupted resumes.";
+
+/// `birdclef-train pipeline` options.
+#[derive(Args, Debug)]
+struct PipelineArgs {
+    /// Pipeline config (TOML); documented in train/src/pipeline.rs [default: the embedded
+    /// synthetic competition, configs/synthetic.pipeline.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Output directory [default: runs/<config file stem>, or runs/synthetic].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// ONNX Runtime library (export checks and inference) [default: as birdclef-infer finds it].
+    #[arg(long, value_name = "FILE")]
+    ort_lib: Option<PathBuf>,
+}
+
+const DISTILL_EXAMPLES: &str = "Examples:
+  birdclef-train distill --data ../shared/data/birdclef-mini --config configs/birdclef-mini.toml \\
+      --pseudo runs/mini/pseudo.h5 --out runs/mini-student --set distill.pseudo_fraction=0.5
+
+Every fit option applies; the config's [distill] section sets the share of pseudo-labelled
+windows per batch, the soft-target temperature and power, the confidence threshold and weight.";
+
+const PSEUDO_EXAMPLES: &str = "Examples:
+  birdclef-train pseudo-label --teacher runs/mini --soundscapes DATA/unlabeled_soundscapes \\
+      --out runs/mini/pseudo.h5
+  birdclef-train pseudo-label --teacher fold0.onnx --teacher fold1.onnx ... --shard 3/16 --out p3.h5
+  # Slurm: sbatch --array=0-15 --wrap 'birdclef-train pseudo-label ... --shard auto \\
+  #        --out shards/p$SLURM_ARRAY_TASK_ID.h5'; then
+  birdclef-train pseudo-merge --out pseudo.h5 shards/p*.h5
+
+A killed run started again with the same arguments continues where it stopped (finished
+soundscapes are kept in OUT.parts/). Exit status: 0 success, 1 some soundscapes could not be read
+(they have no rows; the file is still written), 2 error.";
+
+/// `birdclef-train distill` options.
+#[derive(Args, Debug)]
+struct DistillArgs {
+    #[command(flatten)]
+    fit: FitArgs,
+    /// Pseudo-label file written by `birdclef-train pseudo-label` (or `pseudo-merge`).
+    #[arg(long, value_name = "FILE.h5")]
+    pseudo: PathBuf,
+    /// Directory of the pseudo-labelled soundscapes [default: DATA/unlabeled_soundscapes].
+    #[arg(long, value_name = "DIR")]
+    soundscapes: Option<PathBuf>,
+}
+
+/// `birdclef-train pseudo-label` options.
+#[derive(Args, Debug)]
+struct PseudoArgs {
+    /// A teacher: checkpoint directory, ONNX file, run directory (its fold<N>/best) or directory
+    /// of ONNX files (repeatable; all are ensembled).
+    #[arg(long = "teacher", value_name = "PATH", required = true)]
+    teachers: Vec<PathBuf>,
+    /// Soundscape files or directories.
+    #[arg(long, value_name = "PATH", required = true, num_args = 1..)]
+    soundscapes: Vec<PathBuf>,
+    /// The HDF5 file to write.
+    #[arg(long, value_name = "FILE.h5")]
+    out: PathBuf,
+    /// Label one shard only: K/N, or auto (auto/N) from Slurm's SLURM_ARRAY_TASK_ID/COUNT or a
+    /// Kubernetes indexed job's JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "K/N|auto")]
+    shard: Option<ShardSpec>,
+    /// Windows per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    batch_size: usize,
+    /// Decoding threads (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// ONNX Runtime library for ONNX teachers [default: as birdclef-infer finds it].
+    #[arg(long, value_name = "FILE")]
+    ort_lib: Option<PathBuf>,
+}
+
+/// `birdclef-train pseudo-merge` options.
+#[derive(Args, Debug)]
+struct MergeArgs {
+    /// The merged file to write.
+    #[arg(long, value_name = "FILE.h5")]
+    out: PathBuf,
+    /// The shards' files.
+    #[arg(value_name = "SHARD.h5", required = true)]
+    inputs: Vec<PathBuf>,
 }
 
 const FIT_EXAMPLES: &str = "Examples:
@@ -140,7 +255,7 @@ struct InitArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -148,97 +263,150 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Doctor => doctor(cli.device),
         Command::Init(args) => init(cli.device, args),
-        Command::Fit(args) => fit(cli.device, args),
+        Command::Fit(args) => fit(cli.device, args, None),
+        Command::Distill(args) => fit(cli.device, args.fit, Some((args.pseudo, args.soundscapes))),
+        Command::PseudoLabel(args) => return pseudo_label(cli.device, args),
+        Command::PseudoMerge(args) => pseudo_merge(args),
+        Command::Pipeline(args) => pipeline(cli.device, args),
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+impl FitArgs {
+    fn options(&self, device: tch::Device) -> RunOptions {
+        RunOptions {
+            fold: self.fold,
+            resume: self.resume,
+            cache_dir: self.cache_dir.clone(),
+            group_column: self.group_column.clone(),
+            cap_per_species: self.cap_per_species,
+            min_count_for_val: self.min_count_for_val,
+            background_seconds: self.background_seconds,
+            backgrounds: self.backgrounds,
+            device,
+            ..RunOptions::new(&self.data, &self.out)
+        }
     }
 }
 
-/// `birdclef-train fit`.
-fn fit(request: DeviceRequest, args: FitArgs) -> Result<()> {
-    use anyhow::Context;
-    use birdclef_train::config::TrainConfig;
-    use birdclef_train::data::cache::{load_backgrounds, Cache, CacheOptions};
-    use birdclef_train::data::folds::assign_folds;
-    use birdclef_train::data::metadata::{load_dataset, DataOptions};
-
+/// `birdclef-train fit` and `distill`.
+fn fit(
+    request: DeviceRequest,
+    args: FitArgs,
+    distill: Option<(PathBuf, Option<PathBuf>)>,
+) -> Result<()> {
     let chosen = device::choose(request, &CudaProbe::detect())?;
     eprintln!("info: using device {chosen} (requested {request})");
     let cfg = TrainConfig::load(&args.config, &args.overrides)?;
-    let loaded = load_dataset(
-        &args.data,
-        &DataOptions {
-            group_column: args.group_column.clone(),
-            cap_per_species: args.cap_per_species,
-            ..DataOptions::default()
-        },
-    )?;
-    for w in &loaded.warnings {
-        eprintln!("warning: {w}");
+    let mut opts = args.options(chosen.to_tch());
+    if let Some((pseudo, soundscapes)) = distill {
+        opts.pseudo = Some(pseudo);
+        opts.soundscapes = soundscapes;
     }
-    let ds = loaded.dataset;
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
-        args.out
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join(".cache")
-    });
-    let cache = Cache::build_or_open(
-        &ds,
-        &cache_dir,
-        &CacheOptions {
-            seconds: cfg.data.cache_seconds,
-            threads: cfg.data.num_workers,
-            ..CacheOptions::default()
-        },
-    )?;
-    let backgrounds = if cfg.augment.background_prob > 0.0 && args.backgrounds > 0 {
-        load_backgrounds(&args.data, args.background_seconds, args.backgrounds)?
-    } else {
-        Vec::new()
-    };
-    eprintln!(
-        "info: {} recordings, {} labels, {} background clips; audio cache {}",
-        ds.recordings.len(),
-        ds.labels.len(),
-        backgrounds.len(),
-        cache.path().display()
-    );
-    let folds = assign_folds(&ds, cfg.data.n_folds, cfg.run.seed, args.min_count_for_val);
-    let which = match args.fold {
-        Some(f) => vec![f],
-        None => cfg.data.folds.clone(),
-    };
-    for fold in which {
-        anyhow::ensure!(
-            fold < cfg.data.n_folds,
-            "--fold {fold} is not below data.n_folds = {}",
-            cfg.data.n_folds
-        );
-        let out = args.out.join(format!("fold{fold}"));
-        let s = birdclef_train::fit::fit(
-            &ds,
-            &cache,
-            &folds,
-            fold,
-            &cfg,
-            &backgrounds,
-            &out,
-            chosen.to_tch(),
-            args.resume,
-        )
-        .with_context(|| format!("fold {fold}"))?;
+    for (fold, s) in train_folds(&opts, &cfg)? {
         println!(
             "fold {fold}: best {:?} = {:.4} at epoch {}; {} epochs; checkpoints in {}",
             cfg.run.best_metric,
             s.best.1,
             s.best.0,
             s.epochs_run,
-            out.display()
+            s.out_dir.display()
         );
     }
+    Ok(())
+}
+
+/// `birdclef-train pseudo-label`.
+fn pseudo_label(request: DeviceRequest, args: PseudoArgs) -> Result<ExitCode> {
+    let chosen = device::choose(request, &CudaProbe::detect())?;
+    eprintln!("info: using device {chosen} (requested {request})");
+    let s = pseudo::pseudo_label(&PseudoLabelOptions {
+        teachers: args.teachers,
+        soundscapes: args.soundscapes,
+        out: args.out,
+        shard: args.shard,
+        batch_size: args.batch_size,
+        device: chosen.to_tch(),
+        threads: args.threads,
+        ort_lib: args.ort_lib,
+    })?;
+    println!(
+        "wrote {}: {} windows of {} soundscapes (shard {}; {} resumed from an earlier run) in {:.1} s",
+        s.out.display(),
+        s.windows,
+        s.files,
+        s.shard,
+        s.resumed,
+        s.seconds
+    );
+    if s.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "warning: {} soundscape(s) could not be read and have no rows:",
+        s.failed.len()
+    );
+    for (p, why) in &s.failed {
+        eprintln!("  {}: {why}", p.display());
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// `birdclef-train pseudo-merge`.
+fn pseudo_merge(args: MergeArgs) -> Result<()> {
+    let t = pseudo::merge(&args.inputs, &args.out)?;
+    println!(
+        "wrote {}: {} windows from {} files",
+        args.out.display(),
+        t.len(),
+        args.inputs.len()
+    );
+    Ok(())
+}
+
+/// `birdclef-train pipeline`.
+fn pipeline(request: DeviceRequest, args: PipelineArgs) -> Result<()> {
+    use birdclef_train::pipeline::{self, PipelineConfig, PipelineOptions};
+    let chosen = device::choose(request, &CudaProbe::detect())?;
+    eprintln!("info: using device {chosen} (requested {request})");
+    let (cfg, base_dir, name) = match &args.config {
+        Some(p) => (
+            PipelineConfig::load(p)?,
+            p.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            p.file_stem()
+                .map(|s| {
+                    s.to_string_lossy()
+                        .trim_end_matches(".pipeline")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "pipeline".into()),
+        ),
+        None => (
+            PipelineConfig::from_toml(pipeline::DEFAULT_CONFIG, "the embedded default")?,
+            PathBuf::from("."),
+            "synthetic".to_string(),
+        ),
+    };
+    let out = args.out.unwrap_or_else(|| Path::new("runs").join(name));
+    let rows = pipeline::run_pipeline(
+        &cfg,
+        &PipelineOptions {
+            out: out.clone(),
+            base_dir,
+            device: chosen.to_tch(),
+            ort_lib: args.ort_lib,
+        },
+    )?;
+    println!("\n{}", pipeline::format_summary(&rows));
+    println!(
+        "summary: {}\nsubmission ensemble: {}",
+        out.join("summary.csv").display(),
+        out.join("submission").display()
+    );
     Ok(())
 }
 

@@ -1,0 +1,288 @@
+//! `birdclef-train pseudo-label`, `pseudo-merge` and `distill` on a synthetic competition with two
+//! untrained teachers: the HDF5 file as h5py reads it, shards merged equal to one run, a killed
+//! run resumed, ONNX and checkpoint teachers agreeing, unreadable soundscapes listed without
+//! losing the others, and a student distilled from the file.
+
+use std::path::Path;
+use std::process::Command;
+
+use birdclef::{bin, h5_dump, pseudo_fixture, run, scratch_dir, PseudoFixture};
+use serde_json::Value;
+
+fn pseudo(fx: &PseudoFixture, teachers: &[&Path], extra: &[&str], out: &Path) -> (i32, String) {
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.args(["--device", "cpu", "pseudo-label"]);
+    for t in teachers {
+        cmd.arg("--teacher").arg(t);
+    }
+    cmd.arg("--soundscapes")
+        .arg(&fx.soundscapes)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    let (code, _, err) = run(&mut cmd);
+    (code, err)
+}
+
+fn values(v: &Value, name: &str) -> Vec<Value> {
+    v[name]["values"].as_array().cloned().unwrap_or_default()
+}
+
+fn probs(v: &Value) -> Vec<f64> {
+    values(v, "probs")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+/// Everything but the `shard` attribute, which says how the file was made.
+fn content(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(a) = v["attrs"].as_object_mut() {
+        a.remove("shard");
+    }
+    v
+}
+
+#[test]
+fn pseudo_labels_read_in_h5py_and_shards_merge_to_the_unsharded_file() {
+    let dir = scratch_dir("pseudo-shards");
+    let fx = pseudo_fixture(&dir);
+    let full = dir.join("full.h5");
+    let (code, err) = pseudo(&fx, &[&fx.teacher_a, &fx.teacher_b], &[], &full);
+    assert_eq!(code, 0, "{err}");
+    let v = h5_dump(&full);
+    assert_eq!(v["attrs"]["complete"], 1);
+    assert_eq!(v["attrs"]["format_version"], 1);
+    assert_eq!(v["attrs"]["shard"], "0/1");
+    // 6 soundscapes of 12 s: windows ending at 5, 10 and 15 s (the last 2 s is padded).
+    assert_eq!(v["row_id"]["shape"], serde_json::json!([18]));
+    assert_eq!(v["probs"]["shape"], serde_json::json!([18, 4]));
+    assert_eq!(v["labels"]["values"].as_array().map(Vec::len), Some(4));
+    assert_eq!(v["teachers"]["values"].as_array().map(Vec::len), Some(2));
+    let ids = values(&v, "row_id");
+    assert_eq!(ids[0], "synth_unlabeled_000_5");
+    assert_eq!(ids[2], "synth_unlabeled_000_15");
+    assert_eq!(values(&v, "start")[2], 10.0);
+    assert_eq!(values(&v, "end")[2], 15.0);
+    assert!(probs(&v).iter().all(|p| (0.0..=1.0).contains(p)));
+    assert!(!dir.join("full.h5.parts").exists(), "parts are removed");
+
+    let mut shards = Vec::new();
+    for k in 0..3 {
+        let out = dir.join(format!("shard{k}.h5"));
+        let shard = format!("{k}/3");
+        let (code, err) = pseudo(
+            &fx,
+            &[&fx.teacher_a, &fx.teacher_b],
+            &["--shard", &shard],
+            &out,
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(h5_dump(&out)["row_id"]["shape"], serde_json::json!([6]));
+        shards.push(out);
+    }
+    let merged = dir.join("merged.h5");
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .arg("pseudo-merge")
+        .arg("--out")
+        .arg(&merged)
+        .args(shards.iter().rev()));
+    assert_eq!(code, 0, "{err}");
+    let m = h5_dump(&merged);
+    assert_eq!(m["attrs"]["shard"], "merged");
+    assert_eq!(
+        content(&m),
+        content(&v),
+        "merged shards differ from one run"
+    );
+
+    // A shard given twice is refused, naming both files.
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .arg("pseudo-merge")
+        .arg("--out")
+        .arg(dir.join("twice.h5"))
+        .arg(&shards[0])
+        .arg(&merged));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("shard0.h5") && err.contains("merged.h5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_killed_run_resumes_where_it_stopped() {
+    let dir = scratch_dir("pseudo-resume");
+    let fx = pseudo_fixture(&dir);
+    let full = dir.join("full.h5");
+    let (code, err) = pseudo(&fx, &[&fx.teacher_a], &[], &full);
+    assert_eq!(code, 0, "{err}");
+
+    let out = dir.join("resumed.h5");
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.env("BIRDCLEF_PSEUDO_ABORT_AFTER", "4")
+        .args(["--device", "cpu", "pseudo-label", "--teacher"])
+        .arg(&fx.teacher_a)
+        .arg("--soundscapes")
+        .arg(&fx.soundscapes)
+        .arg("--out")
+        .arg(&out);
+    let (code, _, _) = run(&mut cmd);
+    assert_eq!(code, 137, "the run stops as if killed");
+    assert!(!out.exists(), "no output file from a killed run");
+    let parts = std::fs::read_dir(dir.join("resumed.h5.parts"))
+        .expect("parts kept")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        })
+        .count();
+    assert_eq!(parts, 4);
+
+    let (code, err) = pseudo(&fx, &[&fx.teacher_a], &[], &out);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming: 4 of 6"), "{err}");
+    assert_eq!(content(&h5_dump(&out)), content(&h5_dump(&full)));
+
+    // Other teachers: the parts of the earlier run are not reused.
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.env("BIRDCLEF_PSEUDO_ABORT_AFTER", "2")
+        .args(["--device", "cpu", "pseudo-label", "--teacher"])
+        .arg(&fx.teacher_a)
+        .arg("--soundscapes")
+        .arg(&fx.soundscapes)
+        .arg("--out")
+        .arg(dir.join("other.h5"));
+    assert_eq!(run(&mut cmd).0, 137);
+    let (code, err) = pseudo(&fx, &[&fx.teacher_b], &[], &dir.join("other.h5"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("starting afresh") && !err.contains("resuming"),
+        "{err}"
+    );
+}
+
+#[test]
+fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
+    let dir = scratch_dir("pseudo-onnx");
+    let fx = pseudo_fixture(&dir);
+    let (a, b) = (dir.join("ckpt.h5"), dir.join("onnx.h5"));
+    assert_eq!(pseudo(&fx, &[&fx.teacher_a], &[], &a).0, 0);
+    let (code, err) = pseudo(&fx, &[&fx.teacher_a_onnx], &[], &b);
+    assert_eq!(code, 0, "{err}");
+    let (pa, pb) = (probs(&h5_dump(&a)), probs(&h5_dump(&b)));
+    assert_eq!(pa.len(), pb.len());
+    let worst = pa
+        .iter()
+        .zip(&pb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-5, "ONNX vs checkpoint teacher: {worst}");
+
+    // Teachers with other labels cannot be ensembled.
+    let other = dir.join("other_labels");
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .args([
+            "--device",
+            "cpu",
+            "init",
+            "--arch",
+            "mnasnet_100",
+            "--classes",
+            "3",
+        ])
+        .arg("--out")
+        .arg(&other));
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = pseudo(&fx, &[&fx.teacher_a, &other], &[], &dir.join("x.h5"));
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot be ensembled"), "{err}");
+
+    // An unreadable soundscape: exit 1, named, no rows; the others are all there.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).expect("dir");
+    for e in std::fs::read_dir(&fx.soundscapes).expect("list") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, broken.join(p.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(broken.join("zz_garbage.wav"), b"not audio at all").expect("write");
+    let out = dir.join("broken.h5");
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .args(["--device", "cpu", "pseudo-label", "--teacher"])
+        .arg(&fx.teacher_a)
+        .arg("--soundscapes")
+        .arg(&broken)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("zz_garbage.wav"), "{err}");
+    let v = h5_dump(&out);
+    assert_eq!(v["row_id"]["shape"], serde_json::json!([18]));
+    let failed = values(&v, "failed");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]
+        .as_str()
+        .is_some_and(|s| s.contains("zz_garbage.wav")));
+}
+
+#[test]
+fn a_student_distils_from_the_pseudo_labels() {
+    let dir = scratch_dir("pseudo-distill");
+    let fx = pseudo_fixture(&dir);
+    let labels = dir.join("pseudo.h5");
+    assert_eq!(pseudo(&fx, &[&fx.teacher_a], &[], &labels).0, 0);
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/debug.toml");
+    let out = dir.join("student");
+    let (code, stdout, err) = run(Command::new(bin("birdclef-train"))
+        .args(["--device", "cpu", "distill", "--data"])
+        .arg(&fx.data)
+        .arg("--config")
+        .arg(&config)
+        .arg("--pseudo")
+        .arg(&labels)
+        .arg("--out")
+        .arg(&out)
+        .args(["--set", "data.n_folds=3", "--set", "distill.threshold=0.0"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("fold 0: best"), "{stdout}");
+    assert!(
+        err.contains("18 of 18 pseudo-labelled windows kept"),
+        "{err}"
+    );
+    let card = std::fs::read_to_string(out.join("fold0/best/card.json")).expect("card");
+    assert!(card.contains("birdclef-train distill") && card.contains("18 pseudo-labelled windows"));
+
+    // A threshold above every probability keeps no window: plain training, said so.
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .args(["--device", "cpu", "distill", "--data"])
+        .arg(&fx.data)
+        .arg("--config")
+        .arg(&config)
+        .arg("--pseudo")
+        .arg(&labels)
+        .arg("--out")
+        .arg(dir.join("student2"))
+        .args(["--set", "data.n_folds=3", "--set", "distill.threshold=1.0"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("0 of 18 pseudo-labelled windows kept"),
+        "{err}"
+    );
+
+    // A file that is not a pseudo-label file: named in the error.
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .args(["--device", "cpu", "distill", "--data"])
+        .arg(&fx.data)
+        .arg("--config")
+        .arg(&config)
+        .arg("--pseudo")
+        .arg(&config)
+        .arg("--out")
+        .arg(dir.join("student3")));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("debug.toml") && err.contains("pseudo-label"),
+        "{err}"
+    );
+}

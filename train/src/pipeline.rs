@@ -1,0 +1,714 @@
+//! `birdclef-train pipeline`: teachers → pseudo-labels → students → export → inference → score,
+//! from one TOML file, skipping stages whose outputs are up to date.
+//!
+//! # Stages and outputs (all under the output directory `OUT`)
+//!
+//! | stage | output | metric |
+//! | --- | --- | --- |
+//! | `data` (synthetic only) | `data/`: the embedded default competition | training files |
+//! | `teachers` | `teachers/fold<N>/` | mean best validation macro ROC-AUC |
+//! | `teachers-eval` | `teachers-onnx/`, `scores/teachers.csv` | test macro ROC-AUC of the ensemble |
+//! | `pseudo-label` | `pseudo.h5` | windows labelled |
+//! | `baseline` | `baseline/fold<N>/`: students without pseudo-labels | mean best validation AUC |
+//! | `baseline-eval` | `baseline-onnx/`, `scores/baseline.csv` | test macro ROC-AUC |
+//! | `students` | `students/fold<N>/`: distilled with pseudo-labels | mean best validation AUC |
+//! | `export` | `submission/fold<N>.onnx`: the submission ensemble | largest ONNX − libtorch diff |
+//! | `infer` | `scores/students.csv` | rows |
+//! | `score` | | test macro ROC-AUC of the student ensemble |
+//!
+//! The `-eval` stages and `baseline` run when `[report]` asks for them; scoring needs the test
+//! soundscapes and solution. `OUT/summary.csv` has one row per stage:
+//! `stage,status,seconds,metric,value` (status `ran` or `up to date`).
+//!
+//! # Up to date
+//!
+//! Each stage has a key: a hash of its settings and of the keys of the stages it reads. A
+//! finished stage writes `OUT/.stamps/<stage>.done` (key, seconds, metric); the next run skips it
+//! when the key matches and its outputs are there. A stage that was interrupted is resumed
+//! (training from each fold's `last/`, pseudo-labelling from its parts) when its key matches,
+//! and started afresh otherwise.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use birdclef_export::export::{export_checkpoint, ExportOptions};
+use birdclef_infer::postprocess::{Ensemble, Kernel};
+use birdclef_infer::predict::{predict, PredictOptions};
+use birdclef_infer::runner::RunConfig;
+use birdclef_infer::score::score;
+use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
+use birdclef_models::synth::{write_competition, CompetitionSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::Device;
+
+use crate::config::TrainConfig;
+use crate::pseudo::{pseudo_label, PseudoLabelOptions};
+use crate::runs::{train_folds, RunOptions};
+
+/// The embedded default: a pipeline on a synthesised competition (`configs/synthetic.pipeline.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/synthetic.pipeline.toml");
+
+/// A pipeline configuration. Relative paths are relative to the file's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The competition.
+    pub data: DataSection,
+    /// First-level models.
+    pub teacher: ModelSection,
+    /// Pseudo-labelling of the unlabeled soundscapes.
+    pub pseudo: PseudoSection,
+    /// Students (distilled).
+    pub student: ModelSection,
+    /// Inference on the test soundscapes.
+    pub infer: InferSection,
+    /// What else to train and score for comparison.
+    pub report: ReportSection,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// The competition directory. Default: none (then `synthetic` must be true).
+    pub dir: Option<PathBuf>,
+    /// Synthesise the embedded default competition into `OUT/data` instead. Default false.
+    pub synthetic: bool,
+    /// Test soundscapes, relative to the competition. Default `test_soundscapes`.
+    pub test_soundscapes: PathBuf,
+    /// Their solution (row_id + 0/1 per species). Default `test_solution.csv`.
+    pub test_solution: PathBuf,
+    /// Soundscapes to pseudo-label. Default `unlabeled_soundscapes`.
+    pub unlabeled: PathBuf,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            synthetic: false,
+            test_soundscapes: "test_soundscapes".into(),
+            test_solution: "test_solution.csv".into(),
+            unlabeled: "unlabeled_soundscapes".into(),
+        }
+    }
+}
+
+/// `[teacher]` and `[student]`: a training configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A `birdclef-train fit` config file as the base. Default: none (the built-in defaults).
+    pub config: Option<PathBuf>,
+    /// Keys merged over the base, as in a fit config (`[student.train.optim]` …).
+    pub train: toml::Table,
+    /// `key=value` overrides applied last.
+    pub set: Vec<String>,
+}
+
+/// `[pseudo]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PseudoSection {
+    /// Windows per teacher forward pass. Default 64.
+    pub batch_size: usize,
+}
+
+impl Default for PseudoSection {
+    fn default() -> Self {
+        Self { batch_size: 64 }
+    }
+}
+
+/// `[infer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferSection {
+    /// Smoothing kernel over neighbouring windows, e.g. `[0.1, 0.2, 0.4, 0.2, 0.1]`. Default off.
+    pub smooth: Option<Vec<f32>>,
+}
+
+/// `[report]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportSection {
+    /// Export and score the teacher ensemble on the test soundscapes. Default true.
+    pub teachers: bool,
+    /// Also train students without pseudo-labels (same config, seeds and steps) and score them.
+    /// Default false.
+    pub baseline: bool,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self {
+            teachers: true,
+            baseline: false,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Parse a pipeline file's text.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))
+    }
+
+    /// Read a pipeline file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+}
+
+/// Merge `over` into `base`, tables recursively, other values replaced.
+fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// The training configuration a `[teacher]` or `[student]` section describes.
+pub fn resolve_train(section: &ModelSection, base_dir: &Path, what: &str) -> Result<TrainConfig> {
+    let mut table = match &section.config {
+        Some(p) => {
+            let path = base_dir.join(p);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{what}.config {}", path.display()))?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| anyhow!("{what}.config {}: {e}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    merge_tables(&mut table, &section.train);
+    let text = toml::to_string(&table).map_err(|e| anyhow!("[{what}]: {e}"))?;
+    let mut cfg = TrainConfig::from_toml(&text, &format!("[{what}]"), &section.set)?;
+    for p in [&mut cfg.model.card, &mut cfg.model.init]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = base_dir.join(&*p);
+        }
+    }
+    Ok(cfg)
+}
+
+/// One row of the summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRow {
+    /// Stage name.
+    pub stage: String,
+    /// `ran` or `up to date`.
+    pub status: String,
+    /// Seconds it took when it ran.
+    pub seconds: f64,
+    /// What `value` measures.
+    pub metric: String,
+    /// The stage's number.
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stamp {
+    key: String,
+    seconds: f64,
+    metric: String,
+    value: f64,
+}
+
+fn hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Names, sizes and modification times of a directory's files (a cheap content key).
+fn dir_identity(dir: &Path) -> String {
+    let mut lines: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    let t = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    Some(format!(
+                        "{}\t{}\t{t}",
+                        e.file_name().to_string_lossy(),
+                        m.len()
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    lines.sort();
+    format!("{}\n{}", dir.display(), lines.join("\n"))
+}
+
+/// Options of [`run_pipeline`] besides the configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// The output directory.
+    pub out: PathBuf,
+    /// Directory relative paths of the configuration are resolved against.
+    pub base_dir: PathBuf,
+    /// Training and pseudo-labelling device.
+    pub device: Device,
+    /// ONNX Runtime library (export checks, inference).
+    pub ort_lib: Option<PathBuf>,
+}
+
+struct Runner<'a> {
+    opts: &'a PipelineOptions,
+    rows: Vec<StageRow>,
+}
+
+impl Runner<'_> {
+    fn stamp_path(&self, stage: &str, ext: &str) -> PathBuf {
+        self.opts.out.join(".stamps").join(format!("{stage}.{ext}"))
+    }
+
+    /// Run `stage` unless its done-stamp has `key` and `outputs_ok`; `run(resume)` returns
+    /// (metric name, value).
+    fn stage(
+        &mut self,
+        stage: &str,
+        key: &str,
+        outputs_ok: bool,
+        run: impl FnOnce(bool) -> Result<(String, f64)>,
+    ) -> Result<f64> {
+        let done = self.stamp_path(stage, "done");
+        let started = self.stamp_path(stage, "started");
+        let stamp: Option<Stamp> = std::fs::read_to_string(&done)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(s) = stamp.filter(|s| s.key == key && outputs_ok) {
+            eprintln!("pipeline: {stage}: up to date");
+            self.rows.push(StageRow {
+                stage: stage.into(),
+                status: "up to date".into(),
+                seconds: s.seconds,
+                metric: s.metric,
+                value: s.value,
+            });
+            return Ok(s.value);
+        }
+        let _ = std::fs::remove_file(&done);
+        let resume = std::fs::read_to_string(&started).is_ok_and(|k| k.trim() == key);
+        if let Some(dir) = started.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&started, key).with_context(|| format!("writing {}", started.display()))?;
+        eprintln!(
+            "pipeline: {stage}: {}",
+            if resume { "resuming" } else { "running" }
+        );
+        let t0 = Instant::now();
+        let (metric, value) = run(resume).with_context(|| format!("pipeline stage {stage}"))?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let s = Stamp {
+            key: key.into(),
+            seconds,
+            metric: metric.clone(),
+            value,
+        };
+        std::fs::write(&done, serde_json::to_string_pretty(&s)?)
+            .with_context(|| format!("writing {}", done.display()))?;
+        let _ = std::fs::remove_file(&started);
+        eprintln!("pipeline: {stage}: {metric} = {value:.4} ({seconds:.1} s)");
+        self.rows.push(StageRow {
+            stage: stage.into(),
+            status: "ran".into(),
+            seconds,
+            metric,
+            value,
+        });
+        Ok(value)
+    }
+}
+
+/// Remove a directory unless resuming into it.
+fn fresh_dir(dir: &Path, resume: bool) -> Result<()> {
+    if !resume && dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn train_stage(
+    data: &Path,
+    out: &Path,
+    cfg: &TrainConfig,
+    pseudo: Option<(&Path, &Path)>,
+    opts: &PipelineOptions,
+    resume: bool,
+) -> Result<(String, f64)> {
+    fresh_dir(out, resume)?;
+    let run = RunOptions {
+        resume: true,
+        cache_dir: Some(opts.out.join(".cache")),
+        pseudo: pseudo.map(|p| p.0.to_path_buf()),
+        soundscapes: pseudo.map(|p| p.1.to_path_buf()),
+        device: opts.device,
+        ..RunOptions::new(data, out)
+    };
+    let folds = train_folds(&run, cfg)?;
+    let best: Vec<f64> = folds.iter().map(|(_, s)| s.best.1).collect();
+    let mean = best.iter().sum::<f64>() / best.len().max(1) as f64;
+    Ok((format!("mean best {}", metric_name(cfg)), mean))
+}
+
+fn metric_name(cfg: &TrainConfig) -> String {
+    serde_json::to_string(&cfg.run.best_metric)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string()
+}
+
+fn folds_ok(dir: &Path, cfg: &TrainConfig) -> bool {
+    cfg.data.folds.iter().all(|f| {
+        dir.join(format!("fold{f}/best/weights.safetensors"))
+            .is_file()
+    })
+}
+
+/// Export each fold's best checkpoint of `run_dir` into `onnx_dir/fold<N>.onnx` (replacing the
+/// directory); returns the files and the largest scaled difference.
+fn export_folds(
+    run_dir: &Path,
+    onnx_dir: &Path,
+    cfg: &TrainConfig,
+    opts: &PipelineOptions,
+) -> Result<(Vec<PathBuf>, f64)> {
+    fresh_dir(onnx_dir, false)?;
+    std::fs::create_dir_all(onnx_dir)
+        .with_context(|| format!("creating {}", onnx_dir.display()))?;
+    let mut files = Vec::new();
+    let mut worst = 0.0f64;
+    for f in &cfg.data.folds {
+        let out = onnx_dir.join(format!("fold{f}.onnx"));
+        let e = export_checkpoint(
+            &run_dir.join(format!("fold{f}/best")),
+            &out,
+            &ExportOptions {
+                ort_lib: opts.ort_lib.clone(),
+                ..ExportOptions::default()
+            },
+        )?;
+        worst = worst.max(f64::from(e.scaled_diff));
+        files.push(out);
+    }
+    Ok((files, worst))
+}
+
+/// Infer the test soundscapes with `models` into `csv`; returns rows written.
+fn infer_test(
+    models: &[PathBuf],
+    soundscapes: &Path,
+    csv: &Path,
+    smooth: Option<&Vec<f32>>,
+    opts: &PipelineOptions,
+) -> Result<usize> {
+    if let Some(dir) = csv.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let s = predict(&PredictOptions {
+        models: models.to_vec(),
+        soundscapes: vec![soundscapes.to_path_buf()],
+        out: csv.to_path_buf(),
+        sample_submission: None,
+        taxonomy: None,
+        ensemble: Ensemble::Mean,
+        smooth: smooth
+            .map(|k| Kernel::new(k.clone()))
+            .transpose()
+            .map_err(|e| anyhow!("infer.smooth: {e}"))?,
+        shard: None,
+        detections: None,
+        raven_dir: None,
+        threshold: 0.5,
+        run: RunConfig {
+            decode_threads: cores,
+            batch_size: 32,
+            time_limit: None,
+            strict: false,
+            progress: false,
+        },
+        ort_threads: 1,
+        workers: cores,
+        ort_lib: opts.ort_lib.clone(),
+    })?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !s.failures.is_empty() {
+        bail!(
+            "{} test soundscape(s) could not be read: {}",
+            s.failures.len(),
+            s.failures
+                .iter()
+                .map(|(p, f)| format!("{}: {f:?}", p.display()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(s.rows)
+}
+
+fn test_auc(csv: &Path, solution: &Path) -> Result<f64> {
+    Ok(score(csv, solution, DEFAULT_PADDING_FACTOR)?.macro_roc_auc)
+}
+
+/// Run the pipeline; returns the summary rows (also written to `OUT/summary.csv`).
+pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<StageRow>> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let teacher = resolve_train(&cfg.teacher, &opts.base_dir, "teacher")?;
+    let student = resolve_train(&cfg.student, &opts.base_dir, "student")?;
+    let mut r = Runner {
+        opts,
+        rows: Vec::new(),
+    };
+
+    let data = if cfg.data.synthetic {
+        let dir = out.join("data");
+        let spec = CompetitionSpec::default();
+        let key = hash(&["data", &format!("{spec:?}")]);
+        let ok = dir.join("train_metadata.csv").is_file();
+        r.stage("data", &key, ok, |_| {
+            fresh_dir(&dir, false)?;
+            let s = write_competition(&dir, &spec)?;
+            Ok(("training files".into(), s.train_files as f64))
+        })?;
+        dir
+    } else {
+        let dir = cfg
+            .data
+            .dir
+            .as_ref()
+            .ok_or_else(|| anyhow!("[data] needs dir = \"...\" or synthetic = true"))?;
+        let dir = opts.base_dir.join(dir);
+        if !dir.join("train_metadata.csv").is_file() {
+            bail!(
+                "[data] dir {}: no train_metadata.csv there; is it a BirdCLEF directory?",
+                dir.display()
+            );
+        }
+        dir
+    };
+    let data_key = hash(&[
+        &dir_identity(&data),
+        &dir_identity(&data.join("train_audio")),
+    ]);
+    let test_dir = data.join(&cfg.data.test_soundscapes);
+    let solution = data.join(&cfg.data.test_solution);
+    let can_score = test_dir.is_dir() && solution.is_file();
+    if !can_score {
+        eprintln!(
+            "pipeline: no {} or {}: the test stages are skipped",
+            test_dir.display(),
+            solution.display()
+        );
+    }
+    let unlabeled = data.join(&cfg.data.unlabeled);
+    let smooth = cfg.infer.smooth.as_ref();
+    let smooth_key = format!("{smooth:?}");
+
+    // Teachers.
+    let teachers_dir = out.join("teachers");
+    let t_key = hash(&["teachers", &data_key, &teacher.to_toml()]);
+    let ok = folds_ok(&teachers_dir, &teacher);
+    r.stage("teachers", &t_key, ok, |resume| {
+        train_stage(&data, &teachers_dir, &teacher, None, opts, resume)
+    })?;
+    if cfg.report.teachers && can_score {
+        let key = hash(&["teachers-eval", &t_key, &smooth_key]);
+        let csv = out.join("scores/teachers.csv");
+        r.stage("teachers-eval", &key, csv.is_file(), |_| {
+            let (models, _) =
+                export_folds(&teachers_dir, &out.join("teachers-onnx"), &teacher, opts)?;
+            infer_test(&models, &test_dir, &csv, smooth, opts)?;
+            Ok(("test macro ROC-AUC".into(), test_auc(&csv, &solution)?))
+        })?;
+    }
+
+    // Pseudo-labels.
+    let pseudo = out.join("pseudo.h5");
+    let p_key = hash(&[
+        "pseudo",
+        &t_key,
+        &dir_identity(&unlabeled),
+        &cfg.pseudo.batch_size.to_string(),
+    ]);
+    r.stage("pseudo-label", &p_key, pseudo.is_file(), |_| {
+        let s = pseudo_label(&PseudoLabelOptions {
+            teachers: vec![teachers_dir.clone()],
+            soundscapes: vec![unlabeled.clone()],
+            out: pseudo.clone(),
+            shard: None,
+            batch_size: cfg.pseudo.batch_size,
+            device: opts.device,
+            threads: 0,
+            ort_lib: opts.ort_lib.clone(),
+        })?;
+        for (p, why) in &s.failed {
+            eprintln!("warning: {}: {why} (no pseudo-labels)", p.display());
+        }
+        Ok(("windows".into(), s.windows as f64))
+    })?;
+
+    // Students without pseudo-labels, for comparison.
+    if cfg.report.baseline {
+        let dir = out.join("baseline");
+        let key = hash(&["baseline", &data_key, &student.to_toml()]);
+        let ok = folds_ok(&dir, &student);
+        r.stage("baseline", &key, ok, |resume| {
+            train_stage(&data, &dir, &student, None, opts, resume)
+        })?;
+        if can_score {
+            let key = hash(&["baseline-eval", &key, &smooth_key]);
+            let csv = out.join("scores/baseline.csv");
+            r.stage("baseline-eval", &key, csv.is_file(), |_| {
+                let (models, _) = export_folds(&dir, &out.join("baseline-onnx"), &student, opts)?;
+                infer_test(&models, &test_dir, &csv, smooth, opts)?;
+                Ok(("test macro ROC-AUC".into(), test_auc(&csv, &solution)?))
+            })?;
+        }
+    }
+
+    // Students distilled with pseudo-labels, and the submission ensemble.
+    let students_dir = out.join("students");
+    let s_key = hash(&["students", &data_key, &p_key, &student.to_toml()]);
+    let ok = folds_ok(&students_dir, &student);
+    r.stage("students", &s_key, ok, |resume| {
+        train_stage(
+            &data,
+            &students_dir,
+            &student,
+            Some((&pseudo, &unlabeled)),
+            opts,
+            resume,
+        )
+    })?;
+    let submission = out.join("submission");
+    let e_key = hash(&["export", &s_key]);
+    let exported: Vec<PathBuf> = student
+        .data
+        .folds
+        .iter()
+        .map(|f| submission.join(format!("fold{f}.onnx")))
+        .collect();
+    let ok = exported.iter().all(|p| p.is_file());
+    r.stage("export", &e_key, ok, |_| {
+        let (_, worst) = export_folds(&students_dir, &submission, &student, opts)?;
+        Ok(("max scaled |ONNX - libtorch|".into(), worst))
+    })?;
+    if can_score {
+        let csv = out.join("scores/students.csv");
+        let i_key = hash(&["infer", &e_key, &smooth_key, &dir_identity(&test_dir)]);
+        r.stage("infer", &i_key, csv.is_file(), |_| {
+            let rows = infer_test(&exported, &test_dir, &csv, smooth, opts)?;
+            Ok(("rows".into(), rows as f64))
+        })?;
+        let key = hash(&["score", &i_key, &dir_identity(&data)]);
+        r.stage("score", &key, true, |_| {
+            Ok(("test macro ROC-AUC".into(), test_auc(&csv, &solution)?))
+        })?;
+    }
+    write_summary(&out.join("summary.csv"), &r.rows)?;
+    Ok(r.rows)
+}
+
+/// Write `summary.csv` atomically.
+pub fn write_summary(path: &Path, rows: &[StageRow]) -> Result<()> {
+    let mut text = String::from("stage,status,seconds,metric,value\n");
+    for row in rows {
+        text.push_str(&format!(
+            "{},{},{:.2},{},{}\n",
+            row.stage, row.status, row.seconds, row.metric, row.value
+        ));
+    }
+    let tmp = path.with_extension("csv.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The summary as an aligned text table.
+pub fn format_summary(rows: &[StageRow]) -> String {
+    let mut out = format!(
+        "{:<14} {:<11} {:>9}  {:<30} {:>10}\n",
+        "stage", "status", "seconds", "metric", "value"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<14} {:<11} {:>9.1}  {:<30} {:>10.4}\n",
+            r.stage, r.status, r.seconds, r.metric, r.value
+        ));
+    }
+    out
+}
+
+/// Summary rows by stage (for tests and callers that want one number).
+pub fn by_stage(rows: &[StageRow]) -> BTreeMap<&str, &StageRow> {
+    rows.iter().map(|r| (r.stage.as_str(), r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_merge_over_the_base_config() {
+        let dir = std::env::temp_dir().join(format!("birdclef-pipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("base.toml"),
+            "[optim]\nepochs = 7\nlr = 1e-3\n[data]\nfolds = [0]\n",
+        )
+        .expect("write");
+        let cfg = PipelineConfig::from_toml(
+            "[teacher]\nconfig = \"base.toml\"\nset = [\"optim.lr=5e-4\"]\n\
+             [teacher.train.data]\nfolds = [0, 1]\n",
+            "test",
+        )
+        .expect("parse");
+        let t = resolve_train(&cfg.teacher, &dir, "teacher").expect("resolve");
+        assert_eq!(t.optim.epochs, 7);
+        assert_eq!(t.optim.lr, 5e-4);
+        assert_eq!(t.data.folds, vec![0, 1]);
+        // Unknown keys are refused, in the pipeline file and in the training sections.
+        assert!(PipelineConfig::from_toml("[teacher]\nepochs = 3\n", "test").is_err());
+        let bad =
+            PipelineConfig::from_toml("[student.train.optim]\nepoks = 3\n", "test").expect("parse");
+        assert!(resolve_train(&bad.student, &dir, "student").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let cfg = PipelineConfig::from_toml(DEFAULT_CONFIG, "default").expect("parse");
+        assert!(cfg.data.synthetic);
+        resolve_train(&cfg.teacher, Path::new("."), "teacher").expect("teacher");
+        resolve_train(&cfg.student, Path::new("."), "student").expect("student");
+    }
+}
