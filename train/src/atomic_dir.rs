@@ -44,6 +44,35 @@ pub fn temp_dir_beside(out: &Path, tag: &str) -> std::io::Result<PathBuf> {
     Ok(tmp)
 }
 
+/// Remove temporary directories beside `out` (`.<name>.<tag>-<pid>-<n>`) left by processes that
+/// are no longer running (a killed run); returns how many were removed. Directories of live
+/// processes, and any whose process cannot be checked (no `/proc`), are kept.
+pub fn remove_stale_temps(out: &Path, tag: &str) -> usize {
+    let Ok((parent, name)) = parent_and_name(out) else {
+        return 0;
+    };
+    let prefix = format!(".{name}.{tag}-");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return 0;
+    };
+    let proc_fs = Path::new("/proc/self").exists();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if proc_fs && !alive && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Move the filled `tmp` to `out`. An existing `out` is moved aside first and deleted after the
 /// rename; if the rename fails, it is put back.
 pub fn replace_dir(tmp: &Path, out: &Path) -> std::io::Result<()> {

@@ -319,7 +319,7 @@ pub enum BestMetric {
     ValMacroRocAuc,
     /// Padded cmAP (higher is better).
     ValCmap,
-    /// Validation BCE (lower is better).
+    /// Validation loss (lower is better).
     ValLoss,
 }
 

@@ -8,7 +8,7 @@
 //!
 //! After each epoch it validates on the held-out fold (the first
 //! [`DataConfig::val_max_windows`](crate::config::DataConfig) 5-s windows of each recording's
-//! head, positives = primary and secondary labels): validation BCE, macro ROC-AUC and padded cmAP
+//! head, positives = primary and secondary labels): validation loss, macro ROC-AUC and padded cmAP
 //! ([`birdclef_models::metrics`]). It rewrites `history.csv` and `history.png`, and writes the
 //! checkpoint directories `best/` (by [`BestMetric`]) and `last/`, each atomically (temporary
 //! directory + rename) and each exportable by `birdclef-export` (card, weights, reference batch)
@@ -71,7 +71,7 @@ pub struct EpochRow {
     pub epoch: usize,
     /// Mean training loss of the epoch.
     pub train_loss: f64,
-    /// Validation BCE.
+    /// Validation loss (the configured BCE or focal loss, on 0/1 labels).
     pub val_loss: f64,
     /// Validation macro ROC-AUC (NaN when no class has a positive and a negative).
     pub val_macro_roc_auc: f64,
@@ -291,13 +291,15 @@ fn build_val(
     Ok(out)
 }
 
-/// Validation numbers: (loss, macro ROC-AUC, padded cmAP, note).
+/// Validation numbers: (loss, macro ROC-AUC, padded cmAP, note). The loss is the training loss
+/// (BCE or focal, without label smoothing or masks) averaged over windows and classes.
 fn validate(
     net: &Net,
     val: &ValSet,
     k: usize,
     batch: usize,
     amp: bool,
+    loss_cfg: &LossConfig,
 ) -> Result<(f64, f64, f64, Option<String>)> {
     let per: usize = val.shape.iter().product();
     let mut probs = Vec::with_capacity(val.n * k);
@@ -314,13 +316,8 @@ fn validate(
         let y = net::tensor_from(&val.y[start * k..end * k], &[m, k], dev)?;
         let logits =
             tch::no_grad(|| tch::autocast(amp, || net.f_forward(&x, false)))?.to_kind(Kind::Float);
-        let l = logits.binary_cross_entropy_with_logits(
-            &y,
-            None::<Tensor>,
-            None::<Tensor>,
-            Reduction::Sum,
-        );
-        loss_sum += l.double_value(&[]);
+        let w = Tensor::ones_like(&y);
+        loss_sum += loss(&logits, &y, &w, loss_cfg).double_value(&[]) * (m * k) as f64;
         probs.extend(net::to_vec_f32(&logits.sigmoid())?);
     }
     let val_loss = loss_sum / (val.n * k).max(1) as f64;
@@ -641,8 +638,12 @@ pub fn fit_with(
             out_dir.display()
         );
     }
-    std::fs::write(out_dir.join("config.toml"), cfg.to_toml())
-        .with_context(|| format!("writing {}/config.toml", out_dir.display()))?;
+    for dir in [&last_dir, &best_dir] {
+        let n = atomic_dir::remove_stale_temps(dir, "tmp");
+        if n > 0 {
+            eprintln!("fit: removed {n} unfinished checkpoint folder(s) of a killed run");
+        }
+    }
 
     let graph = nets::build_spec(&cfg.model.arch, fcfg.channels, k)
         .map_err(|e| anyhow!("model.arch {}: {e}", cfg.model.arch))?;
@@ -706,6 +707,27 @@ pub fn fit_with(
                 state.fold
             );
         }
+        let now = cfg.to_toml();
+        if state.config != now {
+            let saved: Vec<&str> = state.config.lines().collect();
+            let changed: Vec<String> = now
+                .lines()
+                .filter(|l| !saved.contains(l))
+                .map(|l| format!("`{}`", l.trim()))
+                .collect();
+            bail!(
+                "{}: the run was started with another configuration (now {}); resuming would \
+                 mix two experiments. Restore the saved configuration ({}/config.toml) or start \
+                 a new run directory",
+                dir.display(),
+                if changed.is_empty() {
+                    "some keys were removed".to_string()
+                } else {
+                    changed.join(", ")
+                },
+                out_dir.display()
+            );
+        }
         let tensors = checkpoint::read_tensors(&dir.join(STATE_TENSORS))?;
         let by: BTreeMap<&str, &NamedTensor> =
             tensors.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -763,6 +785,9 @@ pub fn fit_with(
             state.batch_step
         );
     }
+
+    std::fs::write(out_dir.join("config.toml"), cfg.to_toml())
+        .with_context(|| format!("writing {}/config.toml", out_dir.display()))?;
 
     // Validation windows, computed once.
     let cap = cfg.run.debug_batches.map(|b| 4 * b * o.batch_size);
@@ -950,7 +975,8 @@ pub fn fit_with(
             copy_all(&all, e);
             raw
         });
-        let (val_loss, auc, cmap, note) = validate(&model, &val, k, cfg.data.val_batch_size, amp)?;
+        let (val_loss, auc, cmap, note) =
+            validate(&model, &val, k, cfg.data.val_batch_size, amp, &cfg.loss)?;
         if let Some(n) = note {
             eprintln!("fit: epoch {}: {n}", epoch + 1);
         }

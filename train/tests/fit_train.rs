@@ -272,7 +272,27 @@ fn fit_is_deterministic_and_resumes_after_a_kill() {
     let done = before.lines().count().saturating_sub(1);
     assert!(done < 3, "the child finished before it was killed");
 
+    // A leftover half-written checkpoint folder of a dead process is cleared on resume.
+    let stale = c.join(".last.tmp-999999999-0");
+    std::fs::create_dir_all(&stale).expect("stale dir");
+    // Resuming with another configuration is refused, naming the changed key.
+    let (ds, store, folds) = dataset();
+    let err = fit(
+        &ds,
+        &store,
+        &folds,
+        0,
+        &config(5),
+        &[],
+        &c,
+        Device::Cpu,
+        true,
+    )
+    .expect_err("a changed config must not resume");
+    assert!(format!("{err:#}").contains("epochs = 5"), "{err:#}");
+
     let s = run(&c, 3, true);
+    assert!(!stale.exists(), "stale temporary checkpoint left behind");
     assert_eq!(s.epochs_run, 3 - s.history.len() + s.epochs_run);
     let epochs: Vec<usize> = s.history.iter().map(|r| r.epoch).collect();
     assert_eq!(
