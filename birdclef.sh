@@ -21,6 +21,9 @@ case "${1:-}" in
     ./target/release/birdclef-train doctor
     ./target/release/birdclef-infer doctor
     ./target/release/birdclef-infer demo --out target/demo
+    # Teachers -> pseudo-labels -> students -> export -> infer -> score on a synthesised
+    # competition; a second run finds every stage up to date.
+    ./target/release/birdclef-train pipeline --out target/demo/pipeline
     ;;
   test)
     cargo fmt --all -- --check
