@@ -580,7 +580,10 @@ pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<
     // Students without pseudo-labels, for comparison.
     if cfg.report.baseline {
         let dir = out.join("baseline");
-        let key = hash(&["baseline", &data_key, &student.to_toml()]);
+        // The [distill] keys do not touch a student trained without pseudo-labels.
+        let mut plain = student.clone();
+        plain.distill = Default::default();
+        let key = hash(&["baseline", &data_key, &plain.to_toml()]);
         let ok = folds_ok(&dir, &student);
         r.stage("baseline", &key, ok, |resume| {
             train_stage(&data, &dir, &student, None, opts, resume)
