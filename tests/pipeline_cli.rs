@@ -37,6 +37,17 @@ fn summary(out: &Path) -> BTreeMap<String, (String, String, f64)> {
         .collect()
 }
 
+/// `birdclef-train pipeline [--config CONFIG] --out OUT`; asserts it succeeds.
+fn pipeline(config: Option<&Path>, out: &Path) {
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.args(["--device", "cpu", "pipeline"]);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let (code, _, err) = run(cmd.arg("--out").arg(out));
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn the_default_pipeline_runs_then_skips_what_is_up_to_date() {
     let _serial = serial();
@@ -81,10 +92,7 @@ fn the_default_pipeline_runs_then_skips_what_is_up_to_date() {
     );
 
     // Again: nothing to do.
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "pipeline", "--out"])
-        .arg(&out));
-    assert_eq!(code, 0, "{err}");
+    pipeline(None, &out);
     let again = summary(&out);
     assert!(again.values().all(|r| r.0 == "up to date"), "{again:?}");
     assert_eq!(again["score"].2, student);
@@ -96,12 +104,7 @@ fn the_default_pipeline_runs_then_skips_what_is_up_to_date() {
         include_str!("../configs/synthetic.pipeline.toml")
     );
     std::fs::write(&config, text).expect("config");
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "pipeline", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&out));
-    assert_eq!(code, 0, "{err}");
+    pipeline(Some(&config), &out);
     let smoothed = summary(&out);
     for stage in [
         "data",
@@ -140,12 +143,7 @@ fn a_reduced_birdclef_mini_pipeline_distils_a_student_well_above_chance() {
     )
     .expect("config");
     let out = dir.join("out");
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "pipeline", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&out));
-    assert_eq!(code, 0, "{err}");
+    pipeline(Some(&config), &out);
     let s = summary(&out);
     println!("{s:#?}");
     let teacher = s["teachers-eval"].2;

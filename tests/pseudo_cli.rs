@@ -226,24 +226,33 @@ fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
         .is_some_and(|s| s.contains("zz_garbage.wav")));
 }
 
+/// `birdclef-train distill` of the fixture's data with configs/debug.toml (3 folds).
+fn distill(fx: &PseudoFixture, labels: &Path, out: &Path, set: &[&str]) -> (i32, String, String) {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/debug.toml");
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.args(["--device", "cpu", "distill", "--data"])
+        .arg(&fx.data)
+        .arg("--config")
+        .arg(&config)
+        .arg("--pseudo")
+        .arg(labels)
+        .arg("--out")
+        .arg(out)
+        .args(["--set", "data.n_folds=3"]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    run(&mut cmd)
+}
+
 #[test]
 fn a_student_distils_from_the_pseudo_labels() {
     let dir = scratch_dir("pseudo-distill");
     let fx = pseudo_fixture(&dir);
     let labels = dir.join("pseudo.h5");
     assert_eq!(pseudo(&fx, &[&fx.teacher_a], &[], &labels).0, 0);
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/debug.toml");
     let out = dir.join("student");
-    let (code, stdout, err) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "distill", "--data"])
-        .arg(&fx.data)
-        .arg("--config")
-        .arg(&config)
-        .arg("--pseudo")
-        .arg(&labels)
-        .arg("--out")
-        .arg(&out)
-        .args(["--set", "data.n_folds=3", "--set", "distill.threshold=0.0"]));
+    let (code, stdout, err) = distill(&fx, &labels, &out, &["distill.threshold=0.0"]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("fold 0: best"), "{stdout}");
     assert!(
@@ -254,16 +263,12 @@ fn a_student_distils_from_the_pseudo_labels() {
     assert!(card.contains("birdclef-train distill") && card.contains("18 pseudo-labelled windows"));
 
     // A threshold above every probability keeps no window: plain training, said so.
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "distill", "--data"])
-        .arg(&fx.data)
-        .arg("--config")
-        .arg(&config)
-        .arg("--pseudo")
-        .arg(&labels)
-        .arg("--out")
-        .arg(dir.join("student2"))
-        .args(["--set", "data.n_folds=3", "--set", "distill.threshold=1.0"]));
+    let (code, _, err) = distill(
+        &fx,
+        &labels,
+        &dir.join("student2"),
+        &["distill.threshold=1.0"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("0 of 18 pseudo-labelled windows kept"),
@@ -271,15 +276,8 @@ fn a_student_distils_from_the_pseudo_labels() {
     );
 
     // A file that is not a pseudo-label file: named in the error.
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "distill", "--data"])
-        .arg(&fx.data)
-        .arg("--config")
-        .arg(&config)
-        .arg("--pseudo")
-        .arg(&config)
-        .arg("--out")
-        .arg(dir.join("student3")));
+    let not_labels = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/debug.toml");
+    let (code, _, err) = distill(&fx, &not_labels, &dir.join("student3"), &[]);
     assert_eq!(code, 2);
     assert!(
         err.contains("debug.toml") && err.contains("pseudo-label"),

@@ -334,7 +334,10 @@ impl Runner<'_> {
         std::fs::write(&done, serde_json::to_string_pretty(&s)?)
             .with_context(|| format!("writing {}", done.display()))?;
         let _ = std::fs::remove_file(&started);
-        eprintln!("pipeline: {stage}: {metric} = {value:.4} ({seconds:.1} s)");
+        eprintln!(
+            "pipeline: {stage}: {metric} = {} ({seconds:.1} s)",
+            fmt_value(value)
+        );
         self.rows.push(StageRow {
             stage: stage.into(),
             status: "ran".into(),
@@ -656,6 +659,15 @@ pub fn write_summary(path: &Path, rows: &[StageRow]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A metric for people: 4 decimals, or 3 significant digits when it is tiny (export differences).
+fn fmt_value(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 /// The summary as an aligned text table.
 pub fn format_summary(rows: &[StageRow]) -> String {
     let mut out = format!(
@@ -664,8 +676,12 @@ pub fn format_summary(rows: &[StageRow]) -> String {
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<14} {:<11} {:>9.1}  {:<30} {:>10.4}\n",
-            r.stage, r.status, r.seconds, r.metric, r.value
+            "{:<14} {:<11} {:>9.1}  {:<30} {:>10}\n",
+            r.stage,
+            r.status,
+            r.seconds,
+            r.metric,
+            fmt_value(r.value)
         ));
     }
     out
