@@ -18,7 +18,8 @@
 //!
 //! The `-eval` stages and `baseline` run when `[report]` asks for them; scoring needs the test
 //! soundscapes and solution. `OUT/summary.csv` has one row per stage:
-//! `stage,status,seconds,metric,value` (status `ran` or `up to date`).
+//! `stage,status,seconds,metric,value` (status `ran` or `up to date`; an up-to-date stage shows
+//! the seconds and metric of the run that made its outputs).
 //!
 //! # Up to date
 //!
