@@ -373,6 +373,17 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         .collect::<Result<_>>()?;
 
     let all = discover(&opts.soundscapes)?;
+    if all.is_empty() {
+        eprintln!(
+            "warning: no audio files ({}) in {}; the file will have no rows",
+            birdclef_infer::predict::AUDIO_EXTENSIONS.join(", "),
+            opts.soundscapes
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let shard = match &opts.shard {
         Some(spec) => spec.resolve(&ShardEnv::from_process_env())?,
         None => Shard::new(0, 1)?,
