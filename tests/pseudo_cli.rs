@@ -68,6 +68,25 @@ fn pseudo_labels_read_in_h5py_and_shards_merge_to_the_unsharded_file() {
     assert!(probs(&v).iter().all(|p| (0.0..=1.0).contains(p)));
     assert!(!dir.join("full.h5.parts").exists(), "parts are removed");
 
+    // Streamed in pieces of 2 windows (12 s = 2 + 1): the same rows, and the same numbers up to
+    // libtorch's batch-size-dependent rounding.
+    let small = dir.join("small-batches.h5");
+    let (code, err) = pseudo(
+        &fx,
+        &[&fx.teacher_a, &fx.teacher_b],
+        &["--batch-size", "2"],
+        &small,
+    );
+    assert_eq!(code, 0, "{err}");
+    let sv = h5_dump(&small);
+    assert_eq!(values(&sv, "row_id"), ids);
+    let worst = probs(&sv)
+        .iter()
+        .zip(&probs(&v))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-5, "pieces of 2 windows vs one piece: {worst}");
+
     let mut shards = Vec::new();
     for k in 0..3 {
         let out = dir.join(format!("shard{k}.h5"));

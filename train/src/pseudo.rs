@@ -7,9 +7,10 @@
 //! frontends are allowed; each frontend is computed once per soundscape. A window's probability
 //! is the mean over teachers of the sigmoid of their logits.
 //!
-//! Every soundscape is computed on its own (its windows batched from its start), so the result
-//! for a file does not depend on which other files a run holds: shards merged with
-//! [`merge`] equal an unsharded run.
+//! Every soundscape is computed on its own: decoded as a stream and cut into pieces of
+//! `batch_size` windows from its start, one forward pass per piece and teacher. So memory stays
+//! flat for soundscapes of any length, and the result for a file does not depend on which other
+//! files a run holds: shards merged with [`merge`] equal an unsharded run.
 //!
 //! # Resuming
 //!
@@ -336,10 +337,20 @@ fn read_part(path: &Path, file: &Path, k: usize) -> Option<Part> {
     })
 }
 
-/// The inputs of one soundscape for each distinct frontend: `[windows, c, m, f]` flattened.
-struct Prepared {
-    index: usize,
-    result: std::result::Result<(Vec<Vec<f32>>, usize, f64), String>,
+/// What the decoding workers send: consecutive windows of a soundscape, then its end.
+enum Piece {
+    /// `windows` consecutive windows of soundscape `index`: the model inputs for each distinct
+    /// frontend, `[windows, c, m, f]` flattened.
+    Windows {
+        index: usize,
+        inputs: Vec<Vec<f32>>,
+        windows: usize,
+    },
+    /// Soundscape `index` is complete (seconds of audio), or could not be read (why).
+    End {
+        index: usize,
+        result: std::result::Result<f64, String>,
+    },
 }
 
 /// Run the teacher ensemble over the soundscapes and write the HDF5 file (see the module docs).
@@ -439,67 +450,61 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
     let mut last_report = f64::NEG_INFINITY;
     let abort_after: Option<usize> = std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok());
     std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Prepared>(threads * 2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(threads * 2);
         let (files, frontends, todo, pool) = (&files, &frontends, &todo, &pool);
+        // Each decoding worker streams one soundscape at a time, `batch` windows per piece; the
+        // bounded channel keeps memory flat whatever the files' lengths.
         s.spawn(move || {
-            for chunk in todo.chunks(threads.max(1) * 2) {
-                let prepared: Vec<Prepared> = pool.install(|| {
-                    chunk
-                        .par_iter()
-                        .map(|&index| Prepared {
-                            index,
-                            result: prepare(&files[index], frontends),
-                        })
-                        .collect()
+            pool.install(|| {
+                todo.par_iter().for_each_with(tx, |tx, &index| {
+                    stream_windows(&files[index], index, frontends, batch, &mut |p| {
+                        tx.send(p).is_ok()
+                    });
                 });
-                for p in prepared {
-                    if tx.send(p).is_err() {
-                        return;
-                    }
-                }
-            }
+            });
         });
-        for p in rx {
-            let file = &files[p.index];
-            let (inputs, windows, seconds) = match p.result {
-                Ok(r) => r,
-                Err(why) => {
-                    eprintln!("\npseudo-label: {}: {why}; no rows", file.display());
-                    failed.push((file.clone(), why));
+        let mut partial: HashMap<usize, Vec<f32>> = HashMap::new();
+        for piece in rx {
+            let (index, seconds) = match piece {
+                Piece::Windows {
+                    index,
+                    inputs,
+                    windows,
+                } => {
+                    let probs = ensemble(&mut teachers, &uses, &inputs, windows, k)?;
+                    partial.entry(index).or_default().extend(probs);
                     continue;
                 }
-            };
-            let mut sum = vec![0.0f32; windows * k];
-            for (t, &fi) in teachers.iter_mut().zip(&uses) {
-                let per = frontends[fi]
-                    .config()
-                    .input_shape()
-                    .iter()
-                    .product::<usize>();
-                for b0 in (0..windows).step_by(batch) {
-                    let n = batch.min(windows - b0);
-                    let logits = t.logits(&inputs[fi][b0 * per..(b0 + n) * per], n)?;
-                    for (acc, l) in sum[b0 * k..(b0 + n) * k].iter_mut().zip(&logits) {
-                        *acc += 1.0 / (1.0 + (-l).exp());
+                Piece::End { index, result } => {
+                    let file = &files[index];
+                    match result {
+                        Ok(seconds) => (index, seconds),
+                        Err(why) => {
+                            partial.remove(&index);
+                            eprintln!("\npseudo-label: {}: {why}; no rows", file.display());
+                            failed.push((file.clone(), why));
+                            continue;
+                        }
                     }
                 }
-            }
-            let nt = teachers.len() as f32;
-            sum.iter_mut().for_each(|v| *v /= nt);
+            };
+            let file = &files[index];
+            let probs = partial.remove(&index).unwrap_or_default();
+            let windows = probs.len() / k.max(1);
             checkpoint::write_tensors(
                 &part_path(&parts, file),
                 &[NamedTensor {
                     name: "probs".into(),
                     shape: vec![windows, k],
-                    data: sum.clone(),
+                    data: probs.clone(),
                 }],
                 None,
             )?;
             done.insert(
-                p.index,
+                index,
                 Part {
                     file: file_name(file),
-                    probs: sum,
+                    probs,
                     windows,
                 },
             );
@@ -570,26 +575,99 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
     })
 }
 
-/// Decode one soundscape and compute every frontend's windows.
-fn prepare(
-    path: &Path,
-    frontends: &[Frontend],
-) -> std::result::Result<(Vec<Vec<f32>>, usize, f64), String> {
-    let decoded = audio::decode_file(path).map_err(|e| e.to_string())?;
-    if decoded.samples.is_empty() {
-        return Err("contains no audio samples".into());
+/// The ensemble's probabilities for `windows` windows (`inputs` per frontend): the mean over
+/// teachers of the sigmoid of their logits, `windows × k`.
+fn ensemble(
+    teachers: &mut [Teacher],
+    uses: &[usize],
+    inputs: &[Vec<f32>],
+    windows: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    let mut sum = vec![0.0f32; windows * k];
+    for (t, &fi) in teachers.iter_mut().zip(uses) {
+        let logits = t.logits(&inputs[fi], windows)?;
+        for (acc, l) in sum.iter_mut().zip(&logits) {
+            *acc += 1.0 / (1.0 + (-l).exp());
+        }
     }
-    let seconds = decoded.samples.len() as f64 / f64::from(TARGET_SAMPLE_RATE);
-    let mut windows = 0;
-    let inputs = frontends
+    let nt = teachers.len() as f32;
+    sum.iter_mut().for_each(|v| *v /= nt);
+    Ok(sum)
+}
+
+/// The first `n` windows of `samples` for every frontend, flattened.
+fn window_inputs(frontends: &[Frontend], samples: &[f32], n: usize) -> Vec<Vec<f32>> {
+    frontends
         .iter()
         .map(|f| {
-            let images = f.compute(&decoded.samples);
-            windows = images.shape()[0];
-            images.into_raw_vec_and_offset().0
+            let per: usize = f.config().input_shape().iter().product();
+            let mut v = f.compute(samples).into_raw_vec_and_offset().0;
+            v.truncate(n * per);
+            v
         })
-        .collect();
-    Ok((inputs, windows, seconds))
+        .collect()
+}
+
+/// Decode `path` as a stream and send its windows in pieces of `chunk` windows, then its end.
+/// The windows are exactly those of the whole decoded file (each window depends on its own
+/// samples only; the last, partial one follows the cards' policy for the file's full length).
+/// Stops early when `send` returns false (the receiver is gone).
+fn stream_windows(
+    path: &Path,
+    index: usize,
+    frontends: &[Frontend],
+    chunk: usize,
+    send: &mut dyn FnMut(Piece) -> bool,
+) {
+    let mut body = || -> std::result::Result<f64, String> {
+        let mut stream = audio::AudioStream::open(path).map_err(|e| e.to_string())?;
+        let cfg = frontends
+            .first()
+            .ok_or_else(|| "no frontend".to_string())?
+            .config()
+            .clone();
+        let w = cfg.window_samples().max(1);
+        let mut buf: Vec<f32> = Vec::new();
+        let (mut total, mut sent) = (0usize, 0usize);
+        loop {
+            let before = buf.len();
+            let more = stream.read_into(&mut buf).map_err(|e| e.to_string())?;
+            total += buf.len() - before;
+            while buf.len() >= chunk * w {
+                let piece: Vec<f32> = buf.drain(..chunk * w).collect();
+                let inputs = window_inputs(frontends, &piece, chunk);
+                if !send(Piece::Windows {
+                    index,
+                    inputs,
+                    windows: chunk,
+                }) {
+                    return Err("stopped".into());
+                }
+                sent += chunk;
+            }
+            if !more {
+                break;
+            }
+        }
+        if total == 0 {
+            return Err("contains no audio samples".into());
+        }
+        let rest = cfg.window_count(total).saturating_sub(sent);
+        if rest > 0 {
+            let inputs = window_inputs(frontends, &buf, rest);
+            if !send(Piece::Windows {
+                index,
+                inputs,
+                windows: rest,
+            }) {
+                return Err("stopped".into());
+            }
+        }
+        Ok(total as f64 / f64::from(TARGET_SAMPLE_RATE))
+    };
+    let result = body();
+    send(Piece::End { index, result });
 }
 
 /// The content of a pseudo-label file, in memory.
