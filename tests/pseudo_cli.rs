@@ -9,19 +9,31 @@ use std::process::Command;
 use birdclef::{bin, h5_dump, pseudo_fixture, run, scratch_dir, PseudoFixture};
 use serde_json::Value;
 
-fn pseudo(fx: &PseudoFixture, teachers: &[&Path], extra: &[&str], out: &Path) -> (i32, String) {
+/// `birdclef-train --device cpu pseudo-label` of `soundscapes` with `teachers`.
+fn pseudo_cmd(teachers: &[&Path], soundscapes: &Path, extra: &[&str], out: &Path) -> Command {
     let mut cmd = Command::new(bin("birdclef-train"));
     cmd.args(["--device", "cpu", "pseudo-label"]);
     for t in teachers {
         cmd.arg("--teacher").arg(t);
     }
     cmd.arg("--soundscapes")
-        .arg(&fx.soundscapes)
+        .arg(soundscapes)
         .arg("--out")
         .arg(out)
         .args(extra);
-    let (code, _, err) = run(&mut cmd);
+    cmd
+}
+
+/// Pseudo-label the fixture's soundscapes: (exit code, stderr).
+fn pseudo(fx: &PseudoFixture, teachers: &[&Path], extra: &[&str], out: &Path) -> (i32, String) {
+    let (code, _, err) = run(&mut pseudo_cmd(teachers, &fx.soundscapes, extra, out));
     (code, err)
+}
+
+/// As [`pseudo`], but the process stops as if killed after `n` soundscapes.
+fn pseudo_killed_after(fx: &PseudoFixture, teacher: &Path, n: usize, out: &Path) -> i32 {
+    let mut cmd = pseudo_cmd(&[teacher], &fx.soundscapes, &[], out);
+    run(cmd.env("BIRDCLEF_PSEUDO_ABORT_AFTER", n.to_string())).0
 }
 
 fn values(v: &Value, name: &str) -> Vec<Value> {
@@ -139,15 +151,7 @@ fn a_killed_run_resumes_where_it_stopped() {
     assert_eq!(code, 0, "{err}");
 
     let out = dir.join("resumed.h5");
-    let mut cmd = Command::new(bin("birdclef-train"));
-    cmd.env("BIRDCLEF_PSEUDO_ABORT_AFTER", "4")
-        .args(["--device", "cpu", "pseudo-label", "--teacher"])
-        .arg(&fx.teacher_a)
-        .arg("--soundscapes")
-        .arg(&fx.soundscapes)
-        .arg("--out")
-        .arg(&out);
-    let (code, _, _) = run(&mut cmd);
+    let code = pseudo_killed_after(&fx, &fx.teacher_a, 4, &out);
     assert_eq!(code, 137, "the run stops as if killed");
     assert!(!out.exists(), "no output file from a killed run");
     let parts = std::fs::read_dir(dir.join("resumed.h5.parts"))
@@ -165,16 +169,9 @@ fn a_killed_run_resumes_where_it_stopped() {
     assert_eq!(content(&h5_dump(&out)), content(&h5_dump(&full)));
 
     // Other teachers: the parts of the earlier run are not reused.
-    let mut cmd = Command::new(bin("birdclef-train"));
-    cmd.env("BIRDCLEF_PSEUDO_ABORT_AFTER", "2")
-        .args(["--device", "cpu", "pseudo-label", "--teacher"])
-        .arg(&fx.teacher_a)
-        .arg("--soundscapes")
-        .arg(&fx.soundscapes)
-        .arg("--out")
-        .arg(dir.join("other.h5"));
-    assert_eq!(run(&mut cmd).0, 137);
-    let (code, err) = pseudo(&fx, &[&fx.teacher_b], &[], &dir.join("other.h5"));
+    let other = dir.join("other.h5");
+    assert_eq!(pseudo_killed_after(&fx, &fx.teacher_a, 2, &other), 137);
+    let (code, err) = pseudo(&fx, &[&fx.teacher_b], &[], &other);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("starting afresh") && !err.contains("resuming"),
@@ -227,13 +224,7 @@ fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
     }
     std::fs::write(broken.join("zz_garbage.wav"), b"not audio at all").expect("write");
     let out = dir.join("broken.h5");
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "pseudo-label", "--teacher"])
-        .arg(&fx.teacher_a)
-        .arg("--soundscapes")
-        .arg(&broken)
-        .arg("--out")
-        .arg(&out));
+    let (code, _, err) = run(&mut pseudo_cmd(&[&fx.teacher_a], &broken, &[], &out));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("zz_garbage.wav"), "{err}");
     let v = h5_dump(&out);
