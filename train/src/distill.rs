@@ -269,10 +269,7 @@ pub fn epoch_items(
     let mut next_pseudo = move |rng: &mut birdclef_models::synth::Rng| {
         if stream.is_empty() {
             stream = (0..pseudo_len).collect();
-            for i in (1..stream.len()).rev() {
-                let j = rng.below(i + 1);
-                stream.swap(i, j);
-            }
+            rng.shuffle(&mut stream);
             stream.reverse();
         }
         stream.pop().unwrap_or(0)

@@ -863,10 +863,7 @@ pub fn fit_with(
             .flat_map(|_| train_idx.iter().copied())
             .collect();
         let mut rng = Rng::new(seed ^ 0x00F1_7000 ^ ((epoch as u64) << 32));
-        for i in (1..order.len()).rev() {
-            let j = rng.below(i + 1);
-            order.swap(i, j);
-        }
+        rng.shuffle(&mut order);
         let bs = o.batch_size.min(order.len());
         let items: Vec<Item> = match pseudo {
             Some(p) => {

@@ -81,10 +81,7 @@ pub fn assign_folds(ds: &Dataset, k: usize, seed: u64, min_count_for_val: usize)
     let mut total = vec![0usize; k];
     for label_groups in &mut by_label {
         // Seeded shuffle, then largest first (stable, so equal sizes keep the shuffled order).
-        for i in (1..label_groups.len()).rev() {
-            let j = rng.below(i + 1);
-            label_groups.swap(i, j);
-        }
+        rng.shuffle(label_groups);
         label_groups.sort_by_key(|&g| std::cmp::Reverse(groups[g].len()));
         let rotation = rng.below(k);
         let mut of_label = vec![0usize; k];
