@@ -323,6 +323,17 @@ pub enum BestMetric {
     ValLoss,
 }
 
+impl BestMetric {
+    /// Its name in configs and `history.csv` (`val_macro_roc_auc`, `val_cmap`, `val_loss`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BestMetric::ValMacroRocAuc => "val_macro_roc_auc",
+            BestMetric::ValCmap => "val_cmap",
+            BestMetric::ValLoss => "val_loss",
+        }
+    }
+}
+
 /// Seed, model selection and debugging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -425,10 +425,8 @@ fn write_history(out_dir: &Path, rows: &[EpochRow]) -> Result<()> {
         text.push('\n');
     }
     let path = out_dir.join(HISTORY_CSV);
-    let tmp = out_dir.join(".history.csv.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    birdclef_models::npy::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_history(out_dir: &Path) -> Vec<EpochRow> {
@@ -529,7 +527,7 @@ fn data_hash(ds: &Dataset, folds: &[usize], cfg: &TrainConfig) -> String {
         h.update(f.to_le_bytes());
     }
     h.update(cfg.data.cache_seconds.to_le_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize())
 }
 
 fn git_commit() -> Option<String> {
@@ -1010,7 +1008,7 @@ pub fn fit_with(
                     cfg.data.n_folds,
                     epoch + 1,
                     o.epochs,
-                    serde_json::to_string(&cfg.run.best_metric).unwrap_or_default().trim_matches('"'),
+                    cfg.run.best_metric.name(),
                     if ema.is_some() { ", EMA weights" } else { "" },
                     pseudo.map_or(String::new(), |p| format!(
                         ", {} pseudo-labelled windows at {} of each batch",

@@ -168,7 +168,7 @@ pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary, InitError> {
             notes.push_str(&format!(
                 "weights imported from the timm state dict {} (sha256 {}): {}; ",
                 path.display(),
-                hex(&Sha256::digest(&bytes)),
+                crate::hex(&Sha256::digest(&bytes)),
                 report.summary()
             ));
             Some(report)
@@ -373,8 +373,4 @@ fn write_checkpoint(
         cleanup_parent();
     }
     result
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use birdclef_export::export::{export_checkpoint, ExportOptions};
@@ -233,11 +233,7 @@ fn hash(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0]);
     }
-    h.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(&h.finalize()[..16])
 }
 
 /// Names, sizes and modification times of a directory's files (a cheap content key).
@@ -247,15 +243,11 @@ fn dir_identity(dir: &Path) -> String {
             rd.flatten()
                 .filter_map(|e| {
                     let m = e.metadata().ok()?;
-                    let t = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos());
                     Some(format!(
-                        "{}\t{}\t{t}",
+                        "{}\t{}\t{}",
                         e.file_name().to_string_lossy(),
-                        m.len()
+                        m.len(),
+                        crate::modified_ns(&m)
                     ))
                 })
                 .collect()
@@ -378,19 +370,13 @@ fn train_stage(
     let folds = train_folds(&run, cfg)?;
     let best: Vec<f64> = folds.iter().map(|(_, s)| s.best.1).collect();
     let mean = best.iter().sum::<f64>() / best.len().max(1) as f64;
-    Ok((format!("mean best {}", metric_name(cfg)), mean))
-}
-
-fn metric_name(cfg: &TrainConfig) -> String {
-    serde_json::to_string(&cfg.run.best_metric)
-        .unwrap_or_default()
-        .trim_matches('"')
-        .to_string()
+    Ok((format!("mean best {}", cfg.run.best_metric.name()), mean))
 }
 
 fn folds_ok(dir: &Path, cfg: &TrainConfig) -> bool {
     cfg.data.folds.iter().all(|f| {
-        dir.join(format!("fold{f}/best/weights.safetensors"))
+        dir.join(format!("fold{f}/best"))
+            .join(birdclef_models::checkpoint::WEIGHTS_FILE)
             .is_file()
     })
 }
@@ -655,9 +641,8 @@ pub fn write_summary(path: &Path, rows: &[StageRow]) -> Result<()> {
             row.stage, row.status, row.seconds, row.metric, row.value
         ));
     }
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    birdclef_models::npy::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A metric for people: 4 decimals, or 3 significant digits when it is tiny (export differences).

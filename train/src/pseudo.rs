@@ -50,7 +50,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use birdclef_infer::model::OnnxModel;
@@ -283,12 +283,12 @@ struct Part {
 
 fn file_identity(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    Ok(format!("{}\t{}\t{mtime}", path.display(), meta.len()))
+    Ok(format!(
+        "{}\t{}\t{}",
+        path.display(),
+        meta.len(),
+        crate::modified_ns(&meta)
+    ))
 }
 
 fn resume_key(teachers: &[Teacher], files: &[PathBuf]) -> Result<String> {
@@ -305,7 +305,7 @@ fn resume_key(teachers: &[Teacher], files: &[PathBuf]) -> Result<String> {
         h.update(file_identity(f)?);
         h.update(b"\n");
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex(&h.finalize()))
 }
 
 /// `<out>.parts`, beside the output file.
@@ -729,9 +729,7 @@ impl Table {
         {
             bail!("{}: inconsistent pseudo-label table", path.display());
         }
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = path.with_file_name(name);
+        let tmp = birdclef_models::npy::temp_path_for(path);
         let result = self.write_to(&tmp);
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);

@@ -49,7 +49,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use birdclef_models::audio::{self, TARGET_SAMPLE_RATE};
 use hdf5::types::VarLenUnicode;
@@ -404,7 +404,7 @@ fn cache_key(params: &str, entries: &[Entry]) -> String {
     for e in entries {
         h.update(format!("{}\t{}\t{}\n", e.filename, e.size, e.mtime_ns).as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize())
 }
 
 /// Distinct files of the dataset sorted by filename, with their size and modification time.
@@ -423,17 +423,11 @@ fn entries(dataset: &Dataset) -> Result<Vec<Entry>, DataError> {
                 path: path.clone(),
                 cause,
             })?;
-            let mtime_ns = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
             Ok(Entry {
                 filename: name.to_string(),
                 path,
                 size: meta.len(),
-                mtime_ns,
+                mtime_ns: crate::modified_ns(&meta),
             })
         })
         .collect()
