@@ -106,41 +106,47 @@ impl OnnxModel {
 /// soundscapes into the same windows (sample rate and window policy). Different frontends are
 /// otherwise allowed. The error names both files and the difference.
 pub fn check_ensemble(models: &[OnnxModel]) -> Result<()> {
-    let Some(first) = models.first() else {
+    let cards: Vec<(&Path, &Card)> = models.iter().map(|m| (m.path.as_path(), &m.card)).collect();
+    check_cards(&cards)
+}
+
+/// [`check_ensemble`] for any models given as (file, card), e.g. ONNX files and checkpoint
+/// directories together.
+pub fn check_cards(models: &[(&Path, &Card)]) -> Result<()> {
+    let Some(&(first_path, first)) = models.first() else {
         bail!("no models given");
     };
-    for m in &models[1..] {
-        if first.card.labels != m.card.labels {
+    for &(path, card) in &models[1..] {
+        if first.labels != card.labels {
             let diff = first
-                .card
-                .ensemble_mismatch(&m.card)
+                .ensemble_mismatch(card)
                 .unwrap_or_else(|| "labels differ".into());
             bail!(
                 "{} and {} cannot be ensembled: {diff}",
-                first.path.display(),
-                m.path.display()
+                first_path.display(),
+                path.display()
             );
         }
-        let (a, b) = (&first.card.frontend, &m.card.frontend);
+        let (a, b) = (&first.frontend, &card.frontend);
         if a.sample_rate != b.sample_rate || a.windows != b.windows {
             bail!(
                 "{} and {} cannot be ensembled: they cut audio into different windows \
                  ({} Hz, {:?} vs {} Hz, {:?})",
-                first.path.display(),
-                m.path.display(),
+                first_path.display(),
+                path.display(),
                 a.sample_rate,
                 a.windows,
                 b.sample_rate,
                 b.windows
             );
         }
-        if a == b && first.card.input_shape != m.card.input_shape {
+        if a == b && first.input_shape != card.input_shape {
             bail!(
                 "{} and {} have the same frontend but different input shapes {:?} vs {:?}",
-                first.path.display(),
-                m.path.display(),
-                first.card.input_shape,
-                m.card.input_shape
+                first_path.display(),
+                path.display(),
+                first.input_shape,
+                card.input_shape
             );
         }
     }

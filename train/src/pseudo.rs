@@ -53,7 +53,8 @@ use std::str::FromStr as _;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use birdclef_infer::model::OnnxModel;
+use birdclef_export::export::checkpoints_in_run;
+use birdclef_infer::model::{check_cards, OnnxModel};
 use birdclef_infer::predict::{discover, stem_of};
 use birdclef_infer::shard::{self, Shard, ShardEnv, ShardSpec};
 use birdclef_models::audio::{self, TARGET_SAMPLE_RATE};
@@ -101,10 +102,10 @@ impl Teacher {
     /// ([`birdclef_infer::ort_env::init`]).
     pub fn load(path: &Path, device: Device, ort_threads: usize) -> Result<Self> {
         if path.is_dir() {
-            let ckpt = checkpoint::Checkpoint::open(path)
-                .with_context(|| format!("teacher {}", path.display()))?;
-            let card = ckpt.card.clone();
+            // from_checkpoint checks the card against the weights; the card itself is small.
             let net = Net::from_checkpoint(path, device)
+                .with_context(|| format!("teacher {}", path.display()))?;
+            let card = Card::load(&path.join(checkpoint::CARD_FILE))
                 .with_context(|| format!("teacher {}", path.display()))?;
             Ok(Teacher::Torch {
                 path: path.to_path_buf(),
@@ -159,8 +160,8 @@ impl Teacher {
 }
 
 /// Expand teacher arguments: a checkpoint directory or ONNX file stands for itself; a training
-/// run directory (`fold<N>/best/` inside) for its folds' best checkpoints; a directory of ONNX
-/// files for those files (sorted).
+/// run directory for the checkpoints `birdclef-export --run` takes from it (`fold<N>/best/`);
+/// a directory of ONNX files for those files (sorted).
 pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for a in args {
@@ -176,15 +177,8 @@ pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
-        let folds: Vec<PathBuf> = entries
-            .iter()
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("fold"))
-                    && p.join("best").join(checkpoint::CARD_FILE).is_file()
-            })
-            .map(|p| p.join("best"))
-            .collect();
+        // A run directory: the checkpoints `birdclef-export --run` would export.
+        let folds = checkpoints_in_run(a).unwrap_or_default();
         let onnx: Vec<PathBuf> = entries
             .iter()
             .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "onnx"))
@@ -206,30 +200,11 @@ pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Check that teachers can be ensembled (same labels, same windows); the error names both.
+/// Check that teachers can be ensembled (same labels, same windows; as birdclef-infer checks its
+/// models); the error names both.
 pub fn check_teachers(teachers: &[Teacher]) -> Result<()> {
-    let Some(first) = teachers.first() else {
-        bail!("no teachers given");
-    };
-    for t in &teachers[1..] {
-        let (a, b) = (first.card(), t.card());
-        let same_windows = a.frontend.sample_rate == b.frontend.sample_rate
-            && a.frontend.windows == b.frontend.windows;
-        if a.labels != b.labels || !same_windows {
-            let why = a.ensemble_mismatch(b).unwrap_or_else(|| {
-                format!(
-                    "they cut audio into different windows ({:?} vs {:?})",
-                    a.frontend.windows, b.frontend.windows
-                )
-            });
-            bail!(
-                "teachers {} and {} cannot be ensembled: {why}",
-                first.path().display(),
-                t.path().display()
-            );
-        }
-    }
-    Ok(())
+    let cards: Vec<(&Path, &Card)> = teachers.iter().map(|t| (t.path(), t.card())).collect();
+    check_cards(&cards)
 }
 
 /// Options of [`pseudo_label`].
