@@ -111,17 +111,22 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// `birdclef-train --device cpu init <init_args> --out DIR/NAME`, then `birdclef-export` of that
-/// checkpoint to `DIR/NAME.onnx`; asserts both succeed. Returns the ONNX path and export's report
-/// (stdout, with the verified difference).
-pub fn init_and_export(dir: &Path, name: &str, init_args: &[&str]) -> (PathBuf, String) {
-    let ckpt = dir.join(name);
+/// `birdclef-train --device cpu init <init_args> --out CKPT`; asserts it succeeds.
+pub fn init(ckpt: &Path, init_args: &[&str]) {
     let (code, _, err) = run(Command::new(bin("birdclef-train"))
         .args(["--device", "cpu", "init"])
         .args(init_args)
         .arg("--out")
-        .arg(&ckpt));
-    assert_eq!(code, 0, "{name}: init failed: {err}");
+        .arg(ckpt));
+    assert_eq!(code, 0, "{}: init failed: {err}", ckpt.display());
+}
+
+/// [`init`] into `DIR/NAME`, then `birdclef-export` of that checkpoint to `DIR/NAME.onnx`;
+/// asserts both succeed. Returns the ONNX path and export's report (stdout, with the verified
+/// difference).
+pub fn init_and_export(dir: &Path, name: &str, init_args: &[&str]) -> (PathBuf, String) {
+    let ckpt = dir.join(name);
+    init(&ckpt, init_args);
     let onnx = dir.join(format!("{name}.onnx"));
     let (code, out, err) = run(Command::new(bin("birdclef-export"))
         .arg("--checkpoint")
@@ -192,19 +197,10 @@ pub fn pseudo_fixture(dir: &Path) -> PseudoFixture {
         ],
     );
     let teacher_b = dir.join("teacher_b");
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args([
-            "--device",
-            "cpu",
-            "init",
-            "--arch",
-            "mnasnet_100",
-            "--seed",
-            "2",
-        ])
-        .args(["--card", &card_arg, "--out"])
-        .arg(&teacher_b));
-    assert_eq!(code, 0, "init teacher_b: {err}");
+    init(
+        &teacher_b,
+        &["--arch", "mnasnet_100", "--seed", "2", "--card", &card_arg],
+    );
     PseudoFixture {
         soundscapes: data.join("unlabeled_soundscapes"),
         data,

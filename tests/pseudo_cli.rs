@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use birdclef::{bin, h5_dump, pseudo_fixture, run, scratch_dir, PseudoFixture};
+use birdclef::{bin, h5_dump, init, pseudo_fixture, run, scratch_dir, PseudoFixture};
 use serde_json::Value;
 
 /// `birdclef-train --device cpu pseudo-label` of `soundscapes` with `teachers`.
@@ -198,19 +198,7 @@ fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
 
     // Teachers with other labels cannot be ensembled.
     let other = dir.join("other_labels");
-    let (code, _, err) = run(Command::new(bin("birdclef-train"))
-        .args([
-            "--device",
-            "cpu",
-            "init",
-            "--arch",
-            "mnasnet_100",
-            "--classes",
-            "3",
-        ])
-        .arg("--out")
-        .arg(&other));
-    assert_eq!(code, 0, "{err}");
+    init(&other, &["--arch", "mnasnet_100", "--classes", "3"]);
     let (code, err) = pseudo(&fx, &[&fx.teacher_a, &other], &[], &dir.join("x.h5"));
     assert_eq!(code, 2);
     assert!(err.contains("cannot be ensembled"), "{err}");
