@@ -4,7 +4,7 @@ use std::path::Path;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::TensorRef;
 
 use crate::ort_env;
 
@@ -50,7 +50,8 @@ pub fn run_f32(
             data.len()
         ));
     }
-    let tensor = Tensor::from_array((shape.to_vec(), data.to_vec()))
+    // A view of the caller's buffer: an ensemble runs every model on the same batch, no copies.
+    let tensor = TensorRef::from_array_view((shape.to_vec(), data))
         .map_err(|e| format!("input {shape:?}: {e}"))?;
     let outputs = session
         .run(ort::inputs![input_name => tensor])
