@@ -189,6 +189,71 @@ fn ensembles_columns_shards_and_scores() {
         "mean ensemble differs from the mean of the models by {worst}"
     );
 
+    // How the work is scheduled (one worker taking single windows, or three workers sharing
+    // pieces of two windows and finishing each other's files) changes no row and, beyond the
+    // rounding of different batch sizes, no value.
+    for (workers, batch) in [("1", "1"), ("3", "2")] {
+        let out = csv(&format!("ab-{workers}-{batch}.csv"));
+        go(
+            &[&a, &b],
+            &out,
+            &["--workers", workers, "--batch-size", batch],
+        );
+        let (_, rows) = read_csv(&out);
+        assert_eq!(rows.len(), rab.len());
+        for (x, y) in rows.iter().zip(&rab) {
+            assert_eq!(x.0, y.0);
+            let diff = x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs());
+            assert!(
+                diff.fold(0.0, f64::max) < 1e-5,
+                "{workers} workers, batch {batch}: row {} moved",
+                x.0
+            );
+        }
+    }
+
+    // Each row holds the model's output on that window: model A run by ONNX Runtime in Python
+    // on the features `birdclef-infer features` writes for one file.
+    let npy = csv("site3.npy");
+    let (code, _, err) = infer(
+        &["features", "--card"],
+        &[&card, &audio.join("site3.wav"), Path::new("--out"), &npy],
+    );
+    assert_eq!(code, 0, "{err}");
+    let script = "import sys, numpy as np, onnxruntime as ort\n\
+        s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
+        x = np.load(sys.argv[2])\n\
+        p = 1 / (1 + np.exp(-s.run(None, {s.get_inputs()[0].name: x})[0]))\n\
+        print('\\n'.join(','.join(f'{v:.9g}' for v in r) for r in p))";
+    let out = Command::new(birdclef::venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(&a)
+        .arg(&npy)
+        .output()
+        .expect("run the venv's python (scripts/setup.sh makes it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python: Vec<Vec<f64>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(',').map(|v| v.parse().expect("number")).collect())
+        .collect();
+    let site3: Vec<_> = ra.iter().filter(|r| r.0.starts_with("site3_")).collect();
+    assert_eq!(site3.len(), python.len(), "one row per window");
+    for (i, (row, p)) in site3.iter().zip(&python).enumerate() {
+        assert_eq!(row.0, format!("site3_{}", 5 * (i + 1)));
+        let diff = row.1.iter().zip(p).map(|(x, y)| (x - y).abs());
+        assert!(
+            diff.fold(0.0, f64::max) < 1e-5,
+            "{}: {:?} vs {p:?}",
+            row.0,
+            row.1
+        );
+    }
+
     // Column order from a sample submission; a species the models do not know gets 0.
     let sample = csv("sample_submission.csv");
     std::fs::write(&sample, "row_id,houspa,newbird,amerob\nx_5,0,0,0\n").expect("write");

@@ -3,7 +3,7 @@ mod features;
 use birdclef_infer::ort_env;
 use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
-use birdclef_infer::runner::{fmt_secs, RunConfig};
+use birdclef_infer::runner::{fmt_secs, RunConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::shard::ShardSpec;
 
 use std::io::IsTerminal;
@@ -31,8 +31,8 @@ struct Cli {
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then python3's onnxruntime).
     #[arg(long, global = true, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
-    /// Threads decoding audio and computing features [default: a quarter of the cores, at
-    /// least 1].
+    /// Threads of the `features` and `demo` subcommands [default: the number of cores]; scoring
+    /// uses --workers.
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
     #[command(flatten)]
@@ -93,11 +93,12 @@ struct PredictArgs {
     /// With --time-limit: once the projection exceeds it, start no new files; their rows get 0.0.
     #[arg(long, requires = "time_limit")]
     strict: bool,
-    /// Windows per inference batch.
-    #[arg(long, default_value_t = 48)]
+    /// Windows per inference batch (small batches keep activations in the CPU cache).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: usize,
-    /// Inference workers, each running its own ONNX Runtime sessions on its own batches
-    /// [default: the number of cores]. Parallel single-threaded sessions outrun intra-op threads.
+    /// Worker threads, each decoding, computing features and running its own ONNX Runtime
+    /// sessions of every model [default: the number of cores]. Parallel single-threaded sessions
+    /// outrun intra-op threads.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// ONNX Runtime intra-op threads per session.
@@ -207,7 +208,7 @@ fn run(cli: Cli) -> Result<u8> {
             .map_err(|e| anyhow::anyhow!("cannot start {n} worker threads: {e}"))?;
     }
     let Some(command) = cli.command else {
-        return submission(cli.predict, cli.ort_lib, cli.threads);
+        return submission(cli.predict, cli.ort_lib);
     };
     if !cli.predict.models.is_empty()
         || !cli.predict.soundscapes.is_empty()
@@ -251,14 +252,13 @@ fn run(cli: Cli) -> Result<u8> {
     Ok(0)
 }
 
-fn submission(args: PredictArgs, ort_lib: Option<PathBuf>, threads: Option<usize>) -> Result<u8> {
+fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
     let Some(out) = args.out else {
         bail!("--out is required");
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let decode_threads = threads.unwrap_or((cores / 4).max(1));
     let opts = PredictOptions {
         models: args.models,
         soundscapes: args.soundscapes,
@@ -272,14 +272,13 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>, threads: Option<usize
         raven_dir: args.raven_dir,
         threshold: args.threshold,
         run: RunConfig {
-            decode_threads,
+            workers: args.workers.unwrap_or(cores).max(1),
             batch_size: args.batch_size,
             time_limit: args.time_limit,
             strict: args.strict,
             progress: args.progress || std::io::stderr().is_terminal(),
         },
         ort_threads: args.ort_threads,
-        workers: args.workers.unwrap_or(cores).max(1),
         ort_lib,
     };
     let summary = predict(&opts)?;

@@ -47,12 +47,10 @@ pub struct PredictOptions {
     pub raven_dir: Option<PathBuf>,
     /// Probability threshold for detections.
     pub threshold: f32,
-    /// Decode threads, batch size, time limit, progress.
+    /// Workers, batch size, time limit, progress.
     pub run: RunConfig,
     /// ONNX Runtime intra-op threads per session.
     pub ort_threads: usize,
-    /// Inference workers, each with its own sessions of every model.
-    pub workers: usize,
     /// Explicit ONNX Runtime library.
     pub ort_lib: Option<PathBuf>,
 }
@@ -152,10 +150,6 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
     check_ensemble(&first)?;
     let labels = first[0].card.labels.clone();
     let frontend = first[0].card.frontend.clone();
-    let mut model_sets = vec![first];
-    for _ in 1..opts.workers.max(1) {
-        model_sets.push(load_set()?);
-    }
     let columns = column_order(
         &labels,
         opts.sample_submission.as_deref(),
@@ -179,7 +173,8 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
         warnings.push("no audio files to score: the submission has the header only".into());
     }
 
-    let out = runner::run(&files, model_sets, &opts.run)?;
+    let out = runner::run(&files, first, load_set, &opts.run)?;
+    warnings.extend(out.warnings.iter().cloned());
     let (n_models, k) = (out.models, out.classes);
 
     // Per model, every file's rows stacked, so rank ensembling sees all rows of the run.

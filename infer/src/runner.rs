@@ -1,39 +1,48 @@
-//! The scoring pipeline: decode and frontend on worker threads, batched ONNX Runtime inference on
-//! the calling thread, in bounded memory.
+//! The scoring pipeline: every worker thread decodes, computes features and runs its own ONNX
+//! Runtime sessions, in bounded memory.
 //!
-//! Workers (a rayon pool of `decode_threads`) take one file at a time, stream-decode it
-//! ([`AudioStream`]), cut 5-s windows as samples arrive and compute each window's features once
-//! per distinct frontend among the models. Windows travel through a bounded channel, so however
-//! long a file is, only a few batches of features exist at once. The calling thread gathers
-//! windows from any files into batches, runs every model on its frontend's features, and stores
-//! sigmoid probabilities per file, window and model.
+//! A worker (one per core by default) repeatedly takes the most useful job: a full batch of
+//! decoded windows to run through every model; else the next piece of a file that is being
+//! decoded ([`AudioStream`], one `batch` of 5-s windows cut as samples arrive, features computed
+//! once per distinct frontend among the models); else the next file; at the very end, whatever
+//! windows are left. So no core is oversubscribed, a batch is usually inferred by the core that
+//! just computed its features (still in its cache), the share of decoding and inference adapts to
+//! the number of models, and the last files are shared out window by window rather than leaving
+//! cores idle. However long a file is, only a few batches of features exist at once: a piece is
+//! decoded only while fewer than a batch of windows are waiting.
+//!
+//! Small batches run faster on the CPU than large ones (on the 2-core development machine, 8
+//! windows of 1×224×224 gave 1.2-1.6× the windows/s of 48, whose activations no longer fit in
+//! the cache); see `bench/infer.sh`.
 //!
 //! A file that cannot be decoded does not stop the run: the windows decoded before the failure
 //! keep their predictions; the rest of the file (as long as its header says it is, at least one
 //! window) gets the fallback probability [`FALLBACK_PROBABILITY`], and the failure is reported.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Mutex, PoisonError};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use birdclef_models::audio::{AudioError, AudioStream};
+use birdclef_models::audio::AudioStream;
 use birdclef_models::frontend::{Frontend, FrontendConfig};
-use rayon::prelude::*;
 
 use crate::model::OnnxModel;
 
 /// The probability given to every species in windows whose audio could not be decoded.
 pub const FALLBACK_PROBABILITY: f32 = 0.0;
 
+/// Windows per inference batch unless told otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// Threads decoding audio and computing features.
-    pub decode_threads: usize,
-    /// Windows per inference batch.
+    /// Worker threads, each decoding, computing features and running its own sessions of every
+    /// model.
+    pub workers: usize,
+    /// Windows per inference batch (and per piece of a file decoded at once).
     pub batch_size: usize,
     /// Warn when the projected total time exceeds this.
     pub time_limit: Option<Duration>,
@@ -82,22 +91,44 @@ pub struct RunOutput {
     pub elapsed: Duration,
     /// Windows that went through the models.
     pub windows_inferred: usize,
+    /// Things the user should know that did not stop the run.
+    pub warnings: Vec<String>,
 }
 
-enum Msg {
-    Window {
-        file: usize,
-        index: usize,
-        /// One feature vector per distinct frontend.
-        features: Vec<Vec<f32>>,
-    },
-    Done {
-        file: usize,
-        windows: usize,
-        expected: usize,
-        seconds: f64,
-        error: Option<String>,
-    },
+/// Up to a batch of decoded windows of one file, ready for the models.
+struct Piece {
+    file: usize,
+    /// Index of the first window in its file.
+    first: usize,
+    /// Number of windows.
+    windows: usize,
+    /// Per distinct frontend, the model inputs of all windows back to back: the batch tensor.
+    inputs: Vec<Vec<f32>>,
+}
+
+/// A file whose decoding has started, parked between pieces.
+struct OpenFile {
+    file: usize,
+    stream: AudioStream,
+    /// Windows its header promises (the rows it keeps if decoding fails later).
+    expected: usize,
+    /// Decoded samples not yet cut into a window.
+    buf: Vec<f32>,
+    /// Windows cut so far.
+    windows: usize,
+    /// Samples decoded so far.
+    samples: usize,
+}
+
+/// How a file's decoding ended.
+struct Finished {
+    file: usize,
+    /// Windows with real predictions (or on their way to them).
+    windows: usize,
+    /// Rows the file gets.
+    rows: usize,
+    seconds: f64,
+    error: Option<String>,
 }
 
 /// Windows a file of `seconds` (from its header) is expected to have.
@@ -107,95 +138,343 @@ fn expected_windows(cfg: &FrontendConfig, seconds: Option<f64>) -> usize {
         .unwrap_or(1)
 }
 
-/// Decode one file and send its windows; always ends with a `Done`.
-fn process_file(
-    file: usize,
-    path: &Path,
-    frontends: &[Frontend],
-    tx: &SyncSender<Msg>,
-    stop: &AtomicBool,
-) {
-    let policy = frontends[0].config().clone();
-    let w = policy.window_samples();
-    let done = |windows, expected, seconds, error| {
-        let _ = tx.send(Msg::Done {
-            file,
-            windows,
-            expected,
-            seconds,
-            error,
-        });
-    };
-    if stop.load(Ordering::Relaxed) {
-        // Not started for lack of time: rows come from the header's duration.
-        let expected = AudioStream::open(path)
-            .map(|s| expected_windows(&policy, s.source_info().duration_seconds()))
-            .unwrap_or(1);
-        return done(
-            0,
-            expected,
-            0.0,
-            Some("skipped: the time limit was reached".into()),
-        );
+/// What a worker does next.
+enum Job {
+    Infer(Piece),
+    Decode(Box<OpenFile>),
+    Open(usize),
+    Finish,
+}
+
+/// Everything the workers share, behind one lock.
+struct Shared {
+    /// The next file nobody has opened yet.
+    next_file: usize,
+    /// Files being decoded that no worker holds right now.
+    parked: Vec<OpenFile>,
+    /// Decoded pieces waiting for inference.
+    ready: VecDeque<Piece>,
+    /// Input buffers of inferred pieces, for the next pieces to fill.
+    spare: Vec<Vec<Vec<f32>>>,
+    /// Workers decoding a piece right now (they may add windows or park a file).
+    decoding: usize,
+    /// Start no new files (`--strict` and the time limit, or an error).
+    stop: bool,
+    scores: Vec<FileScores>,
+    files_done: usize,
+    bytes_done: u64,
+    warned: bool,
+    skipped_for_time: usize,
+    windows_inferred: usize,
+    warnings: Vec<String>,
+    error: Option<anyhow::Error>,
+    progress: Progress,
+}
+
+/// What every worker reads.
+struct Ctx<'a> {
+    files: &'a [PathBuf],
+    sizes: Vec<u64>,
+    total_bytes: u64,
+    frontends: Vec<Frontend>,
+    /// For each model, the index of its frontend in `frontends`.
+    model_frontend: Vec<usize>,
+    n_models: usize,
+    classes: usize,
+    batch: usize,
+    cfg: &'a RunConfig,
+    start: Instant,
+    shared: Mutex<Shared>,
+    /// Signalled whenever windows arrive, a file is parked, or decoding ends.
+    changed: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Ctx<'_> {
+    /// The window policy every model shares (checked by [`crate::model::check_ensemble`]).
+    fn policy(&self) -> &FrontendConfig {
+        self.frontends[0].config()
     }
-    let mut stream = match AudioStream::open(path) {
-        Ok(s) => s,
-        Err(e) => return done(0, 1, 0.0, Some(e.to_string())),
-    };
-    let expected = expected_windows(&policy, stream.source_info().duration_seconds());
-    let mut buf: Vec<f32> = Vec::with_capacity(2 * w);
-    let mut index = 0;
-    let mut total = 0usize;
-    let send_window = |clip: &[f32], index: usize| {
-        let features = frontends
-            .iter()
-            .map(|fe| fe.compute_clip(clip).into_raw_vec_and_offset().0)
-            .collect();
-        tx.send(Msg::Window {
+
+    /// Wait for the next job.
+    fn next_job(&self) -> Job {
+        let mut sh = lock(&self.shared);
+        loop {
+            if sh.error.is_some() {
+                return Job::Finish;
+            }
+            if let Some(piece) = sh.ready.pop_front() {
+                return Job::Infer(piece);
+            }
+            if let Some(f) = sh.parked.pop() {
+                sh.decoding += 1;
+                return Job::Decode(Box::new(f));
+            }
+            if sh.next_file < self.files.len() {
+                let i = sh.next_file;
+                sh.next_file += 1;
+                sh.decoding += 1;
+                return Job::Open(i);
+            }
+            if sh.decoding == 0 {
+                return Job::Finish;
+            }
+            sh = self
+                .changed
+                .wait(sh)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// An empty piece of `file` starting at window `first`, with buffers for a batch.
+    fn piece(&self, file: usize, first: usize) -> Piece {
+        let inputs = lock(&self.shared).spare.pop().unwrap_or_else(|| {
+            self.frontends
+                .iter()
+                .map(|fe| {
+                    let [c, h, w] = fe.config().input_shape();
+                    Vec::with_capacity(self.batch * c * h * w)
+                })
+                .collect()
+        });
+        Piece {
             file,
-            index,
-            features,
-        })
-        .is_ok()
-    };
-    let mut error: Option<AudioError> = None;
-    loop {
-        let before = buf.len();
-        match stream.read_into(&mut buf) {
-            Ok(true) => {
-                total += buf.len() - before;
-                while buf.len() >= w {
-                    if !send_window(&buf[..w], index) {
-                        return;
-                    }
-                    index += 1;
-                    buf.drain(..w);
+            first,
+            windows: 0,
+            inputs,
+        }
+    }
+
+    /// Append the model inputs of `clip` (every frontend) to `piece`.
+    fn push_window(&self, piece: &mut Piece, clip: &[f32]) {
+        for (fe, buf) in self.frontends.iter().zip(&mut piece.inputs) {
+            let [c, h, w] = fe.config().input_shape();
+            let start = buf.len();
+            buf.resize(start + c * h * w, 0.0);
+            fe.compute_clip_into(clip, &mut buf[start..]);
+        }
+        piece.windows += 1;
+    }
+
+    /// Open file `i` and decode its first piece; a file that cannot be opened, or is not started
+    /// because of the time limit, is finished at once.
+    fn open(&self, i: usize) {
+        let path = &self.files[i];
+        let policy = self.policy();
+        if lock(&self.shared).stop {
+            // Not started for lack of time: rows come from the header's duration.
+            let rows = AudioStream::open(path)
+                .map(|s| expected_windows(policy, s.source_info().duration_seconds()))
+                .unwrap_or(1);
+            return self.finish_decoding(
+                None,
+                Finished {
+                    file: i,
+                    windows: 0,
+                    rows,
+                    seconds: 0.0,
+                    error: Some("skipped: the time limit was reached".into()),
+                },
+            );
+        }
+        match AudioStream::open(path) {
+            Ok(stream) => {
+                let expected = expected_windows(policy, stream.source_info().duration_seconds());
+                self.decode(Box::new(OpenFile {
+                    file: i,
+                    stream,
+                    expected,
+                    buf: Vec::with_capacity(2 * policy.window_samples()),
+                    windows: 0,
+                    samples: 0,
+                }));
+            }
+            Err(e) => self.finish_decoding(
+                None,
+                Finished {
+                    file: i,
+                    windows: 0,
+                    rows: 1,
+                    seconds: 0.0,
+                    error: Some(e.to_string()),
+                },
+            ),
+        }
+    }
+
+    /// Decode the next piece of `f` (up to a batch of windows), then park it or finish it.
+    fn decode(&self, mut f: Box<OpenFile>) {
+        let policy = self.policy();
+        let w = policy.window_samples();
+        let mut piece = self.piece(f.file, f.windows);
+        let mut ended = None;
+        while piece.windows < self.batch {
+            if f.buf.len() >= w {
+                self.push_window(&mut piece, &f.buf[..w]);
+                f.windows += 1;
+                f.buf.drain(..w);
+                continue;
+            }
+            let before = f.buf.len();
+            let read = f.stream.read_into(&mut f.buf);
+            f.samples += f.buf.len() - before;
+            match read {
+                Ok(true) => {}
+                Ok(false) => {
+                    ended = Some(None);
+                    break;
+                }
+                Err(e) => {
+                    ended = Some(Some(e.to_string()));
+                    break;
                 }
             }
-            Ok(false) => break,
-            Err(e) => {
-                total += buf.len() - before;
-                error = Some(e);
-                break;
+        }
+        let Some(error) = ended else {
+            let mut sh = lock(&self.shared);
+            sh.ready.push_back(piece);
+            sh.parked.push(*f);
+            sh.decoding -= 1;
+            drop(sh);
+            self.changed.notify_all();
+            return;
+        };
+        // The last, partial window, when the window policy keeps it (long enough, or all the file
+        // has). A file that decoded nothing gets no window here: its row is a fallback. (At most
+        // one window's worth of samples is left: a piece that is not full ended the loop.)
+        if f.samples > 0 && policy.window_count(f.samples) > f.windows {
+            self.push_window(&mut piece, &f.buf);
+            f.windows += 1;
+        }
+        // A clean decode's own window count is authoritative; a failed file keeps the rows its
+        // header promised, so the submission has them all.
+        let rows = match error {
+            Some(_) => f.expected.max(f.windows),
+            None => f.windows,
+        };
+        self.finish_decoding(
+            Some(piece),
+            Finished {
+                file: f.file,
+                windows: f.windows,
+                rows: rows.max(1),
+                seconds: f.samples as f64 / f64::from(policy.sample_rate),
+                error,
+            },
+        );
+    }
+
+    /// Record a file whose decoding ended, with its last windows; check the time limit.
+    fn finish_decoding(&self, last: Option<Piece>, done: Finished) {
+        let mut sh = lock(&self.shared);
+        let sh = &mut *sh;
+        sh.ready.extend(last.filter(|p| p.windows > 0));
+        sh.decoding -= 1;
+        let s = &mut sh.scores[done.file];
+        s.windows = done.rows;
+        s.seconds = done.seconds;
+        if let Some(reason) = done.error {
+            if reason.starts_with("skipped:") {
+                sh.skipped_for_time += 1;
+            }
+            s.failure = Some(Failure {
+                reason,
+                decoded_windows: done.windows,
+            });
+        }
+        sh.files_done += 1;
+        sh.bytes_done += self.sizes[done.file];
+        if let Some(limit) = self.cfg.time_limit {
+            let elapsed = self.start.elapsed().as_secs_f64();
+            let projected = elapsed * self.total_bytes as f64 / sh.bytes_done as f64;
+            if projected > limit.as_secs_f64() && sh.files_done >= 3 && !sh.warned {
+                sh.warned = true;
+                eprintln!(
+                    "\nwarning: projected total {} exceeds the time limit {} ({} of {} files in {}){}",
+                    fmt_secs(projected),
+                    fmt_secs(limit.as_secs_f64()),
+                    sh.files_done,
+                    self.files.len(),
+                    fmt_secs(elapsed),
+                    if self.cfg.strict {
+                        "; --strict: no new files are started, the rest get fallback rows"
+                    } else {
+                        ""
+                    }
+                );
+                if self.cfg.strict {
+                    sh.stop = true;
+                }
+            }
+        }
+        let (done, windows) = (sh.files_done, sh.windows_inferred);
+        sh.progress.tick(done, self.files.len(), windows, false);
+        self.changed.notify_all();
+    }
+
+    /// Run every model on `piece` (outside the lock), then store sigmoid probabilities.
+    fn infer(&self, models: &mut [OnnxModel], piece: Piece) -> Result<()> {
+        let n = piece.windows;
+        let k = self.classes;
+        let mut probs = Vec::with_capacity(models.len());
+        for (m, model) in models.iter_mut().enumerate() {
+            let logits = model.run(&piece.inputs[self.model_frontend[m]], n)?;
+            probs.push(
+                logits
+                    .iter()
+                    .map(|&l| 1.0 / (1.0 + (-l).exp()))
+                    .collect::<Vec<f32>>(),
+            );
+        }
+        let n_models = self.n_models;
+        let mut sh = lock(&self.shared);
+        let stored = &mut sh.scores[piece.file].probs;
+        let need = (piece.first + n) * n_models * k;
+        if stored.len() < need {
+            stored.resize(need, FALLBACK_PROBABILITY);
+        }
+        for row in 0..n {
+            for (m, p) in probs.iter().enumerate() {
+                let at = ((piece.first + row) * n_models + m) * k;
+                stored[at..at + k].copy_from_slice(&p[row * k..(row + 1) * k]);
+            }
+        }
+        sh.windows_inferred += n;
+        let mut inputs = piece.inputs;
+        inputs.iter_mut().for_each(Vec::clear);
+        sh.spare.push(inputs);
+        Ok(())
+    }
+
+    /// Stop the run with `e` (the first error wins); every worker finishes.
+    fn fail(&self, e: anyhow::Error) {
+        let mut sh = lock(&self.shared);
+        sh.stop = true;
+        if sh.error.is_none() {
+            sh.error = Some(e);
+        }
+        drop(sh);
+        self.changed.notify_all();
+    }
+
+    /// One worker: jobs until there are none.
+    fn work(&self, models: &mut [OnnxModel]) {
+        loop {
+            match self.next_job() {
+                Job::Finish => break,
+                Job::Infer(piece) => {
+                    if let Err(e) = self.infer(models, piece) {
+                        self.fail(e);
+                    }
+                }
+                Job::Decode(f) => self.decode(f),
+                Job::Open(i) => self.open(i),
             }
         }
     }
-    // The last, partial window, when the window policy keeps it (long enough, or all the file
-    // has). A file that decoded nothing gets no window here: its row is a fallback.
-    if total > 0 && policy.window_count(total) > index {
-        if !send_window(&buf, index) {
-            return;
-        }
-        index += 1;
-    }
-    let seconds = total as f64 / f64::from(policy.sample_rate);
-    // A clean decode's own window count is authoritative; a failed file keeps the rows its
-    // header promised, so the submission has them all.
-    let rows = match error {
-        Some(_) => expected.max(index),
-        None => index,
-    };
-    done(index, rows.max(1), seconds, error.map(|e| e.to_string()));
 }
 
 struct Progress {
@@ -242,32 +521,24 @@ pub fn fmt_secs(s: f64) -> String {
     }
 }
 
-/// What the inference workers share.
-struct State {
-    scores: Vec<FileScores>,
-    files_done: usize,
-    bytes_done: u64,
-    warned: bool,
-    skipped_for_time: usize,
-    windows_inferred: usize,
-    error: Option<anyhow::Error>,
-    progress: Progress,
-}
-
-/// Score `files` with every model. `model_sets` holds one copy of the ensemble per inference
-/// worker (each worker runs its own sessions on its own batches: ONNX Runtime gains more from
-/// parallel single-threaded sessions than from intra-op threads). The sets must agree (see
-/// [`crate::model::check_ensemble`]).
-pub fn run(
+/// Score `files` with the ensemble `models` on `cfg.workers` threads. Worker 0 uses `models`; each
+/// other worker builds its own sessions with `load` on its own thread, while the others already
+/// work (ONNX Runtime gains more from parallel single-threaded sessions than from intra-op
+/// threads). A worker whose sessions cannot be built leaves the work to the others, with a
+/// warning. The models must agree (see [`crate::model::check_ensemble`]).
+pub fn run<L>(
     files: &[PathBuf],
-    model_sets: Vec<Vec<OnnxModel>>,
+    models: Vec<OnnxModel>,
+    load: L,
     cfg: &RunConfig,
-) -> Result<RunOutput> {
+) -> Result<RunOutput>
+where
+    L: Fn() -> Result<Vec<OnnxModel>> + Sync,
+{
     let start = Instant::now();
-    let models = model_sets
-        .first()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| anyhow!("no models"))?;
+    if models.is_empty() {
+        return Err(anyhow!("no models"));
+    }
     let classes = models[0].classes();
     let n_models = models.len();
     // Distinct frontends, computed once each.
@@ -294,219 +565,96 @@ pub fn run(
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0).max(1))
         .collect();
     let total_bytes: u64 = sizes.iter().sum();
-    let batch = cfg.batch_size.max(1);
-    let workers = model_sets.len();
-    let (tx, rx) = sync_channel::<Msg>(4 * batch * workers);
-    let rx = Mutex::new(rx);
-    let stop = AtomicBool::new(false);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.decode_threads.max(1))
-        .thread_name(|i| format!("decode-{i}"))
-        .build()
-        .map_err(|e| anyhow!("cannot start decode threads: {e}"))?;
-    let state = Mutex::new(State {
-        scores: files
-            .iter()
-            .map(|p| FileScores {
-                path: p.clone(),
-                probs: Vec::new(),
-                windows: 0,
-                failure: None,
-                seconds: 0.0,
-            })
-            .collect(),
-        files_done: 0,
-        bytes_done: 0,
-        warned: false,
-        skipped_for_time: 0,
-        windows_inferred: 0,
-        error: None,
-        progress: Progress {
-            start,
-            last: start,
-            enabled: cfg.progress,
-        },
-    });
-
-    std::thread::scope(|scope| {
-        let frontends = &frontends;
-        let stop = &stop;
-        scope.spawn(move || {
-            pool.install(|| {
-                files
-                    .par_iter()
-                    .enumerate()
-                    .for_each_with(tx, |tx, (i, p)| process_file(i, p, frontends, tx, stop));
-            });
-        });
-        for mut set in model_sets {
-            let (rx, state, sizes, model_frontend) = (&rx, &state, &sizes, &model_frontend);
-            scope.spawn(move || {
-                let mut consumer = Consumer {
-                    models: &mut set,
-                    model_frontend,
-                    classes,
-                    pending: Vec::new(),
-                    inputs: vec![Vec::new(); frontends.len()],
+    let ctx = Ctx {
+        files,
+        total_bytes,
+        sizes,
+        frontends,
+        model_frontend,
+        n_models,
+        classes,
+        batch: cfg.batch_size.max(1),
+        cfg,
+        start,
+        shared: Mutex::new(Shared {
+            next_file: 0,
+            parked: Vec::new(),
+            ready: VecDeque::new(),
+            spare: Vec::new(),
+            decoding: 0,
+            stop: false,
+            scores: files
+                .iter()
+                .map(|p| FileScores {
+                    path: p.clone(),
                     probs: Vec::new(),
-                };
-                let fail = |e: anyhow::Error| {
-                    // Keep draining the channel so no decoder blocks; start no new files.
-                    stop.store(true, Ordering::Relaxed);
-                    let mut st = lock(state);
-                    if st.error.is_none() {
-                        st.error = Some(e);
-                    }
-                };
-                loop {
-                    let msg = lock(rx).recv();
-                    let Ok(msg) = msg else { break };
-                    match msg {
-                        Msg::Window {
-                            file,
-                            index,
-                            features,
-                        } => {
-                            consumer.push(file, index, features);
-                            if consumer.pending.len() >= batch {
-                                if let Err(e) = consumer.flush(state, n_models) {
-                                    fail(e);
-                                }
-                            }
-                        }
-                        Msg::Done {
-                            file,
-                            windows,
-                            expected,
-                            seconds,
-                            error,
-                        } => {
-                            let mut st = lock(state);
-                            let st = &mut *st;
-                            let s = &mut st.scores[file];
-                            s.windows = expected;
-                            s.seconds = seconds;
-                            if let Some(reason) = error {
-                                if reason.starts_with("skipped:") {
-                                    st.skipped_for_time += 1;
-                                }
-                                s.failure = Some(Failure {
-                                    reason,
-                                    decoded_windows: windows,
-                                });
-                            }
-                            st.files_done += 1;
-                            st.bytes_done += sizes[file];
-                            if let Some(limit) = cfg.time_limit {
-                                let elapsed = start.elapsed().as_secs_f64();
-                                let projected =
-                                    elapsed * total_bytes as f64 / st.bytes_done as f64;
-                                if projected > limit.as_secs_f64() && st.files_done >= 3 && !st.warned
-                                {
-                                    st.warned = true;
-                                    eprintln!(
-                                        "\nwarning: projected total {} exceeds the time limit {} \
-                                         ({} of {} files in {}){}",
-                                        fmt_secs(projected),
-                                        fmt_secs(limit.as_secs_f64()),
-                                        st.files_done,
-                                        files.len(),
-                                        fmt_secs(elapsed),
-                                        if cfg.strict {
-                                            "; --strict: no new files are started, the rest get fallback rows"
-                                        } else {
-                                            ""
-                                        }
-                                    );
-                                    if cfg.strict {
-                                        stop.store(true, Ordering::Relaxed);
-                                    }
-                                }
-                            }
-                            let (done, windows) = (st.files_done, st.windows_inferred);
-                            st.progress.tick(done, files.len(), windows, false);
-                        }
-                    }
-                }
-                if let Err(e) = consumer.flush(state, n_models) {
-                    fail(e);
-                }
-            });
+                    windows: 0,
+                    failure: None,
+                    seconds: 0.0,
+                })
+                .collect(),
+            files_done: 0,
+            bytes_done: 0,
+            warned: false,
+            skipped_for_time: 0,
+            windows_inferred: 0,
+            warnings: Vec::new(),
+            error: None,
+            progress: Progress {
+                start,
+                last: start,
+                enabled: cfg.progress,
+            },
+        }),
+        changed: Condvar::new(),
+    };
+    // More workers than files still help: while one decodes a file, another infers its windows.
+    let extra = if files.is_empty() {
+        0
+    } else {
+        cfg.workers.max(1) - 1
+    };
+    std::thread::scope(|scope| {
+        let (ctx, load) = (&ctx, &load);
+        for k in 1..=extra {
+            let spawned = std::thread::Builder::new()
+                .name(format!("worker-{k}"))
+                .spawn_scoped(scope, move || match load() {
+                    Ok(mut set) => ctx.work(&mut set),
+                    Err(e) => lock(&ctx.shared).warnings.push(format!(
+                        "worker {k} could not build its ONNX Runtime sessions and did not run: {e:#}"
+                    )),
+                });
+            if let Err(e) = spawned {
+                lock(&ctx.shared)
+                    .warnings
+                    .push(format!("cannot start worker {k}: {e}"));
+            }
         }
+        let mut models = models;
+        ctx.work(&mut models);
     });
-    let mut st = state.into_inner().unwrap_or_else(PoisonError::into_inner);
-    if let Some(e) = st.error.take() {
+    let mut sh = ctx
+        .shared
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(e) = sh.error.take() {
         return Err(e);
     }
-    let (done, windows) = (st.files_done, st.windows_inferred);
-    st.progress.tick(done, files.len(), windows, true);
+    let (done, windows) = (sh.files_done, sh.windows_inferred);
+    sh.progress.tick(done, files.len(), windows, true);
     // Fill rows that never got a prediction with the fallback value.
-    for s in &mut st.scores {
+    for s in &mut sh.scores {
         s.probs
             .resize(s.windows * n_models * classes, FALLBACK_PROBABILITY);
     }
     Ok(RunOutput {
-        files: st.scores,
+        files: sh.scores,
         models: n_models,
         classes,
-        skipped_for_time: st.skipped_for_time,
+        skipped_for_time: sh.skipped_for_time,
         elapsed: start.elapsed(),
-        windows_inferred: st.windows_inferred,
+        windows_inferred: sh.windows_inferred,
+        warnings: sh.warnings,
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-struct Consumer<'a> {
-    models: &'a mut [OnnxModel],
-    model_frontend: &'a [usize],
-    classes: usize,
-    pending: Vec<(usize, usize)>,
-    inputs: Vec<Vec<f32>>,
-    /// Sigmoid outputs of the last batch, `[model][row * classes + class]`.
-    probs: Vec<Vec<f32>>,
-}
-
-impl Consumer<'_> {
-    fn push(&mut self, file: usize, index: usize, features: Vec<Vec<f32>>) {
-        self.pending.push((file, index));
-        for (buf, f) in self.inputs.iter_mut().zip(features) {
-            buf.extend_from_slice(&f);
-        }
-    }
-
-    /// Run every model on the pending windows (outside the lock), then store the sigmoid
-    /// probabilities.
-    fn flush(&mut self, state: &Mutex<State>, n_models: usize) -> Result<()> {
-        let n = self.pending.len();
-        if n == 0 {
-            return Ok(());
-        }
-        let k = self.classes;
-        self.probs.clear();
-        for (m, model) in self.models.iter_mut().enumerate() {
-            let logits = model.run(&self.inputs[self.model_frontend[m]], n)?;
-            self.probs
-                .push(logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect());
-        }
-        let mut st = lock(state);
-        for (row, &(file, index)) in self.pending.iter().enumerate() {
-            let probs = &mut st.scores[file].probs;
-            let need = (index + 1) * n_models * k;
-            if probs.len() < need {
-                probs.resize(need, FALLBACK_PROBABILITY);
-            }
-            for (m, p) in self.probs.iter().enumerate() {
-                probs[(index * n_models + m) * k..(index * n_models + m + 1) * k]
-                    .copy_from_slice(&p[row * k..(row + 1) * k]);
-            }
-        }
-        st.windows_inferred += n;
-        drop(st);
-        self.pending.clear();
-        self.inputs.iter_mut().for_each(Vec::clear);
-        Ok(())
-    }
 }

@@ -569,17 +569,32 @@ impl Frontend {
 
     /// The model input of a single clip (zero-padded or cut to one window): `[channels, mels, frames]`.
     pub fn compute_clip(&self, clip: &[f32]) -> ndarray::Array3<f32> {
+        let [channels, n_mels, frames] = self.cfg.input_shape();
+        let mut out = vec![0.0; channels * n_mels * frames];
+        self.compute_clip_into(clip, &mut out);
+        ndarray::Array3::from_shape_vec((channels, n_mels, frames), out)
+            .expect("the buffer has the input shape")
+    }
+
+    /// [`Self::compute_clip`] written into `out` (row-major `[channels, mels, frames]`, of the
+    /// card's input size), so that a batch can be filled in place.
+    ///
+    /// # Panics
+    /// When `out` is not `channels × mels × frames` long.
+    pub fn compute_clip_into(&self, clip: &[f32], out: &mut [f32]) {
+        let [channels, n_mels, frames] = self.cfg.input_shape();
+        let plane = n_mels * frames;
+        assert_eq!(out.len(), channels * plane, "output buffer size");
         let mut scratch = self.scratch();
         let mut clip_buf = Vec::new();
         let samples = self.window_samples_of(clip, 0, &mut clip_buf);
-        let [channels, n_mels, frames] = self.cfg.input_shape();
-        let mut out = ndarray::Array3::<f32>::zeros((channels, n_mels, frames));
-        let mut image = ndarray::Array2::<f32>::zeros((n_mels, frames));
-        self.image_into(samples, &mut scratch, &mut image.view_mut());
-        for mut ch in out.axis_iter_mut(Axis(0)) {
-            ch.assign(&image);
+        let (first, rest) = out.split_at_mut(plane);
+        let mut image = ArrayViewMut2::from_shape((n_mels, frames), &mut *first)
+            .expect("the plane has the image shape");
+        self.image_into(samples, &mut scratch, &mut image);
+        for ch in rest.chunks_exact_mut(plane) {
+            ch.copy_from_slice(first);
         }
-        out
     }
 
     /// Window `i` of `samples`, zero-padded to a full window when it runs past the end.

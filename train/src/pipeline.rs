@@ -37,7 +37,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use birdclef_export::export::{export_checkpoint, ExportOptions};
 use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
-use birdclef_infer::runner::RunConfig;
+use birdclef_infer::runner::{RunConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::score::score;
 use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
 use birdclef_models::synth::{write_competition, CompetitionSpec};
@@ -438,14 +438,13 @@ fn infer_test(
         raven_dir: None,
         threshold: 0.5,
         run: RunConfig {
-            decode_threads: cores,
-            batch_size: 32,
+            workers: cores,
+            batch_size: DEFAULT_BATCH_SIZE,
             time_limit: None,
             strict: false,
             progress: false,
         },
         ort_threads: 1,
-        workers: cores,
         ort_lib: opts.ort_lib.clone(),
     })?;
     for w in &s.warnings {
