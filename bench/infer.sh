@@ -2,15 +2,17 @@
 # birdclef-infer end to end vs raw ONNX Runtime vs a Kaggle-style Python pipeline, in one run,
 # on ../shared/data/bench_soundscapes (each file linked COPIES times, default 4 -> 32 x 4 min).
 # Models: 5 efficientvit_b0 "folds" (init seeds 0-4, 182 classes, default card), exported.
-# birdclef-infer runs with its defaults (one inference worker per core, single-threaded ONNX
-# Runtime sessions, a quarter of the cores decoding); "raw" is the better of one 2-thread
-# session and two parallel 1-thread sessions, on precomputed inputs.
-#   bench/infer.sh [COPIES]
+# birdclef-infer runs with its defaults (one worker per core, each decoding and running its own
+# single-threaded ONNX Runtime sessions, batches of 8 windows); "raw" is the best of one 2-thread
+# session and two parallel 1-thread sessions, at batches of 8 and 48, on precomputed inputs.
+# Every figure is the best of REPEATS runs (default 3): this shared VM drifts by 10-20%.
+#   bench/infer.sh [COPIES] [REPEATS]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 copies="${1:-4}"
+repeats="${2:-3}"
 src="$root/../shared/data/bench_soundscapes"
 [ -d "$src" ] || { echo "needs $src" >&2; exit 1; }
 cargo build -q --release --workspace --bins
@@ -32,11 +34,13 @@ done
 py=.env/venv/bin/python
 files=("$work"/audio/*.ogg)
 n=${#files[@]}
-timed() { # prints wall seconds and peak RSS (MB) of a command
-  /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1
+timed() { # prints the wall seconds and peak RSS (KB) of the fastest of $repeats runs of a command
+  for _ in $(seq "$repeats"); do
+    /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1
+  done | sort -n | head -1
 }
-echo "raw onnxruntime (1 model, batch 48, 2 cores)..." >&2
-raw=$($py bench/infer_reference.py raw "$work/models/fold0.onnx" --threads 2 --seconds 20)
+echo "raw onnxruntime (1 model, batches of 8 and 48, 2 cores)..." >&2
+raw=$($py bench/infer_reference.py raw "$work/models/fold0.onnx" --threads 2 --repeats "$repeats")
 echo "birdclef-infer, 1 model..." >&2
 read -r t1 m1 < <(timed ./target/release/birdclef-infer --models "$work/models/fold0.onnx" \
   --soundscapes "$work/audio" --out "$work/sub1.csv")
@@ -44,7 +48,8 @@ echo "birdclef-infer, 5 models..." >&2
 read -r t5 m5 < <(timed ./target/release/birdclef-infer --models "$work"/models/fold{0,1,2,3,4}.onnx \
   --soundscapes "$work/audio" --out "$work/sub5.csv")
 echo "python reference, 1 model..." >&2
-ref=$($py bench/infer_reference.py pipeline "$work/models/fold0.onnx" "${files[@]}" --threads 2)
+ref=$($py bench/infer_reference.py pipeline "$work/models/fold0.onnx" "${files[@]}" --threads 2 \
+  --repeats "$repeats")
 $py - "$raw" "$ref" "$n" "$t1" "$m1" "$t5" "$m5" <<'PY'
 import json, sys
 raw, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -52,10 +57,13 @@ n, t1, m1, t5, m5 = int(sys.argv[3]), *map(float, sys.argv[4:8])
 w = n * 48
 r = raw["windows_per_second"]
 e1, e5 = w / t1, w / t5
-print(f"{n} soundscapes x 4 min ({w} windows), efficientvit_b0 182 classes, 2 cores")
+print(f"{n} soundscapes x 4 min ({w} windows), efficientvit_b0 182 classes, 2 cores, best of runs")
 print(f"{'run':<40} {'windows/s':>10} {'wall s':>8} {'peak MB':>8}")
-print(f"{'raw ORT, 1 model, 1 session x 2 threads':<40} {raw['one_session']:>10.1f}")
-print(f"{'raw ORT, 1 model, 2 sessions x 1 thread':<40} {raw['parallel_sessions']:>10.1f}")
+for key, value in raw.items():
+    if key.startswith(("one_session_b", "parallel_sessions_b")):
+        how, batch = key.rsplit("_b", 1)
+        how = "1 session x 2 threads" if how == "one_session" else "2 sessions x 1 thread"
+        print(f"{'raw ORT, 1 model, ' + how + ', batch ' + batch:<40} {value:>10.1f}")
 print(f"{'raw ORT, 5 models (= best raw / 5)':<40} {r / 5:>10.1f}")
 print(f"{'birdclef-infer, 1 model':<40} {e1:>10.1f} {t1:>8.1f} {m1 / 1024:>8.0f}")
 print(f"{'birdclef-infer, 5 models':<40} {e5:>10.1f} {t5:>8.1f} {m5 / 1024:>8.0f}")
