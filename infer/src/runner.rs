@@ -1,15 +1,15 @@
 //! The scoring pipeline: every worker thread decodes, computes features and runs its own ONNX
 //! Runtime sessions, in bounded memory.
 //!
-//! A worker (one per core by default) repeatedly takes the most useful job: a full batch of
-//! decoded windows to run through every model; else the next piece of a file that is being
-//! decoded ([`AudioStream`], one `batch` of 5-s windows cut as samples arrive, features computed
-//! once per distinct frontend among the models); else the next file; at the very end, whatever
-//! windows are left. So no core is oversubscribed, a batch is usually inferred by the core that
-//! just computed its features (still in its cache), the share of decoding and inference adapts to
-//! the number of models, and the last files are shared out window by window rather than leaving
-//! cores idle. However long a file is, only a few batches of features exist at once: a piece is
-//! decoded only while fewer than a batch of windows are waiting.
+//! A worker (one per core by default) repeatedly takes the most useful job: a decoded piece
+//! waiting for inference (up to a batch of one file's windows, run through every model); else the
+//! next piece of a file that is being decoded ([`AudioStream`], 5-s windows cut as samples arrive,
+//! features computed once per distinct frontend among the models, straight into the piece's batch
+//! tensor); else the next file. So no core is oversubscribed, a piece is usually inferred by the
+//! core that just computed its features (still in its cache), the share of decoding and inference
+//! adapts to the number of models, and the last file is shared out piece by piece rather than
+//! leaving cores idle. However long a file is, only a few pieces exist at once: a worker decodes
+//! only when no piece is waiting.
 //!
 //! Small batches run faster on the CPU than large ones (on the 2-core development machine, 8
 //! windows of 1×224×224 gave 1.2-1.6× the windows/s of 48, whose activations no longer fit in
