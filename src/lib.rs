@@ -215,6 +215,23 @@ pub fn venv_python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".env/venv/bin/python")
 }
 
+/// Run `script` with the venv's Python and `args` as `sys.argv[1:]`; its standard output.
+/// Panics with Python's standard error when it fails.
+pub fn run_python(script: &str, args: &[&Path]) -> Vec<u8> {
+    let out = Command::new(venv_python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run the venv's python (scripts/setup.sh makes it)");
+    assert!(
+        out.status.success(),
+        "python failed on {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Every dataset and attribute of a pseudo-label file, read with h5py, as JSON:
 /// `{"attrs": {...}, "<dataset>": {"shape": [...], "values": [...]}, ...}`.
 pub fn h5_dump(path: &Path) -> serde_json::Value {
@@ -233,17 +250,5 @@ with h5py.File(sys.argv[1], "r") as f:
         out[name] = {"shape": list(d.shape), "dtype": str(d.dtype), "values": v}
 print(json.dumps(out))
 "#;
-    let out = Command::new(venv_python())
-        .arg("-c")
-        .arg(script)
-        .arg(path)
-        .output()
-        .expect("run the venv's python (scripts/setup.sh makes it)");
-    assert!(
-        out.status.success(),
-        "h5py could not read {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("h5py dump is JSON")
+    serde_json::from_slice(&run_python(script, &[path])).expect("h5py dump is JSON")
 }

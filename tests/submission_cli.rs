@@ -225,19 +225,7 @@ fn ensembles_columns_shards_and_scores() {
         x = np.load(sys.argv[2])\n\
         p = 1 / (1 + np.exp(-s.run(None, {s.get_inputs()[0].name: x})[0]))\n\
         print('\\n'.join(','.join(f'{v:.9g}' for v in r) for r in p))";
-    let out = Command::new(birdclef::venv_python())
-        .arg("-c")
-        .arg(script)
-        .arg(&a)
-        .arg(&npy)
-        .output()
-        .expect("run the venv's python (scripts/setup.sh makes it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let python: Vec<Vec<f64>> = String::from_utf8_lossy(&out.stdout)
+    let python: Vec<Vec<f64>> = String::from_utf8_lossy(&birdclef::run_python(script, &[&a, &npy]))
         .lines()
         .map(|l| l.split(',').map(|v| v.parse().expect("number")).collect())
         .collect();

@@ -185,7 +185,7 @@ struct Ctx<'a> {
     cfg: &'a RunConfig,
     start: Instant,
     shared: Mutex<Shared>,
-    /// Signalled whenever windows arrive, a file is parked, or decoding ends.
+    /// Signalled whenever a piece arrives, a file is parked, decoding ends or the run fails.
     changed: Condvar,
 }
 
