@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use birdclef_models::audio::{decode_file, resample};
-use birdclef_models::frontend::{Frontend, FrontendConfig};
+use birdclef_models::frontend::{Frontend, FrontendConfig, Normalize};
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, TrackType};
@@ -77,6 +77,11 @@ fn main() -> Res<()> {
         .build_global()?;
     let nvbird = Frontend::new(FrontendConfig::nvbird224())?;
     let kefir = Frontend::new(FrontendConfig::kefir128())?;
+    // What `birdclef-train` cards use: nvbird224 plus per-image standardisation.
+    let nvbird_std = Frontend::new(FrontendConfig {
+        normalize: Normalize::ImageStandard,
+        ..FrontendConfig::nvbird224()
+    })?;
     let mut rows = Vec::new();
     for file in &args {
         let path = Path::new(file);
@@ -87,6 +92,7 @@ fn main() -> Res<()> {
         let at48 = resample(&decoded.samples, 32_000, 48_000)?;
         let (resample_ms, _) = best_ms(repeat, || Ok(resample(&at48, 48_000, 32_000)?))?;
         let (nvbird_ms, x) = best_ms(repeat, || Ok(nvbird.compute(&decoded.samples)))?;
+        let (std_ms, _) = best_ms(repeat, || Ok(nvbird_std.compute(&decoded.samples)))?;
         let (kefir_ms, _) = best_ms(repeat, || Ok(kefir.compute(&decoded.samples)))?;
         let name = path
             .file_name()
@@ -95,7 +101,7 @@ fn main() -> Res<()> {
         rows.push(serde_json::json!({
             "file": name, "seconds": decoded.duration_seconds(), "windows": x.shape()[0],
             "symphonia_ms": raw_ms, "decode_ms": decode_ms, "resample_48k_ms": resample_ms,
-            "mel_nvbird224_ms": nvbird_ms, "mel_kefir128_ms": kefir_ms,
+            "mel_nvbird224_ms": nvbird_ms, "mel_nvbird224_std_ms": std_ms, "mel_kefir128_ms": kefir_ms,
             "decode_plus_mel_ms": decode_ms + nvbird_ms,
         }));
     }
@@ -108,6 +114,7 @@ fn main() -> Res<()> {
         "decode_ms",
         "resample_48k_ms",
         "mel_nvbird224_ms",
+        "mel_nvbird224_std_ms",
         "mel_kefir128_ms",
         "decode_plus_mel_ms",
     ];

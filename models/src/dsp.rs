@@ -22,6 +22,50 @@ pub fn dot(x: &[f32], h: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The largest element (`-inf` for an empty slice; NaNs are skipped like `f32::max` does), kept
+/// in eight independent lanes: a single running maximum is a serial chain the compiler may not
+/// reorder.
+#[inline]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `Σ x` accumulated in `f64`, in four independent lanes (see [`max`]).
+#[inline]
+pub fn sum_f64(x: &[f32]) -> f64 {
+    lanes_f64(x, |v| v)
+}
+
+/// `Σ (x - mean)²` accumulated in `f64`, in four independent lanes.
+#[inline]
+pub fn sum_sq_dev_f64(x: &[f32], mean: f64) -> f64 {
+    lanes_f64(x, |v| (v - mean) * (v - mean))
+}
+
+#[inline(always)]
+fn lanes_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(f64::from(v))).sum();
+    for c in chunks {
+        for k in 0..4 {
+            acc[k] += f(f64::from(c[k]));
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// `log2(x)` for positive, normal `f32` (`x >= f32::MIN_POSITIVE`), about 1e-7 relative error.
 ///
 /// The exponent comes from the bits; the mantissa `m`, moved into `[√½, √2)`, goes through
@@ -53,6 +97,24 @@ mod tests {
             let naive: f32 = x.iter().zip(&h).map(|(a, b)| a * b).sum();
             assert!((dot(&x, &h) - naive).abs() < 1e-4, "n = {n}");
         }
+    }
+
+    #[test]
+    fn lane_reductions_match_serial_ones_for_all_tail_lengths() {
+        for n in 0..40usize {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 4.5).collect();
+            let want_max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max(&x), want_max, "n = {n}");
+            let want_sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
+            assert!((sum_f64(&x) - want_sum).abs() < 1e-9, "n = {n}");
+            let mean = want_sum / n.max(1) as f64;
+            let want_dev: f64 = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum();
+            assert!(
+                (sum_sq_dev_f64(&x, mean) - want_dev).abs() < 1e-9,
+                "n = {n}"
+            );
+        }
+        assert_eq!(max(&[1.0, f32::NAN, 3.0]), 3.0);
     }
 
     #[test]

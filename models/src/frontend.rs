@@ -20,10 +20,9 @@
 
 use std::sync::Arc;
 
+use crate::power::{PowerScratch, PowerSpectrum};
 use ndarray::{Array4, ArrayViewMut2, Axis};
 use rayon::prelude::*;
-use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
 use serde::{Deserialize, Serialize};
 
 /// Precision of the FFT and of the power spectrum (see the module docs). The mel weights are `f32`.
@@ -486,7 +485,7 @@ fn hann_padded(win_length: usize, n_fft: usize) -> Vec<Fx> {
 #[derive(Clone)]
 pub struct Frontend {
     cfg: FrontendConfig,
-    fft: Arc<dyn RealToComplex<Fx>>,
+    power: PowerSpectrum,
     window: Arc<Vec<Fx>>,
     /// First and one-past-last non-zero sample of the padded window.
     window_span: (usize, usize),
@@ -502,8 +501,7 @@ impl std::fmt::Debug for Frontend {
 /// Per-thread scratch buffers.
 struct Scratch {
     frame: Vec<Fx>,
-    spectrum: Vec<Complex<Fx>>,
-    fft_scratch: Vec<Complex<Fx>>,
+    fft: PowerScratch,
     power: Vec<Fx>,
 }
 
@@ -511,12 +509,12 @@ impl Frontend {
     /// Validate `cfg` and prepare the FFT plan, window and filterbank.
     pub fn new(cfg: FrontendConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let fft = RealFftPlanner::<Fx>::new().plan_fft_forward(cfg.n_fft);
+        let power = PowerSpectrum::new(cfg.n_fft);
         let window = hann_padded(cfg.win_length, cfg.n_fft);
         let left = (cfg.n_fft - cfg.win_length) / 2;
         let filters = mel_filterbank(&cfg);
         Ok(Self {
-            fft,
+            power,
             window: Arc::new(window),
             window_span: (left, left + cfg.win_length),
             filters: Arc::new(filters),
@@ -536,10 +534,9 @@ impl Frontend {
 
     fn scratch(&self) -> Scratch {
         Scratch {
-            frame: self.fft.make_input_vec(),
-            spectrum: self.fft.make_output_vec(),
-            fft_scratch: self.fft.make_scratch_vec(),
-            power: vec![0.0; self.cfg.n_fft / 2 + 1],
+            frame: vec![0.0; self.cfg.n_fft],
+            fft: self.power.scratch(),
+            power: vec![0.0; self.power.bins()],
         }
     }
 
@@ -647,7 +644,7 @@ impl Frontend {
         let n_fft = cfg.n_fft;
         let offset: isize = if cfg.center { (n_fft / 2) as isize } else { 0 };
         let (w0, w1) = self.window_span;
-        let half_power = cfg.power == 2.0;
+        let squared = cfg.power == 2.0;
         for t in 0..image.ncols() {
             let base = (t * cfg.hop_length) as isize - offset;
             // Only samples under the (non-zero part of the) window matter.
@@ -670,21 +667,10 @@ impl Frontend {
                         Fx::from(self.padded_sample(clip, base + k as isize)) * self.window[k];
                 }
             }
-            // The FFT cannot fail with buffers made by the plan itself; keep zeros if it ever did.
-            if self
-                .fft
-                .process_with_scratch(&mut s.frame, &mut s.spectrum, &mut s.fft_scratch)
-                .is_err()
-            {
-                s.spectrum.fill(Complex::new(0.0, 0.0));
-            }
-            for (p, c) in s.power.iter_mut().zip(&s.spectrum) {
-                let mag2 = c.re * c.re + c.im * c.im;
-                *p = if half_power {
-                    mag2
-                } else {
-                    mag2.sqrt().powf(cfg.power as Fx)
-                };
+            self.power.process(&mut s.frame, &mut s.power, &mut s.fft);
+            if !squared {
+                let p = cfg.power as Fx;
+                s.power.iter_mut().for_each(|v| *v = v.sqrt().powf(p));
             }
             for (m, filt) in self.filters.iter().enumerate() {
                 let bins = &s.power[filt.start..filt.start + filt.weights.len()];
@@ -704,7 +690,7 @@ fn to_db(image: &mut ArrayViewMut2<'_, f32>, db: &DbConfig) {
     let amin = db.amin as f32;
     let ref_power = match db.reference {
         DbReference::Value(r) => r,
-        DbReference::Max => f64::from(image.iter().fold(0.0f32, |m, &v| m.max(v))),
+        DbReference::Max => f64::from(image_max(image).max(0.0)),
     };
     let ref_db = (10.0 * ref_power.max(db.amin).log10()) as f32;
     // 10 * log10(x) = 10 * log10(2) * log2(x)
@@ -715,7 +701,7 @@ fn to_db(image: &mut ArrayViewMut2<'_, f32>, db: &DbConfig) {
         None => image.iter_mut().for_each(to_db),
     }
     if let Some(top_db) = db.top_db {
-        let top = image.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let top = image_max(image);
         let floor = top - top_db as f32;
         image.mapv_inplace(|v| v.max(floor));
     }
@@ -747,19 +733,37 @@ fn normalize(image: &mut ArrayViewMut2<'_, f32>, how: Normalize) {
     }
 }
 
+/// The largest value of an image (`-inf` for an empty one), in independent lanes so it vectorises.
+fn image_max(image: &ArrayViewMut2<'_, f32>) -> f32 {
+    match image.as_slice() {
+        Some(values) => crate::dsp::max(values),
+        None => image.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+    }
+}
+
 fn standardize<D: ndarray::Dimension>(mut x: ndarray::ArrayViewMut<'_, f32, D>, eps: f64) {
     let n = x.len().max(1) as f64;
-    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n;
+    let (mean, var) = match x.as_slice() {
+        Some(values) => {
+            let mean = crate::dsp::sum_f64(values) / n;
+            (mean, crate::dsp::sum_sq_dev_f64(values, mean) / n)
+        }
+        None => {
+            let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = x
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            (mean, var)
+        }
+    };
     let std = var.sqrt();
     if std <= eps {
         x.fill(0.0);
     } else {
-        x.mapv_inplace(|v| ((f64::from(v) - mean) / std) as f32);
+        let inv = 1.0 / std;
+        x.mapv_inplace(|v| ((f64::from(v) - mean) * inv) as f32);
     }
 }
 
@@ -839,6 +843,50 @@ mod tests {
             MelScale::Slaney,
         );
         assert!((lo - f0).abs() < 300.0, "peak band starts at {lo} Hz");
+    }
+
+    #[test]
+    fn standardisation_matches_a_naive_f64_reference() {
+        let x: Vec<f32> = (0..180_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5 + (i as f32 * 0.01).sin())
+            .collect();
+        let plain = Frontend::new(FrontendConfig::nvbird224())
+            .expect("valid")
+            .compute(&x);
+        let naive = |v: &[f32]| -> Vec<f32> {
+            let n = v.len() as f64;
+            let mean = v.iter().map(|&a| f64::from(a)).sum::<f64>() / n;
+            let var = v
+                .iter()
+                .map(|&a| (f64::from(a) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            v.iter()
+                .map(|&a| ((f64::from(a) - mean) / var.sqrt()) as f32)
+                .collect()
+        };
+        for how in [Normalize::ImageStandard, Normalize::PerFrequency] {
+            let cfg = FrontendConfig {
+                normalize: how,
+                ..FrontendConfig::nvbird224()
+            };
+            let got = Frontend::new(cfg).expect("valid").compute(&x);
+            for w in 0..plain.shape()[0] {
+                let image = plain.slice(ndarray::s![w, 0, .., ..]);
+                let want: Vec<f32> = match how {
+                    Normalize::ImageStandard => naive(&image.iter().copied().collect::<Vec<_>>()),
+                    _ => image
+                        .rows()
+                        .into_iter()
+                        .flat_map(|r| naive(&r.to_vec()))
+                        .collect(),
+                };
+                let g = got.slice(ndarray::s![w, 0, .., ..]);
+                for (a, b) in g.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{how:?} window {w}: {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]

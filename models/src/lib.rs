@@ -17,4 +17,5 @@ pub mod ir;
 pub mod metrics;
 pub mod nets;
 pub mod npy;
+pub mod power;
 pub mod synth;
