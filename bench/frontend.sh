@@ -22,7 +22,8 @@ trap 'rm -f "$rust_json" "$py_json"' EXIT
 import json, sys, statistics as st
 rust = json.load(open(sys.argv[1])); py = json.load(open(sys.argv[2]))
 cols = [("decode_ms", "decode"), ("resample_48k_ms", "resample 48k->32k"),
-        ("mel_nvbird224_ms", "log-mel nvbird224"), ("mel_kefir128_ms", "log-mel kefir128"),
+        ("mel_nvbird224_ms", "log-mel nvbird224"),
+        ("mel_nvbird224_std_ms", "... + standardised"), ("mel_kefir128_ms", "log-mel kefir128"),
         ("decode_plus_mel_ms", "decode + mel (nvbird)")]
 print(f"{len(rust)} soundscapes of {st.mean(r['seconds'] for r in rust):.0f} s ({rust[0]['windows']} windows); "
       "single thread; ms per soundscape, mean (min-max)")

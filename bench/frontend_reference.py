@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The Python pipeline a Kaggle notebook would use, timed like bench_frontend (best of N, ms):
-soundfile decode, soxr_hq 48->32 kHz resample, librosa log-mel of all 48 windows in one call.
+soundfile decode, soxr_hq 48->32 kHz resample, librosa log-mel of all 48 windows in one call
+(and, as trained cards ask, standardised per window).
 Run single-threaded (bench/frontend.sh sets the thread variables). Prints JSON rows."""
 import json
 import os
@@ -41,6 +42,13 @@ def log_mel(batch, fe):
     return librosa.power_to_db(S, ref=1.0, amin=1e-10, top_db=80.0)
 
 
+def standardize(S):
+    """Per-window standardisation, as the cards birdclef-train writes ask for."""
+    mean = S.mean(axis=(1, 2), keepdims=True)
+    std = S.std(axis=(1, 2), keepdims=True)
+    return (S - mean) / np.maximum(std, 1e-6)
+
+
 def main():
     args = sys.argv[1:]
     repeat = 3
@@ -59,6 +67,8 @@ def main():
         for name, fe in fronts.items():
             batch = windows(y, fe)
             row[f"mel_{name}_ms"], _ = best_ms(repeat, lambda: log_mel(batch, fe))
+        batch = windows(y, fronts["nvbird224"])
+        row["mel_nvbird224_std_ms"], _ = best_ms(repeat, lambda: standardize(log_mel(batch, fronts["nvbird224"])))
         row["decode_plus_mel_ms"] = decode_ms + row["mel_nvbird224_ms"]
         rows.append(row)
     print(json.dumps(rows))
