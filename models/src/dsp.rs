@@ -1,9 +1,18 @@
 //! Small numeric kernels shared by the resampler and the frontend.
 
+/// Whether the CPU running us has AVX2: the frontend and the resampler then run the same code
+/// compiled for it (8-wide instead of 4-wide vectors). The answer is cached by the standard
+/// library, so asking is cheap.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
 /// Dot product accumulated in eight independent lanes, so the compiler can vectorise it
 /// (a plain `sum()` is a serial chain of dependent additions). Extra elements of the longer
 /// slice are ignored.
-#[inline]
+#[inline(always)]
 pub fn dot(x: &[f32], h: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let xc = x.chunks_exact(8);
@@ -25,7 +34,7 @@ pub fn dot(x: &[f32], h: &[f32]) -> f32 {
 /// The largest element (`-inf` for an empty slice; NaNs are skipped like `f32::max` does), kept
 /// in eight independent lanes: a single running maximum is a serial chain the compiler may not
 /// reorder.
-#[inline]
+#[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
@@ -42,13 +51,13 @@ pub fn max(x: &[f32]) -> f32 {
 }
 
 /// `Σ x` accumulated in `f64`, in four independent lanes (see [`max`]).
-#[inline]
+#[inline(always)]
 pub fn sum_f64(x: &[f32]) -> f64 {
     lanes_f64(x, |v| v)
 }
 
 /// `Σ (x - mean)²` accumulated in `f64`, in four independent lanes.
-#[inline]
+#[inline(always)]
 pub fn sum_sq_dev_f64(x: &[f32], mean: f64) -> f64 {
     lanes_f64(x, |v| (v - mean) * (v - mean))
 }
@@ -71,7 +80,7 @@ fn lanes_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 /// The exponent comes from the bits; the mantissa `m`, moved into `[√½, √2)`, goes through
 /// `ln m = 2·atanh(t)`, `t = (m-1)/(m+1)`, whose series is cut after `t⁹` (|t| < 0.172, so the
 /// first omitted term is below 1e-9). Branch-free, so loops over it vectorise, unlike libm's.
-#[inline]
+#[inline(always)]
 pub fn log2_approx(x: f32) -> f32 {
     let bits = x.to_bits();
     let exp = ((bits >> 23) & 0xff) as i32 - 127;

@@ -638,8 +638,26 @@ impl Frontend {
         }
     }
 
-    /// Compute one clip's image into `image` (`[n_mels, frames]`).
+    /// Compute one clip's image into `image` (`[n_mels, frames]`), with AVX2 code where the CPU
+    /// has it (the same arithmetic in the same order, so the same numbers).
     fn image_into(&self, clip: &[f32], s: &mut Scratch, image: &mut ArrayViewMut2<'_, f32>) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::dsp::has_avx2() {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU supports AVX2 (checked at run time just above).
+            return unsafe { self.image_into_avx2(clip, s, image) };
+        }
+        self.image_into_body(clip, s, image);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn image_into_avx2(&self, clip: &[f32], s: &mut Scratch, image: &mut ArrayViewMut2<'_, f32>) {
+        self.image_into_body(clip, s, image);
+    }
+
+    #[inline(always)]
+    fn image_into_body(&self, clip: &[f32], s: &mut Scratch, image: &mut ArrayViewMut2<'_, f32>) {
         let cfg = &self.cfg;
         let n_fft = cfg.n_fft;
         let offset: isize = if cfg.center { (n_fft / 2) as isize } else { 0 };
@@ -685,6 +703,7 @@ impl Frontend {
 }
 
 /// `librosa.power_to_db` on one image, in place.
+#[inline(always)]
 fn to_db(image: &mut ArrayViewMut2<'_, f32>, db: &DbConfig) {
     // amin >= 1e-30 (validated) keeps every argument a normal f32, as log2_approx needs.
     let amin = db.amin as f32;
@@ -707,6 +726,7 @@ fn to_db(image: &mut ArrayViewMut2<'_, f32>, db: &DbConfig) {
     }
 }
 
+#[inline(always)]
 fn normalize(image: &mut ArrayViewMut2<'_, f32>, how: Normalize) {
     const EPS: f64 = 1e-6;
     match how {
@@ -734,6 +754,7 @@ fn normalize(image: &mut ArrayViewMut2<'_, f32>, how: Normalize) {
 }
 
 /// The largest value of an image (`-inf` for an empty one), in independent lanes so it vectorises.
+#[inline(always)]
 fn image_max(image: &ArrayViewMut2<'_, f32>) -> f32 {
     match image.as_slice() {
         Some(values) => crate::dsp::max(values),
@@ -741,6 +762,7 @@ fn image_max(image: &ArrayViewMut2<'_, f32>) -> f32 {
     }
 }
 
+#[inline(always)]
 fn standardize<D: ndarray::Dimension>(mut x: ndarray::ArrayViewMut<'_, f32, D>, eps: f64) {
     let n = x.len().max(1) as f64;
     let (mean, var) = match x.as_slice() {
@@ -886,6 +908,28 @@ mod tests {
                     assert!((a - b).abs() < 1e-5, "{how:?} window {w}: {a} vs {b}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn vector_width_does_not_change_a_value() {
+        // image_into picks AVX2 code where the CPU has it; the portable body must agree bit for
+        // bit (on a CPU without AVX2 both sides are the portable code).
+        let x: Vec<f32> = (0..160_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        for cfg in [FrontendConfig::nvbird224(), FrontendConfig::kefir128()] {
+            let cfg = FrontendConfig {
+                normalize: Normalize::ImageStandard,
+                ..cfg
+            };
+            let fe = Frontend::new(cfg).expect("valid");
+            let [_, n_mels, frames] = fe.config().input_shape();
+            let mut a = ndarray::Array2::<f32>::zeros((n_mels, frames));
+            let mut b = a.clone();
+            fe.image_into(&x, &mut fe.scratch(), &mut a.view_mut());
+            fe.image_into_body(&x, &mut fe.scratch(), &mut b.view_mut());
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
         }
     }
 

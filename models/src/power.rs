@@ -94,6 +94,7 @@ impl PowerSpectrum {
     ///
     /// # Panics
     /// When `frame` is not `n_fft` long or `out` is not `n_fft / 2 + 1` long.
+    #[inline(always)]
     pub fn process(&self, frame: &mut [f32], out: &mut [f32], scratch: &mut PowerScratch) {
         assert_eq!(frame.len(), self.n_fft, "frame length");
         assert_eq!(out.len(), self.bins(), "power spectrum length");
@@ -153,6 +154,7 @@ fn pair_power((pr, pi): (f32, f32), (qr, qi): (f32, f32), c: f32, s: f32) -> (f3
 }
 
 /// The split step: `z` holds `Z` interleaved (`2M` floats); writes `out[0..=M]`.
+#[inline(always)]
 fn split_power(z: &[f32], half_cos: &[f32], half_sin: &[f32], out: &mut [f32]) {
     let m = z.len() / 2;
     let (zr0, zi0) = (z[0], z[1]);
