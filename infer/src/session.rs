@@ -24,7 +24,7 @@ pub fn build_session(source: ModelSource<'_>, threads: usize) -> Result<Session,
     // SessionBuilder errors are not Send: keep the whole chain in one ort::Result.
     let session = (|| -> ort::Result<Session> {
         let mut b = Session::builder(&env)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_optimization_level(GraphOptimizationLevel::All)?
             .with_intra_threads(threads.max(1))?
             .with_inter_threads(1)?;
         match source {
