@@ -1,7 +1,7 @@
 //! The submission command: soundscapes + ONNX models → Kaggle submission CSV (and detections).
 //!
 //! Steps: find the audio files (optionally one shard of them), load and check the models, run the
-//! [`runner`](crate::runner), ensemble the models, smooth over neighbouring windows, put the
+//! [`runner`], ensemble the models, smooth over neighbouring windows, put the
 //! columns in the requested order, write the CSV atomically with its row count checked, and write
 //! detections for field users.
 use std::collections::HashMap;

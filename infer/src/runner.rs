@@ -2,10 +2,10 @@
 //! Runtime sessions, in bounded memory.
 //!
 //! A worker (one per core by default) repeatedly takes the most useful job: a decoded piece
-//! waiting for inference (up to a batch of one file's windows, run through every model); else the
-//! next piece of a file that is being decoded ([`AudioStream`], 5-s windows cut as samples arrive,
-//! features computed once per distinct frontend among the models, straight into the piece's batch
-//! tensor); else the next file. So no core is oversubscribed, a piece is usually inferred by the
+//! waiting for inference (up to [`BATCHES_PER_PIECE`] batches of one file's windows, run through
+//! every model in turn); else the next piece of a file that is being decoded ([`AudioStream`],
+//! 5-s windows cut as samples arrive, features computed once per distinct frontend among the
+//! models, straight into the piece's input tensor); else the next file. So no core is oversubscribed, a piece is usually inferred by the
 //! core that just computed its features (still in its cache), the share of decoding and inference
 //! adapts to the number of models, and the last file is shared out piece by piece rather than
 //! leaving cores idle. However long a file is, only a few pieces exist at once: a worker decodes
@@ -36,13 +36,19 @@ pub const FALLBACK_PROBABILITY: f32 = 0.0;
 /// Windows per inference batch unless told otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 8;
 
+/// Batches in a piece. Each model runs on them one after the other, so its weights are read
+/// from memory once per piece rather than once per batch: with 5 models of 9.5 MB (more than
+/// the development machine's 32 MB L3 cache) two batches per piece saved 2-3% of the time.
+pub const BATCHES_PER_PIECE: usize = 2;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     /// Worker threads, each decoding, computing features and running its own sessions of every
     /// model.
     pub workers: usize,
-    /// Windows per inference batch (and per piece of a file decoded at once).
+    /// Windows per inference batch (a piece of a file decoded at once holds
+    /// [`BATCHES_PER_PIECE`] of them).
     pub batch_size: usize,
     /// Warn when the projected total time exceeds this.
     pub time_limit: Option<Duration>,
@@ -182,6 +188,9 @@ struct Ctx<'a> {
     n_models: usize,
     classes: usize,
     batch: usize,
+    /// Windows per piece: several batches, so that each model runs on consecutive batches
+    /// while its weights are in the cache.
+    piece_windows: usize,
     cfg: &'a RunConfig,
     start: Instant,
     shared: Mutex<Shared>,
@@ -236,7 +245,7 @@ impl Ctx<'_> {
                 .iter()
                 .map(|fe| {
                     let [c, h, w] = fe.config().input_shape();
-                    Vec::with_capacity(self.batch * c * h * w)
+                    Vec::with_capacity(self.piece_windows * c * h * w)
                 })
                 .collect()
         });
@@ -311,7 +320,7 @@ impl Ctx<'_> {
         let w = policy.window_samples();
         let mut piece = self.piece(f.file, f.windows);
         let mut ended = None;
-        while piece.windows < self.batch {
+        while piece.windows < self.piece_windows {
             if f.buf.len() >= w {
                 self.push_window(&mut piece, &f.buf[..w]);
                 f.windows += 1;
@@ -421,13 +430,14 @@ impl Ctx<'_> {
         let k = self.classes;
         let mut probs = Vec::with_capacity(models.len());
         for (m, model) in models.iter_mut().enumerate() {
-            let logits = model.run(&piece.inputs[self.model_frontend[m]], n)?;
-            probs.push(
-                logits
-                    .iter()
-                    .map(|&l| 1.0 / (1.0 + (-l).exp()))
-                    .collect::<Vec<f32>>(),
-            );
+            let input = &piece.inputs[self.model_frontend[m]];
+            let per_window = input.len() / n.max(1);
+            let mut p = Vec::with_capacity(n * k);
+            for batch in input.chunks(self.batch * per_window) {
+                let logits = model.run(batch, batch.len() / per_window)?;
+                p.extend(logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())));
+            }
+            probs.push(p);
         }
         let n_models = self.n_models;
         let mut sh = lock(&self.shared);
@@ -574,6 +584,7 @@ where
         n_models,
         classes,
         batch: cfg.batch_size.max(1),
+        piece_windows: cfg.batch_size.max(1) * BATCHES_PER_PIECE,
         cfg,
         start,
         shared: Mutex::new(Shared {
