@@ -4,8 +4,9 @@
 # Models: 5 efficientvit_b0 "folds" (init seeds 0-4, 182 classes, default card), exported.
 # birdclef-infer runs with its defaults (one worker per core, each decoding and running its own
 # single-threaded ONNX Runtime sessions, batches of 8 windows); "raw" is the best of one 2-thread
-# session and two parallel 1-thread sessions, at batches of 8 and 48, on precomputed inputs.
-# Every figure is the best of REPEATS runs (default 3): this shared VM drifts by 10-20%.
+# session and two parallel 1-thread sessions, at batches of 4, 8 and 48, on precomputed inputs.
+# REPEATS rounds (default 3), each measuring everything once in turn, so that every figure sees
+# the same drift of this shared VM (10-20% from minute to minute); each is the best of its rounds.
 #   bench/infer.sh [COPIES] [REPEATS]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,30 +35,36 @@ done
 py=.env/venv/bin/python
 files=("$work"/audio/*.ogg)
 n=${#files[@]}
-timed() { # prints the wall seconds and peak RSS (KB) of the fastest of $repeats runs of a command
-  for _ in $(seq "$repeats"); do
-    /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1
-  done | sort -n | head -1
+timed() { # prints the wall seconds and peak RSS (KB) of one run of a command
+  /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1
 }
-echo "raw onnxruntime (1 model, batches of 8 and 48, 2 cores)..." >&2
-raw=$($py bench/infer_reference.py raw "$work/models/fold0.onnx" --threads 2 --repeats "$repeats")
-echo "birdclef-infer, 1 model..." >&2
-read -r t1 m1 < <(timed ./target/release/birdclef-infer --models "$work/models/fold0.onnx" \
-  --soundscapes "$work/audio" --out "$work/sub1.csv")
-echo "birdclef-infer, 5 models..." >&2
-read -r t5 m5 < <(timed ./target/release/birdclef-infer --models "$work"/models/fold{0,1,2,3,4}.onnx \
-  --soundscapes "$work/audio" --out "$work/sub5.csv")
-echo "python reference, 1 model..." >&2
-ref=$($py bench/infer_reference.py pipeline "$work/models/fold0.onnx" "${files[@]}" --threads 2 \
-  --repeats "$repeats")
+raws=(); refs=(); t1s=(); t5s=()
+for round in $(seq "$repeats"); do
+  echo "round $round of $repeats: raw onnxruntime, birdclef-infer 1 and 5 models, python..." >&2
+  raws+=("$($py bench/infer_reference.py raw "$work/models/fold0.onnx" --threads 2 --repeats 1)")
+  t1s+=("$(timed ./target/release/birdclef-infer --models "$work/models/fold0.onnx" \
+    --soundscapes "$work/audio" --out "$work/sub1.csv")")
+  t5s+=("$(timed ./target/release/birdclef-infer --models "$work"/models/fold{0,1,2,3,4}.onnx \
+    --soundscapes "$work/audio" --out "$work/sub5.csv")")
+  refs+=("$($py bench/infer_reference.py pipeline "$work/models/fold0.onnx" "${files[@]}" \
+    --threads 2 --repeats 1)")
+done
+best_json() { # the per-key maximum of JSON objects of numbers (one per argument)
+  $py -c 'import json,sys; rs=[json.loads(a) for a in sys.argv[1:]]
+print(json.dumps({k: max(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}))' "$@"
+}
+raw=$(best_json "${raws[@]}")
+ref=$($py -c 'import json,sys; print(json.dumps(min((json.loads(a) for a in sys.argv[1:]), key=lambda r: r["seconds"])))' "${refs[@]}")
+read -r t1 m1 < <(printf '%s\n' "${t1s[@]}" | sort -n | head -1)
+read -r t5 m5 < <(printf '%s\n' "${t5s[@]}" | sort -n | head -1)
 $py - "$raw" "$ref" "$n" "$t1" "$m1" "$t5" "$m5" <<'PY'
 import json, sys
 raw, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 n, t1, m1, t5, m5 = int(sys.argv[3]), *map(float, sys.argv[4:8])
 w = n * 48
-r = raw["windows_per_second"]
+r = max(v for k, v in raw.items() if k.startswith(("one_session_b", "parallel_sessions_b")))
 e1, e5 = w / t1, w / t5
-print(f"{n} soundscapes x 4 min ({w} windows), efficientvit_b0 182 classes, 2 cores, best of runs")
+print(f"{n} soundscapes x 4 min ({w} windows), efficientvit_b0 182 classes, 2 cores, best of rounds")
 print(f"{'run':<40} {'windows/s':>10} {'wall s':>8} {'peak MB':>8}")
 for key, value in raw.items():
     if key.startswith(("one_session_b", "parallel_sessions_b")):
