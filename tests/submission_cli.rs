@@ -356,6 +356,28 @@ fn ensembles_that_disagree_are_refused_naming_both_files() {
         "{err}"
     );
     assert!(!dir.join("x.csv").exists());
+
+    // A file that is not ONNX, among good models (loaded in parallel): refused, naming it.
+    let junk = dir.join("junk.onnx");
+    std::fs::write(&junk, b"not a model").expect("write");
+    let (code, _, err) = infer(
+        &["--models"],
+        &[
+            &a,
+            &junk,
+            &a,
+            Path::new("--soundscapes"),
+            &dir.join("s.wav"),
+            Path::new("--out"),
+            &dir.join("x.csv"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("junk.onnx") && err.contains("ONNX Runtime cannot load it"),
+        "{err}"
+    );
+    assert!(!dir.join("x.csv").exists());
 }
 
 #[test]

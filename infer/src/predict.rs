@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{s, Array2};
+use rayon::prelude::*;
 
 use crate::detections;
 use crate::model::{check_ensemble, OnnxModel};
@@ -146,7 +147,13 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
             .map(|p| OnnxModel::load(p, opts.ort_threads))
             .collect::<Result<Vec<_>>>()
     };
-    let first = load_set()?;
+    // The first worker's sessions are built in parallel: nothing else can run before they exist
+    // (they carry the cards), and building one takes ~40 ms of a core per model.
+    let first = opts
+        .models
+        .par_iter()
+        .map(|p| OnnxModel::load(p, opts.ort_threads))
+        .collect::<Result<Vec<_>>>()?;
     check_ensemble(&first)?;
     let labels = first[0].card.labels.clone();
     let frontend = first[0].card.frontend.clone();
