@@ -339,45 +339,30 @@ fn ensembles_that_disagree_are_refused_naming_both_files() {
         &small_card(&dir, &LABELS[..4]),
     );
     soundscape(&dir, "s.wav", 6.0, 1);
-    let (code, _, err) = infer(
-        &["--models"],
-        &[
-            &a,
-            &b,
-            Path::new("--soundscapes"),
-            &dir.join("s.wav"),
-            Path::new("--out"),
-            &dir.join("x.csv"),
-        ],
-    );
-    assert_eq!(code, 2, "{err}");
+    // Runs with these models; asserts a fatal error (exit 2, nothing written); returns stderr.
+    let refused = |models: &[&Path]| {
+        let out = dir.join("x.csv");
+        let mut extra = models.to_vec();
+        let wav = dir.join("s.wav");
+        extra.extend([Path::new("--soundscapes"), &wav, Path::new("--out"), &out]);
+        let (code, _, err) = infer(&["--models"], &extra);
+        assert_eq!(code, 2, "{err}");
+        assert!(!out.exists());
+        err
+    };
+    let err = refused(&[&a, &b]);
     assert!(
         err.contains("five.onnx") && err.contains("four.onnx"),
         "{err}"
     );
-    assert!(!dir.join("x.csv").exists());
-
     // A file that is not ONNX, among good models (loaded in parallel): refused, naming it.
     let junk = dir.join("junk.onnx");
     std::fs::write(&junk, b"not a model").expect("write");
-    let (code, _, err) = infer(
-        &["--models"],
-        &[
-            &a,
-            &junk,
-            &a,
-            Path::new("--soundscapes"),
-            &dir.join("s.wav"),
-            Path::new("--out"),
-            &dir.join("x.csv"),
-        ],
-    );
-    assert_eq!(code, 2, "{err}");
+    let err = refused(&[&a, &junk, &a]);
     assert!(
         err.contains("junk.onnx") && err.contains("ONNX Runtime cannot load it"),
         "{err}"
     );
-    assert!(!dir.join("x.csv").exists());
 }
 
 #[test]
