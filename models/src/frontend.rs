@@ -765,20 +765,18 @@ fn image_max(image: &ArrayViewMut2<'_, f32>) -> f32 {
 #[inline(always)]
 fn standardize<D: ndarray::Dimension>(mut x: ndarray::ArrayViewMut<'_, f32, D>, eps: f64) {
     let n = x.len().max(1) as f64;
-    let (mean, var) = match x.as_slice() {
-        Some(values) => {
-            let mean = crate::dsp::sum_f64(values) / n;
-            (mean, crate::dsp::sum_sq_dev_f64(values, mean) / n)
-        }
-        None => {
-            let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = x
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / n;
-            (mean, var)
-        }
+    let (mean, var) = {
+        // A view that is not contiguous (never the case for this crate's own images) is copied.
+        let copy: Vec<f32>;
+        let values = match x.as_slice() {
+            Some(values) => values,
+            None => {
+                copy = x.iter().copied().collect();
+                &copy
+            }
+        };
+        let mean = crate::dsp::sum_f64(values) / n;
+        (mean, crate::dsp::sum_sq_dev_f64(values, mean) / n)
     };
     let std = var.sqrt();
     if std <= eps {

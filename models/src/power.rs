@@ -1,4 +1,4 @@
-//! Power spectrum `|X_k|^p` of a real frame, the part of the STFT the log-mel frontend needs.
+//! Power spectrum `|X_k|²` of a real frame, the part of the STFT the log-mel frontend needs.
 //!
 //! For an even `n_fft = 2M` the frame is read as `M` complex samples `z_n = x_{2n} + i·x_{2n+1}`
 //! (the same memory), transformed by one complex FFT of length `M`, and the spectrum of the
@@ -63,11 +63,6 @@ impl PowerSpectrum {
             Plan::Real(RealFftPlanner::<f32>::new().plan_fft_forward(n_fft))
         };
         Self { n_fft, plan }
-    }
-
-    /// Frame length.
-    pub fn n_fft(&self) -> usize {
-        self.n_fft
     }
 
     /// Number of bins, `n_fft / 2 + 1`.
