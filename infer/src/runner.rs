@@ -5,11 +5,11 @@
 //! waiting for inference (up to [`BATCHES_PER_PIECE`] batches of one file's windows, run through
 //! every model in turn); else the next piece of a file that is being decoded ([`AudioStream`],
 //! 5-s windows cut as samples arrive, features computed once per distinct frontend among the
-//! models, straight into the piece's input tensor); else the next file. So no core is oversubscribed, a piece is usually inferred by the
-//! core that just computed its features (still in its cache), the share of decoding and inference
-//! adapts to the number of models, and the last file is shared out piece by piece rather than
-//! leaving cores idle. However long a file is, only a few pieces exist at once: a worker decodes
-//! only when no piece is waiting.
+//! models, straight into the piece's input tensor); else the next file. So no core is
+//! oversubscribed, a piece is usually inferred by the core that just computed its features
+//! (still in its cache), the share of decoding and inference adapts to the number of models, and
+//! the last file is shared out piece by piece rather than leaving cores idle. However long a file
+//! is, only a few pieces exist at once: a worker decodes only when no piece is waiting.
 //!
 //! Small batches run faster on the CPU than large ones (on the 2-core development machine, 8
 //! windows of 1×224×224 gave 1.2-1.6× the windows/s of 48, whose activations no longer fit in
@@ -433,8 +433,10 @@ impl Ctx<'_> {
             let input = &piece.inputs[self.model_frontend[m]];
             let per_window = input.len() / n.max(1);
             let mut p = Vec::with_capacity(n * k);
-            for batch in input.chunks(self.batch * per_window) {
-                let logits = model.run(batch, batch.len() / per_window)?;
+            for first in (0..n).step_by(self.batch) {
+                let len = self.batch.min(n - first);
+                let batch = &input[first * per_window..(first + len) * per_window];
+                let logits = model.run(batch, len)?;
                 p.extend(logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())));
             }
             probs.push(p);
