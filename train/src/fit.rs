@@ -784,7 +784,7 @@ pub fn fit_with(
         );
     }
 
-    std::fs::write(out_dir.join("config.toml"), cfg.to_toml())
+    birdclef_models::npy::write_atomic(&out_dir.join("config.toml"), cfg.to_toml().as_bytes())
         .with_context(|| format!("writing {}/config.toml", out_dir.display()))?;
 
     // Validation windows, computed once.

@@ -40,6 +40,7 @@ use birdclef_infer::predict::{predict, PredictOptions};
 use birdclef_infer::runner::{RunConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::score::score;
 use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
+use birdclef_models::npy::write_atomic;
 use birdclef_models::synth::{write_competition, CompetitionSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -310,7 +311,8 @@ impl Runner<'_> {
         if let Some(dir) = started.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::write(&started, key).with_context(|| format!("writing {}", started.display()))?;
+        write_atomic(&started, key.as_bytes())
+            .with_context(|| format!("writing {}", started.display()))?;
         eprintln!(
             "pipeline: {stage}: {}",
             if resume { "resuming" } else { "running" }
@@ -324,7 +326,7 @@ impl Runner<'_> {
             metric: metric.clone(),
             value,
         };
-        std::fs::write(&done, serde_json::to_string_pretty(&s)?)
+        write_atomic(&done, serde_json::to_string_pretty(&s)?.as_bytes())
             .with_context(|| format!("writing {}", done.display()))?;
         let _ = std::fs::remove_file(&started);
         eprintln!(

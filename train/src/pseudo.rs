@@ -391,7 +391,8 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
     }
     std::fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
-    std::fs::write(&key_file, &key).with_context(|| format!("writing {}", key_file.display()))?;
+    birdclef_models::npy::write_atomic(&key_file, key.as_bytes())
+        .with_context(|| format!("writing {}", key_file.display()))?;
 
     let mut done: BTreeMap<usize, Part> = BTreeMap::new();
     for (i, f) in files.iter().enumerate() {
