@@ -141,18 +141,14 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
         }
         None => all,
     };
-    let load_set = || {
-        opts.models
-            .iter()
-            .map(|p| OnnxModel::load(p, opts.ort_threads))
-            .collect::<Result<Vec<_>>>()
-    };
+    let load = |p: &PathBuf| OnnxModel::load(p, opts.ort_threads);
+    let load_set = || opts.models.iter().map(load).collect::<Result<Vec<_>>>();
     // The first worker's sessions are built in parallel: nothing else can run before they exist
     // (they carry the cards), and building one takes ~40 ms of a core per model.
     let first = opts
         .models
         .par_iter()
-        .map(|p| OnnxModel::load(p, opts.ort_threads))
+        .map(load)
         .collect::<Result<Vec<_>>>()?;
     check_ensemble(&first)?;
     let labels = first[0].card.labels.clone();

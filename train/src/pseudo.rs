@@ -604,6 +604,19 @@ fn stream_windows(
             .config()
             .clone();
         let w = cfg.window_samples().max(1);
+        // Send `windows` windows cut from `samples` (zero-padded past its end).
+        let mut emit = |samples: &[f32], windows: usize| -> std::result::Result<(), String> {
+            let inputs = window_inputs(frontends, samples, windows);
+            if send(Piece::Windows {
+                index,
+                inputs,
+                windows,
+            }) {
+                Ok(())
+            } else {
+                Err("stopped".into())
+            }
+        };
         let mut buf: Vec<f32> = Vec::new();
         let (mut total, mut sent) = (0usize, 0usize);
         loop {
@@ -612,14 +625,7 @@ fn stream_windows(
             total += buf.len() - before;
             while buf.len() >= chunk * w {
                 let piece: Vec<f32> = buf.drain(..chunk * w).collect();
-                let inputs = window_inputs(frontends, &piece, chunk);
-                if !send(Piece::Windows {
-                    index,
-                    inputs,
-                    windows: chunk,
-                }) {
-                    return Err("stopped".into());
-                }
+                emit(&piece, chunk)?;
                 sent += chunk;
             }
             if !more {
@@ -631,14 +637,7 @@ fn stream_windows(
         }
         let rest = cfg.window_count(total).saturating_sub(sent);
         if rest > 0 {
-            let inputs = window_inputs(frontends, &buf, rest);
-            if !send(Piece::Windows {
-                index,
-                inputs,
-                windows: rest,
-            }) {
-                return Err("stopped".into());
-            }
+            emit(&buf, rest)?;
         }
         Ok(total as f64 / f64::from(TARGET_SAMPLE_RATE))
     };
