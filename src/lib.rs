@@ -3,7 +3,10 @@
 //! The binaries belong to other packages (`birdclef-train`, `birdclef-infer`, ...), so Cargo does
 //! not give this package `CARGO_BIN_EXE_*` for them; [`bin`] finds (and builds) them instead.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, PoisonError};
@@ -73,8 +76,14 @@ fn build(name: &str, profile_dir: &Path) {
     assert!(status.success(), "`cargo build -p {name}` failed: {status}");
 }
 
-/// Run `cmd`, returning (exit code, stdout, stderr). Both streams are echoed, so a failing test
-/// shows what the binary said.
+thread_local! {
+    /// What [`run`] ran on this thread since the last [`scratch_dir`]: printed by [`Scratch`]
+    /// when the test fails.
+    static RAN: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `cmd`, returning (exit code, stdout, stderr). The command and both streams are kept, and
+/// printed after the panic message if the test fails (see [`Scratch`]).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
         status,
@@ -83,7 +92,11 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
     } = cmd.output().expect("run binary");
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    println!("$ {cmd:?}\n--- exit {status}\n--- stdout\n{stdout}--- stderr\n{stderr}");
+    RAN.with_borrow_mut(|ran| {
+        ran.push(format!(
+            "$ {cmd:?}\n--- exit {status}\n--- stdout\n{stdout}--- stderr\n{stderr}"
+        ))
+    });
     (status.code().unwrap_or(-1), stdout, stderr)
 }
 
@@ -101,14 +114,57 @@ pub fn shared_data(sub: &str) -> Option<PathBuf> {
     }
 }
 
-/// A fresh, empty directory under the target dir for one test.
-pub fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh, empty directory under the target dir for one test (`target/test-scratch/NAME-PID`).
+pub fn scratch_dir(name: &str) -> Scratch {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/test-scratch")
         .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    RAN.with_borrow_mut(Vec::clear);
+    Scratch(dir)
+}
+
+/// A test's scratch directory, used as a [`Path`]. When the test passes it is removed (the
+/// pipeline tests alone leave ~1.6 GB). When the test fails it is kept, and the commands [`run`]
+/// ran since it was made are printed with their output: after the panic message, so the failure
+/// comes first in a long log.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for Scratch {
+    fn as_ref(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            println!("\nscratch directory kept: {}", self.0.display());
+            RAN.with_borrow(|ran| {
+                println!("commands this test ran ({}):", ran.len());
+                for r in ran {
+                    println!("{r}");
+                }
+            });
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// `birdclef-train --device cpu init <init_args> --out CKPT`; asserts it succeeds.
