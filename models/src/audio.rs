@@ -507,7 +507,9 @@ impl StreamResampler {
         // Cut-off in cycles per input sample, below the lower Nyquist frequency.
         let fc = 0.5 * (up as f64 / down as f64).min(1.0) * SINC_ROLLOFF;
         let half_width = SINC_ZEROS / (2.0 * fc);
-        let half = half_width.ceil() as usize;
+        // Taps past half_width get zero weight; rounding up to a multiple of 8 taps lets the dot
+        // product run in whole 8-lane blocks.
+        let half = (half_width.ceil() as usize).next_multiple_of(4);
         let taps = 2 * half;
         let i0_beta = bessel_i0(KAISER_BETA);
         let mut table = vec![0.0f32; up * taps];
