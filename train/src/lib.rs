@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod distill;
 pub mod fit;
+pub mod h5;
 pub mod init;
 pub mod net;
 pub mod pipeline;

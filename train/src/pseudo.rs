@@ -49,7 +49,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -61,11 +60,11 @@ use birdclef_models::audio::{self, TARGET_SAMPLE_RATE};
 use birdclef_models::card::Card;
 use birdclef_models::checkpoint::{self, NamedTensor};
 use birdclef_models::frontend::{Frontend, FrontendConfig};
-use hdf5::types::VarLenUnicode;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tch::Device;
 
+use crate::h5;
 use crate::net::{self, Net};
 
 /// Version of the file layout described in the module documentation.
@@ -674,15 +673,6 @@ pub struct Table {
     pub shard: String,
 }
 
-fn strings(path: &Path, v: &[String]) -> Result<Vec<VarLenUnicode>> {
-    v.iter()
-        .map(|s| {
-            VarLenUnicode::from_str(s)
-                .map_err(|e| anyhow!("{}: cannot store {s:?}: {e}", path.display()))
-        })
-        .collect()
-}
-
 impl Table {
     /// Number of rows.
     pub fn len(&self) -> usize {
@@ -719,25 +709,18 @@ impl Table {
             move |e: hdf5::Error| anyhow!("{}: {what}: {e}", tmp.display())
         };
         let file = hdf5::File::create(tmp).map_err(err("create"))?;
-        let str_ds = |name: &str, v: &[String]| -> Result<()> {
-            let v = strings(tmp, v)?;
-            file.new_dataset_builder()
-                .with_data(v.as_slice())
-                .create(name)
-                .map_err(err(name))?;
-            Ok(())
-        };
-        str_ds("row_id", &self.row_id)?;
-        str_ds("soundscape", &self.soundscape)?;
-        str_ds("labels", &self.labels)?;
-        str_ds("teachers", &self.teachers)?;
-        str_ds("teacher_names", &self.teacher_names)?;
-        str_ds("failed", &self.failed)?;
+        for (name, v) in [
+            ("row_id", &self.row_id),
+            ("soundscape", &self.soundscape),
+            ("labels", &self.labels),
+            ("teachers", &self.teachers),
+            ("teacher_names", &self.teacher_names),
+            ("failed", &self.failed),
+        ] {
+            h5::write_strings(&file, name, v).map_err(err(name))?;
+        }
         for (name, v) in [("start", &self.start), ("end", &self.end)] {
-            file.new_dataset_builder()
-                .with_data(v.as_slice())
-                .create(name)
-                .map_err(err(name))?;
+            h5::write_1d(&file, name, v).map_err(err(name))?;
         }
         let probs = file
             .new_dataset::<f32>()
@@ -747,41 +730,16 @@ impl Table {
         if !self.probs.is_empty() {
             probs.write_raw(&self.probs).map_err(err("probs"))?;
         }
-        file.new_attr::<u32>()
-            .shape(())
-            .create("format_version")
-            .and_then(|a| a.write_scalar(&FORMAT_VERSION))
-            .map_err(err("format_version"))?;
-        file.new_attr::<u32>()
-            .shape(())
-            .create("sample_rate")
-            .and_then(|a| a.write_scalar(&self.sample_rate))
-            .map_err(err("sample_rate"))?;
-        file.new_attr::<f64>()
-            .shape(())
-            .create("window_seconds")
-            .and_then(|a| a.write_scalar(&self.window_seconds))
+        h5::write_attr(&file, "format_version", &FORMAT_VERSION).map_err(err("format_version"))?;
+        h5::write_attr(&file, "sample_rate", &self.sample_rate).map_err(err("sample_rate"))?;
+        h5::write_attr(&file, "window_seconds", &self.window_seconds)
             .map_err(err("window_seconds"))?;
-        for (name, value) in [
-            ("shard", self.shard.clone()),
-            (
-                "created_by",
-                format!("birdclef-train {}", env!("CARGO_PKG_VERSION")),
-            ),
-        ] {
-            let v = strings(tmp, &[value])?.remove(0);
-            file.new_attr::<VarLenUnicode>()
-                .shape(())
-                .create(name)
-                .and_then(|a| a.write_scalar(&v))
-                .map_err(err(name))?;
+        let created_by = format!("birdclef-train {}", env!("CARGO_PKG_VERSION"));
+        for (name, value) in [("shard", self.shard.as_str()), ("created_by", &created_by)] {
+            h5::write_str_attr(&file, name, value).map_err(err(name))?;
         }
         file.flush().map_err(err("flush"))?;
-        file.new_attr::<u8>()
-            .shape(())
-            .create("complete")
-            .and_then(|a| a.write_scalar(&1u8))
-            .map_err(err("complete"))?;
+        h5::write_attr(&file, "complete", &1u8).map_err(err("complete"))?;
         drop(probs);
         file.close().map_err(err("close"))?;
         Ok(())
@@ -799,16 +757,11 @@ impl Table {
             }
         };
         let file = hdf5::File::open(path).map_err(err("open"))?;
-        let complete = file
-            .attr("complete")
-            .and_then(|a| a.read_scalar::<u8>())
-            .map_err(err("attribute complete"))?;
+        let complete = h5::read_attr::<u8>(&file, "complete").map_err(err("attribute complete"))?;
         if complete != 1 {
             bail!("{}: incomplete pseudo-label file", path.display());
         }
-        let version = file
-            .attr("format_version")
-            .and_then(|a| a.read_scalar::<u32>())
+        let version = h5::read_attr::<u32>(&file, "format_version")
             .map_err(err("attribute format_version"))?;
         if version != FORMAT_VERSION {
             bail!(
@@ -816,27 +769,11 @@ impl Table {
                 path.display()
             );
         }
-        let read_str = |name: &str| -> Result<Vec<String>> {
-            Ok(file
-                .dataset(name)
-                .and_then(|d| d.read_raw::<VarLenUnicode>())
-                .map_err(err(name))?
-                .into_iter()
-                .map(|s| s.as_str().to_string())
-                .collect())
-        };
-        let read_f64 = |name: &str| -> Result<Vec<f64>> {
+        let read_str = |name: &str| h5::read_strings(&file, name).map_err(err(name));
+        let read_f64 = |name: &str| {
             file.dataset(name)
                 .and_then(|d| d.read_raw::<f64>())
                 .map_err(err(name))
-        };
-        let attr_str = |name: &str| -> Result<String> {
-            Ok(file
-                .attr(name)
-                .and_then(|a| a.read_scalar::<VarLenUnicode>())
-                .map_err(err(name))?
-                .as_str()
-                .to_string())
         };
         let probs_ds = file.dataset("probs").map_err(err("probs"))?;
         let table = Table {
@@ -849,15 +786,10 @@ impl Table {
             teachers: read_str("teachers")?,
             teacher_names: read_str("teacher_names")?,
             failed: read_str("failed")?,
-            sample_rate: file
-                .attr("sample_rate")
-                .and_then(|a| a.read_scalar::<u32>())
-                .map_err(err("sample_rate"))?,
-            window_seconds: file
-                .attr("window_seconds")
-                .and_then(|a| a.read_scalar::<f64>())
+            sample_rate: h5::read_attr(&file, "sample_rate").map_err(err("sample_rate"))?,
+            window_seconds: h5::read_attr(&file, "window_seconds")
                 .map_err(err("window_seconds"))?,
-            shard: attr_str("shard")?,
+            shard: h5::read_str_attr(&file, "shard").map_err(err("shard"))?,
         };
         let n = table.len();
         if probs_ds.shape() != [n, table.labels.len()]

@@ -48,16 +48,15 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
 use std::time::Instant;
 
 use birdclef_models::audio::{self, TARGET_SAMPLE_RATE};
-use hdf5::types::VarLenUnicode;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::metadata::DataError;
 use super::{AudioStore, Dataset, Segments};
+use crate::h5;
 
 /// Version of the file layout described in the module documentation.
 pub const FORMAT_VERSION: u32 = 1;
@@ -191,36 +190,25 @@ impl Cache {
     /// Open and validate an existing file; `Err` says why it cannot be used.
     fn open(path: &Path, key: &str, entries: &[Entry], rows: Vec<usize>) -> Result<Cache, String> {
         let file = hdf5::File::open(path).map_err(|e| e.to_string())?;
-        let attr_u32 = |name: &str| -> Result<u32, String> {
-            file.attr(name)
-                .and_then(|a| a.read_scalar::<u32>())
-                .map_err(|e| format!("attribute `{name}`: {e}"))
-        };
-        let complete = file
-            .attr("complete")
-            .and_then(|a| a.read_scalar::<u8>())
+        let complete = h5::read_attr::<u8>(&file, "complete")
             .map_err(|_| "no `complete` attribute: the build did not finish".to_string())?;
         if complete != 1 {
             return Err("`complete` is not 1".into());
         }
-        let version = attr_u32("format_version")?;
+        let version = h5::read_attr::<u32>(&file, "format_version")
+            .map_err(|e| format!("attribute `format_version`: {e}"))?;
         if version != FORMAT_VERSION {
             return Err(format!(
                 "format version {version}, this program writes {FORMAT_VERSION}"
             ));
         }
-        let stored_key = file
-            .attr("key")
-            .and_then(|a| a.read_scalar::<VarLenUnicode>())
-            .map_err(|e| format!("attribute `key`: {e}"))?;
-        if stored_key.as_str() != key {
+        let stored_key =
+            h5::read_str_attr(&file, "key").map_err(|e| format!("attribute `key`: {e}"))?;
+        if stored_key != key {
             return Err("its key does not match its parameters and files".into());
         }
-        let read_strings = |name: &str| -> Result<Vec<String>, String> {
-            file.dataset(name)
-                .and_then(|d| d.read_raw::<VarLenUnicode>())
-                .map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect())
-                .map_err(|e| format!("dataset `{name}`: {e}"))
+        let read_strings = |name: &str| {
+            h5::read_strings(&file, name).map_err(|e| format!("dataset `{name}`: {e}"))
         };
         let files = read_strings("files")?;
         if files.len() != entries.len() || files.iter().zip(entries).any(|(f, e)| *f != e.filename)
@@ -547,66 +535,18 @@ fn build(
             failures.len()
         );
     }
-    let strings = |v: &[String]| -> Result<Vec<VarLenUnicode>, DataError> {
-        v.iter()
-            .map(|s| {
-                VarLenUnicode::from_str(s).map_err(|e| DataError::Hdf5 {
-                    path: tmp.to_path_buf(),
-                    cause: format!("cannot store `{s}`: {e}"),
-                })
-            })
-            .collect()
-    };
     let names: Vec<String> = entries.iter().map(|e| e.filename.clone()).collect();
-    let names = strings(&names)?;
-    let errors = strings(&errors)?;
-    file.new_dataset_builder()
-        .with_data(names.as_slice())
-        .create("files")
-        .map_err(&err)?;
-    file.new_dataset_builder()
-        .with_data(errors.as_slice())
-        .create("errors")
-        .map_err(&err)?;
-    file.new_dataset_builder()
-        .with_data(head_offsets.as_slice())
-        .create("head_offsets")
-        .map_err(&err)?;
-    file.new_dataset_builder()
-        .with_data(tail_offsets.as_slice())
-        .create("tail_offsets")
-        .map_err(&err)?;
-    let scalar_str = |name: &str, value: &str| -> Result<(), DataError> {
-        let v = strings(&[value.to_string()])?.remove(0);
-        file.new_attr::<VarLenUnicode>()
-            .shape(())
-            .create(name)
-            .and_then(|a| a.write_scalar(&v))
-            .map_err(&err)
-    };
-    file.new_attr::<u32>()
-        .shape(())
-        .create("format_version")
-        .and_then(|a| a.write_scalar(&FORMAT_VERSION))
-        .map_err(&err)?;
-    file.new_attr::<u32>()
-        .shape(())
-        .create("sample_rate")
-        .and_then(|a| a.write_scalar(&TARGET_SAMPLE_RATE))
-        .map_err(&err)?;
-    file.new_attr::<f64>()
-        .shape(())
-        .create("seconds")
-        .and_then(|a| a.write_scalar(&opts.seconds))
-        .map_err(&err)?;
-    scalar_str("params", params)?;
-    scalar_str("key", key)?;
+    h5::write_strings(&file, "files", &names).map_err(&err)?;
+    h5::write_strings(&file, "errors", &errors).map_err(&err)?;
+    h5::write_1d(&file, "head_offsets", &head_offsets).map_err(&err)?;
+    h5::write_1d(&file, "tail_offsets", &tail_offsets).map_err(&err)?;
+    h5::write_attr(&file, "format_version", &FORMAT_VERSION).map_err(&err)?;
+    h5::write_attr(&file, "sample_rate", &TARGET_SAMPLE_RATE).map_err(&err)?;
+    h5::write_attr(&file, "seconds", &opts.seconds).map_err(&err)?;
+    h5::write_str_attr(&file, "params", params).map_err(&err)?;
+    h5::write_str_attr(&file, "key", key).map_err(&err)?;
     file.flush().map_err(&err)?;
-    file.new_attr::<u8>()
-        .shape(())
-        .create("complete")
-        .and_then(|a| a.write_scalar(&1u8))
-        .map_err(&err)?;
+    h5::write_attr(&file, "complete", &1u8).map_err(&err)?;
     drop(head);
     drop(tail);
     file.close().map_err(&err)?;
