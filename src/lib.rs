@@ -126,9 +126,9 @@ pub fn scratch_dir(name: &str) -> Scratch {
 }
 
 /// A test's scratch directory, used as a [`Path`]. When the test passes it is removed (the
-/// pipeline tests alone leave ~1.6 GB). When the test fails it is kept, and the commands [`run`]
-/// ran since it was made are printed with their output: after the panic message, so the failure
-/// comes first in a long log.
+/// pipeline tests alone leave ~1.6 GB). When the test fails it is kept, and the free disk space
+/// and the commands [`run`] ran since it was made are printed with their output: after the panic
+/// message, so the failure comes first in a long log.
 #[derive(Debug)]
 pub struct Scratch(PathBuf);
 
@@ -155,6 +155,10 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {
             println!("\nscratch directory kept: {}", self.0.display());
+            // A full disk fails tests at whatever they write last: show the free space.
+            if let Ok(df) = Command::new("df").arg("-h").arg(&self.0).output() {
+                print!("{}", String::from_utf8_lossy(&df.stdout));
+            }
             RAN.with_borrow(|ran| {
                 println!("commands this test ran ({}):", ran.len());
                 for r in ran {
