@@ -42,6 +42,11 @@ pub fn write_str_attr(file: &File, name: &str, value: &str) -> Result<()> {
     write_attr(file, name, &v[0])
 }
 
+/// The whole dataset `name`, flattened.
+pub fn read_1d<T: H5Type>(file: &File, name: &str) -> Result<Vec<T>> {
+    file.dataset(name)?.read_raw()
+}
+
 /// The scalar attribute `name` of the file.
 pub fn read_attr<T: H5Type>(file: &File, name: &str) -> Result<T> {
     file.attr(name)?.read_scalar()
@@ -54,9 +59,7 @@ pub fn read_str_attr(file: &File, name: &str) -> Result<String> {
 
 /// The 1-D string dataset `name`.
 pub fn read_strings(file: &File, name: &str) -> Result<Vec<String>> {
-    Ok(file
-        .dataset(name)?
-        .read_raw::<VarLenUnicode>()?
+    Ok(read_1d::<VarLenUnicode>(file, name)?
         .into_iter()
         .map(|s| s.as_str().to_string())
         .collect())
@@ -87,12 +90,7 @@ mod tests {
         }
         let file = File::open(&path).expect("open");
         assert_eq!(read_strings(&file, "names").expect("names"), names);
-        assert_eq!(
-            file.dataset("x")
-                .and_then(|d| d.read_raw::<f64>())
-                .expect("x"),
-            [1.5, -2.0]
-        );
+        assert_eq!(read_1d::<f64>(&file, "x").expect("x"), [1.5, -2.0]);
         assert_eq!(read_attr::<u32>(&file, "version").expect("version"), 7);
         assert_eq!(read_str_attr(&file, "key").expect("key"), "abc");
         assert!(read_attr::<u32>(&file, "missing").is_err());

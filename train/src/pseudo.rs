@@ -770,11 +770,7 @@ impl Table {
             );
         }
         let read_str = |name: &str| h5::read_strings(&file, name).map_err(err(name));
-        let read_f64 = |name: &str| {
-            file.dataset(name)
-                .and_then(|d| d.read_raw::<f64>())
-                .map_err(err(name))
-        };
+        let read_f64 = |name: &str| h5::read_1d::<f64>(&file, name).map_err(err(name));
         let probs_ds = file.dataset("probs").map_err(err("probs"))?;
         let table = Table {
             row_id: read_str("row_id")?,

@@ -216,10 +216,8 @@ impl Cache {
             return Err("its file list differs from the dataset's".into());
         }
         let errors = read_strings("errors")?;
-        let read_u64 = |name: &str| -> Result<Vec<u64>, String> {
-            file.dataset(name)
-                .and_then(|d| d.read_raw::<u64>())
-                .map_err(|e| format!("dataset `{name}`: {e}"))
+        let read_u64 = |name: &str| {
+            h5::read_1d::<u64>(&file, name).map_err(|e| format!("dataset `{name}`: {e}"))
         };
         let head_offsets = read_u64("head_offsets")?;
         let tail_offsets = read_u64("tail_offsets")?;
