@@ -7,6 +7,10 @@
 # session and two parallel 1-thread sessions, at batches of 4, 8 and 48, on precomputed inputs.
 # REPEATS rounds (default 3), each measuring everything once in turn, so that every figure sees
 # the same drift of this shared VM (10-20% from minute to minute); each is the best of its rounds.
+# Two more figures show where the 5-model run's time goes beyond raw inference: ONNX Runtime
+# alone running the ensemble as birdclef-infer does (each model in turn on pieces of 48 distinct
+# precomputed windows), and birdclef-infer on the same audio as 16-bit WAV, which costs next to
+# nothing to decode (written to a temporary folder outside the project and removed afterwards).
 #   bench/infer.sh [COPIES] [REPEATS]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,10 +39,19 @@ done
 py=.env/venv/bin/python
 files=("$work"/audio/*.ogg)
 n=${#files[@]}
+wav="$(mktemp -d)"
+trap 'rm -rf "$wav"' EXIT
+mkdir "$wav/audio"
+for f in "$src"/*.ogg; do
+  b="$(basename "$f" .ogg)"
+  $py -c 'import soundfile as sf, sys; x, sr = sf.read(sys.argv[1], dtype="int16"); sf.write(sys.argv[2], x, sr, subtype="PCM_16")' \
+    "$f" "$wav/$b.wav"
+  for c in $(seq 1 "$copies"); do ln -s "$wav/$b.wav" "$wav/audio/${b}_c$c.wav"; done
+done
 timed() { # prints the wall seconds and peak RSS (KB) of one run of a command
   /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1
 }
-raws=(); refs=(); t1s=(); t5s=()
+raws=(); ens=(); refs=(); t1s=(); t5s=(); twavs=()
 for round in $(seq "$repeats"); do
   echo "round $round of $repeats: raw onnxruntime, birdclef-infer 1 and 5 models, python..." >&2
   raws+=("$($py bench/infer_reference.py raw "$work/models/fold0.onnx" --threads 2 --repeats 1)")
@@ -46,6 +59,10 @@ for round in $(seq "$repeats"); do
     --soundscapes "$work/audio" --out "$work/sub1.csv")")
   t5s+=("$(timed ./target/release/birdclef-infer --models "$work"/models/fold{0,1,2,3,4}.onnx \
     --soundscapes "$work/audio" --out "$work/sub5.csv")")
+  ens+=("$($py bench/infer_reference.py ensemble "$work"/models/fold{0,1,2,3,4}.onnx --threads 2 \
+    --batch 8 --piece 6 --repeats 1)")
+  twavs+=("$(timed ./target/release/birdclef-infer --models "$work"/models/fold{0,1,2,3,4}.onnx \
+    --soundscapes "$wav/audio" --out "$work/sub5wav.csv")")
   refs+=("$($py bench/infer_reference.py pipeline "$work/models/fold0.onnx" "${files[@]}" \
     --threads 2 --repeats 1)")
 done
@@ -54,13 +71,16 @@ best_json() { # the per-key maximum of JSON objects of numbers (one per argument
 print(json.dumps({k: max(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}))' "$@"
 }
 raw=$(best_json "${raws[@]}")
+ensemble=$(best_json "${ens[@]}")
 ref=$($py -c 'import json,sys; print(json.dumps(min((json.loads(a) for a in sys.argv[1:]), key=lambda r: r["seconds"])))' "${refs[@]}")
 read -r t1 m1 < <(printf '%s\n' "${t1s[@]}" | sort -n | head -1)
 read -r t5 m5 < <(printf '%s\n' "${t5s[@]}" | sort -n | head -1)
-$py - "$raw" "$ref" "$n" "$t1" "$m1" "$t5" "$m5" <<'PY'
+read -r twav mwav < <(printf '%s\n' "${twavs[@]}" | sort -n | head -1)
+$py - "$raw" "$ref" "$n" "$t1" "$m1" "$t5" "$m5" "$ensemble" "$twav" "$mwav" <<'PY'
 import json, sys
 raw, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 n, t1, m1, t5, m5 = int(sys.argv[3]), *map(float, sys.argv[4:8])
+ens, twav, mwav = json.loads(sys.argv[8]), float(sys.argv[9]), float(sys.argv[10])
 w = n * 48
 r = max(v for k, v in raw.items() if k.startswith(("one_session_b", "parallel_sessions_b")))
 e1, e5 = w / t1, w / t5
@@ -74,8 +94,12 @@ for key, value in raw.items():
 print(f"{'raw ORT, 5 models (= best raw / 5)':<40} {r / 5:>10.1f}")
 print(f"{'birdclef-infer, 1 model':<40} {e1:>10.1f} {t1:>8.1f} {m1 / 1024:>8.0f}")
 print(f"{'birdclef-infer, 5 models':<40} {e5:>10.1f} {t5:>8.1f} {m5 / 1024:>8.0f}")
+print(f"{'raw ORT, 5 models in turn, pieces of 48':<40} {ens['windows_per_second']:>10.1f}")
+print(f"{'birdclef-infer, 5 models, WAV input':<40} {w / twav:>10.1f} {twav:>8.1f} {mwav / 1024:>8.0f}")
 print(f"{'python (soundfile+librosa+ORT), 1 model':<40} {ref['windows_per_second']:>10.1f} {ref['seconds']:>8.1f}")
 print(f"end to end / best raw, 5 models: {e5 / (r / 5):.2f} (target >= 0.9)")
+print(f"  for comparison: / raw 5 models in turn {e5 / ens['windows_per_second']:.2f}; "
+      f"WAV input / best raw {w / twav / (r / 5):.2f}")
 print(f"birdclef-infer / python, 1 model: {e1 / ref['windows_per_second']:.2f} (target >= 4)")
 proj = 1100 * 48 / e5
 print(f"projection, 1,100 x 4-min soundscapes, 5 folds, this machine: {proj / 60:.1f} min")

@@ -2,9 +2,10 @@
 """The pipeline a Kaggle notebook would write, for comparison with birdclef-infer: per soundscape,
 soundfile decode, librosa log-mel of its 5-s windows (the model card's frontend, including its
 normalisation), onnxruntime on the batch, sigmoid; rows appended to a DataFrame-like list.
-Also measures raw ONNX Runtime throughput on precomputed inputs.
+Also measures raw ONNX Runtime throughput on precomputed inputs, of one model and of an ensemble.
 
     infer_reference.py raw   MODEL.onnx [--threads 2] [--batch 4,8,48] [--seconds 5] [--repeats 3]
+    infer_reference.py ensemble MODEL.onnx... [--threads 2] [--batch 8] [--piece 6] [--seconds 5]
     infer_reference.py pipeline MODEL.onnx FILE... [--threads 2] [--repeats 3]
 Prints one JSON object. Every figure is the best of --repeats runs: the development machine is a
 shared VM whose speed drifts by 10-20% from minute to minute, and the best run is the one least
@@ -69,6 +70,50 @@ def raw(args):
     return out
 
 
+def ensemble(args):
+    """ONNX Runtime alone running an ensemble as a streaming scorer must: `threads` threads, each
+    with its own single-threaded session of every model, take pieces of `piece` batches of
+    distinct precomputed windows (a pool of 256, larger than the CPU cache) and run each model on
+    the piece's batches in turn. Windows/s counts a window once, however many models saw it."""
+    import threading
+
+    models = [args.model] + args.files
+    per_thread = [[session(m, 1) for m in models] for _ in range(args.threads)]
+    c, h, w = card_of(per_thread[0][0])["input_shape"]
+    name = per_thread[0][0].get_inputs()[0].name
+    pool = np.random.default_rng(0).standard_normal((256, c, h, w)).astype(np.float32)
+    batch = int(args.batch.split(",")[0])
+    for sessions in per_thread:
+        for s in sessions:
+            s.run(None, {name: pool[:batch]})
+
+    def rate():
+        counts = [0] * args.threads
+        start = time.perf_counter()
+
+        def loop(t):
+            i = t * 128
+            while time.perf_counter() - start < args.seconds:
+                xs = []
+                for _ in range(args.piece):
+                    j = i % (len(pool) - batch + 1)
+                    xs.append(pool[j:j + batch])
+                    i += batch
+                for s in per_thread[t]:
+                    for x in xs:
+                        s.run(None, {name: x})
+                counts[t] += batch * args.piece
+        threads = [threading.Thread(target=loop, args=(t,)) for t in range(args.threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) / (time.perf_counter() - start)
+
+    return {"models": len(models), "batch": batch, "piece": args.piece,
+            "windows_per_second": max(rate() for _ in range(args.repeats))}
+
+
 def one_pass(args, sess):
     """Every file once, as a notebook's loop over the test soundscapes would."""
     card = card_of(sess)
@@ -112,15 +157,17 @@ def pipeline(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["raw", "pipeline"])
+    ap.add_argument("mode", choices=["raw", "ensemble", "pipeline"])
     ap.add_argument("model")
     ap.add_argument("files", nargs="*")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", default="4,8,48", help="batch sizes to try, comma-separated")
+    ap.add_argument("--batch", default="4,8,48",
+                    help="batch sizes to try, comma-separated (ensemble: the first only)")
+    ap.add_argument("--piece", type=int, default=6, help="ensemble: batches per piece")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    print(json.dumps(raw(args) if args.mode == "raw" else pipeline(args)))
+    print(json.dumps({"raw": raw, "ensemble": ensemble, "pipeline": pipeline}[args.mode](args)))
 
 
 if __name__ == "__main__":
