@@ -3,7 +3,7 @@
 # on ../shared/data/bench_soundscapes (each file linked COPIES times, default 4 -> 32 x 4 min).
 # Models: 5 efficientvit_b0 "folds" (init seeds 0-4, 182 classes, default card), exported.
 # birdclef-infer runs with its defaults (one worker per core, each decoding and running its own
-# single-threaded ONNX Runtime sessions, batches of 8 windows); "raw" is the best of one 2-thread
+# single-threaded ONNX Runtime sessions, batches of 4 windows); "raw" is the best of one 2-thread
 # session and two parallel 1-thread sessions, at batches of 4, 8 and 48, on precomputed inputs.
 # REPEATS rounds (default 3), each measuring everything once in turn, so that every figure sees
 # the same drift of this shared VM (10-20% from minute to minute); each is the best of its rounds.

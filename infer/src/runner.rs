@@ -2,7 +2,7 @@
 //! Runtime sessions, in bounded memory.
 //!
 //! A worker (one per core by default) repeatedly takes the most useful job: a decoded piece
-//! waiting for inference (up to [`BATCHES_PER_PIECE`] batches of one file's windows, run through
+//! waiting for inference (up to [`PIECE_WINDOWS`] of one file's windows in batches, run through
 //! every model in turn); else the next piece of a file that is being decoded ([`AudioStream`],
 //! 5-s windows cut as samples arrive, features computed once per distinct frontend among the
 //! models, straight into the piece's input tensor); else the next file. So no core is
@@ -11,7 +11,7 @@
 //! the last file is shared out piece by piece rather than leaving cores idle. However long a file
 //! is, only a few pieces exist at once: a worker decodes only when no piece is waiting.
 //!
-//! Small batches run faster on the CPU than large ones (on the 2-core development machine, 8
+//! Small batches run faster on the CPU than large ones (on the 2-core development machine, 4 or 8
 //! windows of 1×224×224 gave 1.2-1.6× the windows/s of 48, whose activations no longer fit in
 //! the cache); see `bench/infer.sh`.
 //!
@@ -33,14 +33,17 @@ use crate::model::OnnxModel;
 /// The probability given to every species in windows whose audio could not be decoded.
 pub const FALLBACK_PROBABILITY: f32 = 0.0;
 
-/// Windows per inference batch unless told otherwise.
-pub const DEFAULT_BATCH_SIZE: usize = 8;
+/// Windows per inference batch unless told otherwise: raw ONNX Runtime ran batches of 4 about 3%
+/// faster than 8 on the development machine, and birdclef-infer 2% (five models, 128
+/// soundscapes: 29.3 -> 28.8 s in three alternating runs; the submission is byte-identical).
+pub const DEFAULT_BATCH_SIZE: usize = 4;
 
-/// Batches in a piece. Each model runs on them one after the other, so its weights are read
-/// from memory once per piece rather than once per batch: with 5 models of 9.5 MB (more than
-/// the development machine's 32 MB L3 cache) two batches per piece saved 2-3% of the time, and
-/// six (48 windows, a whole 4-min soundscape) another 1.3% (30.65 -> 30.15 s for 128 files).
-pub const BATCHES_PER_PIECE: usize = 6;
+/// Windows in a piece (rounded up to whole batches). Each model runs on the piece's batches one
+/// after the other, so its weights are read from memory once per piece rather than once per
+/// batch: with 5 models of 9.5 MB (more than the development machine's 32 MB L3 cache) 16
+/// windows per piece instead of 8 saved 2-3% of the time, and 48 (a whole 4-min soundscape)
+/// another 1.3-2.6% (128 soundscapes, alternating runs).
+pub const PIECE_WINDOWS: usize = 48;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -48,8 +51,8 @@ pub struct RunConfig {
     /// Worker threads, each decoding, computing features and running its own sessions of every
     /// model.
     pub workers: usize,
-    /// Windows per inference batch (a piece of a file decoded at once holds
-    /// [`BATCHES_PER_PIECE`] of them).
+    /// Windows per inference batch (a piece of a file decoded at once holds [`PIECE_WINDOWS`]
+    /// windows, rounded up to whole batches).
     pub batch_size: usize,
     /// Warn when the projected total time exceeds this.
     pub time_limit: Option<Duration>,
@@ -102,14 +105,14 @@ pub struct RunOutput {
     pub warnings: Vec<String>,
 }
 
-/// Up to a batch of decoded windows of one file, ready for the models.
+/// Up to a piece of decoded windows of one file, ready for the models.
 struct Piece {
     file: usize,
     /// Index of the first window in its file.
     first: usize,
     /// Number of windows.
     windows: usize,
-    /// Per distinct frontend, the model inputs of all windows back to back: the batch tensor.
+    /// Per distinct frontend, the model inputs of all windows back to back: the batches' tensors.
     inputs: Vec<Vec<f32>>,
 }
 
@@ -239,7 +242,7 @@ impl Ctx<'_> {
         }
     }
 
-    /// An empty piece of `file` starting at window `first`, with buffers for a batch.
+    /// An empty piece of `file` starting at window `first`, with buffers for a piece.
     fn piece(&self, file: usize, first: usize) -> Piece {
         let inputs = lock(&self.shared).spare.pop().unwrap_or_else(|| {
             self.frontends
@@ -315,8 +318,7 @@ impl Ctx<'_> {
         }
     }
 
-    /// Decode the next piece of `f` (up to [`BATCHES_PER_PIECE`] batches of windows), then park it
-    /// or finish it.
+    /// Decode the next piece of `f` (up to [`PIECE_WINDOWS`] windows), then park it or finish it.
     fn decode(&self, mut f: Box<OpenFile>) {
         let policy = self.policy();
         let w = policy.window_samples();
@@ -598,7 +600,7 @@ where
         n_models,
         classes,
         batch: cfg.batch_size.max(1),
-        piece_windows: cfg.batch_size.max(1) * BATCHES_PER_PIECE,
+        piece_windows: PIECE_WINDOWS.div_ceil(cfg.batch_size.max(1)) * cfg.batch_size.max(1),
         cfg,
         start,
         shared: Mutex::new(Shared {
