@@ -5,7 +5,7 @@ normalisation), onnxruntime on the batch, sigmoid; rows appended to a DataFrame-
 Also measures raw ONNX Runtime throughput on precomputed inputs, of one model and of an ensemble.
 
     infer_reference.py raw   MODEL.onnx [--threads 2] [--batch 4,8,48] [--seconds 5] [--repeats 3]
-    infer_reference.py ensemble MODEL.onnx... [--threads 2] [--batch 8] [--piece 6] [--seconds 5]
+    infer_reference.py ensemble MODEL.onnx... [--threads 2] [--batch 4] [--piece 12] [--seconds 5]
     infer_reference.py pipeline MODEL.onnx FILE... [--threads 2] [--repeats 3]
 Prints one JSON object. Every figure is the best of --repeats runs: the development machine is a
 shared VM whose speed drifts by 10-20% from minute to minute, and the best run is the one least
@@ -163,7 +163,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", default="4,8,48",
                     help="batch sizes to try, comma-separated (ensemble: the first only)")
-    ap.add_argument("--piece", type=int, default=6, help="ensemble: batches per piece")
+    ap.add_argument("--piece", type=int, default=12, help="ensemble: batches per piece")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
