@@ -34,13 +34,13 @@ use crate::model::OnnxModel;
 pub const FALLBACK_PROBABILITY: f32 = 0.0;
 
 /// Windows per inference batch unless told otherwise: raw ONNX Runtime ran batches of 4 about 3%
-/// faster than 8 on the development machine, and birdclef-infer 2% (five models, 128
+/// faster than 8 on the AMD EPYC development VM, and birdclef-infer 2% (five models, 128
 /// soundscapes: 29.3 -> 28.8 s in three alternating runs; the submission is byte-identical).
 pub const DEFAULT_BATCH_SIZE: usize = 4;
 
 /// Windows in a piece (rounded up to whole batches). Each model runs on the piece's batches one
 /// after the other, so its weights are read from memory once per piece rather than once per
-/// batch: with 5 models of 9.5 MB (more than the development machine's 32 MB L3 cache) 16
+/// batch: with 5 models of 9.5 MB (more than the EPYC development VM's 32 MB L3 cache) 16
 /// windows per piece instead of 8 saved 2-3% of the time, and 48 (a whole 4-min soundscape)
 /// another 1.3-2.6% (128 soundscapes, alternating runs).
 pub const PIECE_WINDOWS: usize = 48;
