@@ -60,7 +60,7 @@ for round in $(seq "$repeats"); do
   t5s+=("$(timed ./target/release/birdclef-infer --models "$work"/models/fold{0,1,2,3,4}.onnx \
     --soundscapes "$work/audio" --out "$work/sub5.csv")")
   ens+=("$($py bench/infer_reference.py ensemble "$work"/models/fold{0,1,2,3,4}.onnx --threads 2 \
-    --batch 4 --piece 12 --repeats 1)")
+    --batch 4 --piece 48 --repeats 1)")
   twavs+=("$(timed ./target/release/birdclef-infer --models "$work"/models/fold{0,1,2,3,4}.onnx \
     --soundscapes "$wav/audio" --out "$work/sub5wav.csv")")
   refs+=("$($py bench/infer_reference.py pipeline "$work/models/fold0.onnx" "${files[@]}" \

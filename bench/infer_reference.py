@@ -5,7 +5,7 @@ normalisation), onnxruntime on the batch, sigmoid; rows appended to a DataFrame-
 Also measures raw ONNX Runtime throughput on precomputed inputs, of one model and of an ensemble.
 
     infer_reference.py raw   MODEL.onnx [--threads 2] [--batch 4,8,48] [--seconds 5] [--repeats 3]
-    infer_reference.py ensemble MODEL.onnx... [--threads 2] [--batch 4] [--piece 12] [--seconds 5]
+    infer_reference.py ensemble MODEL.onnx... [--threads 2] [--batch 4] [--piece 48] [--seconds 5]
     infer_reference.py pipeline MODEL.onnx FILE... [--threads 2] [--repeats 3]
 Prints one JSON object. Every figure is the best of --repeats runs: the development machine is a
 shared VM whose speed drifts by 10-20% from minute to minute, and the best run is the one least
@@ -72,9 +72,9 @@ def raw(args):
 
 def ensemble(args):
     """ONNX Runtime alone running an ensemble as a streaming scorer must: `threads` threads, each
-    with its own single-threaded session of every model, take pieces of `piece` batches of
-    distinct precomputed windows (a pool of 256, larger than the CPU cache) and run each model on
-    the piece's batches in turn. Windows/s counts a window once, however many models saw it."""
+    with its own single-threaded session of every model, take pieces of `piece` distinct
+    precomputed windows (rounded up to whole batches, like birdclef-infer's PIECE_WINDOWS; a pool
+    of 256, larger than the CPU cache) and run each model on the piece's batches in turn. Windows/s counts a window once, however many models saw it."""
     import threading
 
     models = [args.model] + args.files
@@ -83,6 +83,7 @@ def ensemble(args):
     name = per_thread[0][0].get_inputs()[0].name
     pool = np.random.default_rng(0).standard_normal((256, c, h, w)).astype(np.float32)
     batch = int(args.batch.split(",")[0])
+    batches = -(-args.piece // batch)
     for sessions in per_thread:
         for s in sessions:
             s.run(None, {name: pool[:batch]})
@@ -95,14 +96,14 @@ def ensemble(args):
             i = t * 128
             while time.perf_counter() - start < args.seconds:
                 xs = []
-                for _ in range(args.piece):
+                for _ in range(batches):
                     j = i % (len(pool) - batch + 1)
                     xs.append(pool[j:j + batch])
                     i += batch
                 for s in per_thread[t]:
                     for x in xs:
                         s.run(None, {name: x})
-                counts[t] += batch * args.piece
+                counts[t] += batch * batches
         threads = [threading.Thread(target=loop, args=(t,)) for t in range(args.threads)]
         for t in threads:
             t.start()
@@ -110,7 +111,7 @@ def ensemble(args):
             t.join()
         return sum(counts) / (time.perf_counter() - start)
 
-    return {"models": len(models), "batch": batch, "piece": args.piece,
+    return {"models": len(models), "batch": batch, "piece": batch * batches,
             "windows_per_second": max(rate() for _ in range(args.repeats))}
 
 
@@ -163,7 +164,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", default="4,8,48",
                     help="batch sizes to try, comma-separated (ensemble: the first only)")
-    ap.add_argument("--piece", type=int, default=12, help="ensemble: batches per piece")
+    ap.add_argument("--piece", type=int, default=48, help="ensemble: windows per piece")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
