@@ -6,7 +6,8 @@
 # single-threaded ONNX Runtime sessions, batches of 4 windows); "raw" is the best of one 2-thread
 # session and two parallel 1-thread sessions, at batches of 4, 8 and 48, on precomputed inputs.
 # REPEATS rounds (default 3), each measuring everything once in turn, so that every figure sees
-# the same drift of this shared VM (10-20% from minute to minute); each is the best of its rounds.
+# the same drift of this shared VM (10-20% from minute to minute); each is the best of its rounds,
+# and each round's own ratios are printed too.
 # Two more figures show where the 5-model run's time goes beyond raw inference: ONNX Runtime
 # alone running the ensemble as birdclef-infer does (each model in turn on pieces of 48 distinct
 # precomputed windows), and birdclef-infer on the same audio as 16-bit WAV, which costs next to
@@ -66,41 +67,53 @@ for round in $(seq "$repeats"); do
   refs+=("$($py bench/infer_reference.py pipeline "$work/models/fold0.onnx" "${files[@]}" \
     --threads 2 --repeats 1)")
 done
-best_json() { # the per-key maximum of JSON objects of numbers (one per argument)
-  $py -c 'import json,sys; rs=[json.loads(a) for a in sys.argv[1:]]
-print(json.dumps({k: max(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}))' "$@"
+# Every round's figures go to the summary: it reports the best of the rounds for each figure and,
+# since figures of one round are measured minutes apart under the same drift, each round's own
+# ratios too (their spread shows how far a single run can be trusted).
+rounds_json() {
+  for i in "${!raws[@]}"; do
+    printf '{"raw": %s, "ens": %s, "ref": %s, "t1": "%s", "t5": "%s", "twav": "%s"}\n' \
+      "${raws[$i]}" "${ens[$i]}" "${refs[$i]}" "${t1s[$i]}" "${t5s[$i]}" "${twavs[$i]}"
+  done
 }
-raw=$(best_json "${raws[@]}")
-ensemble=$(best_json "${ens[@]}")
-ref=$($py -c 'import json,sys; print(json.dumps(min((json.loads(a) for a in sys.argv[1:]), key=lambda r: r["seconds"])))' "${refs[@]}")
-read -r t1 m1 < <(printf '%s\n' "${t1s[@]}" | sort -n | head -1)
-read -r t5 m5 < <(printf '%s\n' "${t5s[@]}" | sort -n | head -1)
-read -r twav mwav < <(printf '%s\n' "${twavs[@]}" | sort -n | head -1)
-$py - "$raw" "$ref" "$n" "$t1" "$m1" "$t5" "$m5" "$ensemble" "$twav" "$mwav" <<'PY'
+rounds_json > "$wav/rounds.jsonl"
+$py - "$n" "$wav/rounds.jsonl" <<'PY'
 import json, sys
-raw, ref = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-n, t1, m1, t5, m5 = int(sys.argv[3]), *map(float, sys.argv[4:8])
-ens, twav, mwav = json.loads(sys.argv[8]), float(sys.argv[9]), float(sys.argv[10])
-w = n * 48
-r = max(v for k, v in raw.items() if k.startswith(("one_session_b", "parallel_sessions_b")))
-e1, e5 = w / t1, w / t5
-print(f"{n} soundscapes x 4 min ({w} windows), efficientvit_b0 182 classes, 2 cores, best of rounds")
+n, w = int(sys.argv[1]), int(sys.argv[1]) * 48
+rounds = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
+for r in rounds:
+    r["t1"], r["m1"] = map(float, r["t1"].split())
+    r["t5"], r["m5"] = map(float, r["t5"].split())
+    r["twav"], r["mwav"] = map(float, r["twav"].split())
+    r["best_raw"] = max(v for k, v in r["raw"].items() if k.startswith(("one_session_b", "parallel_sessions_b")))
+raw = {k: max(r["raw"][k] for r in rounds) for k in rounds[0]["raw"]
+       if k.startswith(("one_session_b", "parallel_sessions_b"))}
+best = lambda key: min(rounds, key=lambda r: r[key])  # the fastest round of a timed run
+r5 = max(raw.values()) / 5
+ens = max(r["ens"]["windows_per_second"] for r in rounds)
+ref = min((r["ref"] for r in rounds), key=lambda x: x["seconds"])
+t1, t5, twav = best("t1"), best("t5"), best("twav")
+e1, e5 = w / t1["t1"], w / t5["t5"]
+print(f"{n} soundscapes x 4 min ({w} windows), efficientvit_b0 182 classes, 2 cores, best of {len(rounds)} rounds")
 print(f"{'run':<40} {'windows/s':>10} {'wall s':>8} {'peak MB':>8}")
 for key, value in raw.items():
-    if key.startswith(("one_session_b", "parallel_sessions_b")):
-        how, batch = key.rsplit("_b", 1)
-        how = "1 session x 2 threads" if how == "one_session" else "2 sessions x 1 thread"
-        print(f"{'raw ORT, 1 model, ' + how + ', batch ' + batch:<40} {value:>10.1f}")
-print(f"{'raw ORT, 5 models (= best raw / 5)':<40} {r / 5:>10.1f}")
-print(f"{'birdclef-infer, 1 model':<40} {e1:>10.1f} {t1:>8.1f} {m1 / 1024:>8.0f}")
-print(f"{'birdclef-infer, 5 models':<40} {e5:>10.1f} {t5:>8.1f} {m5 / 1024:>8.0f}")
-print(f"{'raw ORT, 5 models in turn, pieces of 48':<40} {ens['windows_per_second']:>10.1f}")
-print(f"{'birdclef-infer, 5 models, WAV input':<40} {w / twav:>10.1f} {twav:>8.1f} {mwav / 1024:>8.0f}")
+    how, batch = key.rsplit("_b", 1)
+    how = "1 session x 2 threads" if how == "one_session" else "2 sessions x 1 thread"
+    print(f"{'raw ORT, 1 model, ' + how + ', batch ' + batch:<40} {value:>10.1f}")
+print(f"{'raw ORT, 5 models (= best raw / 5)':<40} {r5:>10.1f}")
+print(f"{'birdclef-infer, 1 model':<40} {e1:>10.1f} {t1['t1']:>8.1f} {t1['m1'] / 1024:>8.0f}")
+print(f"{'birdclef-infer, 5 models':<40} {e5:>10.1f} {t5['t5']:>8.1f} {t5['m5'] / 1024:>8.0f}")
+print(f"{'raw ORT, 5 models in turn, pieces of 48':<40} {ens:>10.1f}")
+print(f"{'birdclef-infer, 5 models, WAV input':<40} {w / twav['twav']:>10.1f} {twav['twav']:>8.1f} {twav['mwav'] / 1024:>8.0f}")
 print(f"{'python (soundfile+librosa+ORT), 1 model':<40} {ref['windows_per_second']:>10.1f} {ref['seconds']:>8.1f}")
-print(f"end to end / best raw, 5 models: {e5 / (r / 5):.2f} (target >= 0.9)")
-print(f"  for comparison: / raw 5 models in turn {e5 / ens['windows_per_second']:.2f}; "
-      f"WAV input / best raw {w / twav / (r / 5):.2f}")
+print(f"end to end / best raw, 5 models: {e5 / r5:.2f} (target >= 0.9)")
+print(f"  for comparison: / raw 5 models in turn {e5 / ens:.2f}; WAV input / best raw {w / twav['twav'] / r5:.2f}")
 print(f"birdclef-infer / python, 1 model: {e1 / ref['windows_per_second']:.2f} (target >= 4)")
+fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+print("each round's own ratios:")
+print(f"  5 models / (best raw / 5):  {fmt(w / r['t5'] / (r['best_raw'] / 5) for r in rounds)}")
+print(f"  5 models / 5 models in turn: {fmt(w / r['t5'] / r['ens']['windows_per_second'] for r in rounds)}")
+print(f"  1 model / python:           {fmt(w / r['t1'] / r['ref']['windows_per_second'] for r in rounds)}")
 proj = 1100 * 48 / e5
 print(f"projection, 1,100 x 4-min soundscapes, 5 folds, this machine: {proj / 60:.1f} min")
 PY
