@@ -456,6 +456,17 @@ fn different_frontends_detections_and_strict_time_limit() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("exceeds the time limit"), "{err}");
     assert!(err.contains("skipped: the time limit was reached"), "{err}");
+    // Each skipped file's summary line names it, once.
+    for line in err
+        .lines()
+        .filter(|l| l.contains("skipped: the time limit"))
+    {
+        let named = (0..6)
+            .filter(|i| line.contains(&format!("rec{i}.wav")))
+            .count();
+        assert_eq!(named, 1, "{line}");
+        assert_eq!(line.matches(".wav").count(), 1, "{line}");
+    }
     let (_, rows) = read_csv(&strict);
     assert_eq!(rows.len(), 18, "full rows even when stopped early");
 }

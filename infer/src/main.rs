@@ -303,39 +303,32 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
         summary.failures.len(),
         summary.files
     );
-    for (path, f) in &summary.failures {
-        eprintln!("  {}", failure_line(path, &f.reason, f.decoded_windows));
+    for (_, f) in &summary.failures {
+        eprintln!("  {}", failure_line(&f.reason, f.decoded_windows));
     }
     Ok(1)
 }
 
-/// One line of the failure summary: the file, what went wrong and how many windows hold real
-/// predictions. Decoding errors already begin with the file's path; it is shown once.
-fn failure_line(path: &std::path::Path, reason: &str, scored: usize) -> String {
-    let shown = path.display().to_string();
-    let reason = reason
-        .strip_prefix(shown.as_str())
-        .and_then(|r| r.strip_prefix(": "))
-        .unwrap_or(reason);
+/// One line of the failure summary: what went wrong (the reason names the file) and how many
+/// windows hold real predictions.
+fn failure_line(reason: &str, scored: usize) -> String {
     let plural = if scored == 1 { "" } else { "s" };
-    format!("{shown}: {reason} ({scored} window{plural} scored)")
+    format!("{reason} ({scored} window{plural} scored)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::failure_line;
-    use std::path::Path;
 
     #[test]
-    fn a_failure_line_names_the_file_once() {
-        let p = Path::new("audio/x.ogg");
+    fn a_failure_line_counts_windows_in_words() {
         assert_eq!(
-            failure_line(p, "audio/x.ogg: file is empty (0 bytes)", 0),
+            failure_line("audio/x.ogg: file is empty (0 bytes)", 0),
             "audio/x.ogg: file is empty (0 bytes) (0 windows scored)"
         );
         assert_eq!(
-            failure_line(p, "skipped: the time limit was reached", 1),
-            "audio/x.ogg: skipped: the time limit was reached (1 window scored)"
+            failure_line("audio/x.ogg: truncated", 1),
+            "audio/x.ogg: truncated (1 window scored)"
         );
     }
 }

@@ -138,7 +138,10 @@ struct Finished {
     /// Rows the file gets.
     rows: usize,
     seconds: f64,
+    /// What went wrong, naming the file.
     error: Option<String>,
+    /// Not started because of the time limit.
+    skipped: bool,
 }
 
 /// Windows a file of `seconds` (from its header) is expected to have.
@@ -289,7 +292,11 @@ impl Ctx<'_> {
                     windows: 0,
                     rows,
                     seconds: 0.0,
-                    error: Some("skipped: the time limit was reached".into()),
+                    error: Some(format!(
+                        "{}: skipped: the time limit was reached",
+                        path.display()
+                    )),
+                    skipped: true,
                 },
             );
         }
@@ -313,6 +320,7 @@ impl Ctx<'_> {
                     rows: 1,
                     seconds: 0.0,
                     error: Some(e.to_string()),
+                    skipped: false,
                 },
             ),
         }
@@ -386,6 +394,7 @@ impl Ctx<'_> {
                 rows: rows.max(1),
                 seconds: f.samples as f64 / f64::from(policy.sample_rate),
                 error,
+                skipped: false,
             },
         );
     }
@@ -399,10 +408,8 @@ impl Ctx<'_> {
         let s = &mut sh.scores[done.file];
         s.windows = done.rows;
         s.seconds = done.seconds;
+        sh.skipped_for_time += usize::from(done.skipped);
         if let Some(reason) = done.error {
-            if reason.starts_with("skipped:") {
-                sh.skipped_for_time += 1;
-            }
             s.failure = Some(Failure {
                 reason,
                 decoded_windows: done.windows,
