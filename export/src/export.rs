@@ -1,14 +1,16 @@
 //! Checkpoint → verified ONNX file.
 //!
 //! [`export_checkpoint`] reads a checkpoint directory (see `birdclef_models::checkpoint`), emits
-//! its graph with its weights and card, writes the bytes to a temporary file beside the target,
-//! runs that file in ONNX Runtime on the checkpoint's reference batch and renames it into place
-//! only if every output is within the tolerance of the stored reference output. On any failure
-//! the temporary file is removed and the target is left as it was.
+//! its graph with its weights and card, writes the bytes to a temporary file (an [`AtomicFile`]:
+//! beside the target with links followed, or in the temporary directory when the target is a
+//! device or FIFO), runs that file in ONNX Runtime on the checkpoint's reference batch and puts it
+//! in place only if every output is within the tolerance of the stored reference output. On any
+//! failure the temporary file is removed and the target is left as it was.
 
 use std::path::{Path, PathBuf};
 
 use birdclef_models::checkpoint::{Checkpoint, CheckpointError, NamedTensor, CARD_FILE};
+use birdclef_models::fsio::AtomicFile;
 
 use crate::emit::{self, EmitError};
 use crate::ort_run::{OrtModel, RunError};
@@ -136,6 +138,14 @@ pub enum ExportError {
         /// The cause.
         cause: std::io::Error,
     },
+    /// The output file cannot be written (a directory, a missing directory, an input).
+    #[error("checkpoint {dir}: {cause}")]
+    Output {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The cause, naming the output.
+        cause: birdclef_models::fsio::OutputError,
+    },
     /// The command itself is inconsistent (e.g. two checkpoints would write the same file).
     #[error("{0}")]
     Usage(String),
@@ -165,28 +175,6 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
         }
     }
     worst
-}
-
-/// Removes a temporary file on drop unless it was kept.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// The temporary file next to `out`: hidden, unique per process.
-fn temp_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map_or_else(|| "model.onnx".into(), |n| n.to_string_lossy().into_owned());
-    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// Export the checkpoint in `dir` to `out`, verified; see the module documentation.
@@ -224,18 +212,18 @@ pub fn export_checkpoint(
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     }
-    let mut tmp = TempFile {
-        path: temp_path(out),
-        keep: false,
-    };
-    std::fs::write(&tmp.path, &bytes).map_err(|e| io(&tmp.path, e))?;
+    let tmp = AtomicFile::new(out).map_err(|cause| ExportError::Output {
+        dir: dir.to_path_buf(),
+        cause,
+    })?;
+    std::fs::write(tmp.path(), &bytes).map_err(|e| io(tmp.path(), e))?;
 
     // Verify the file as written, with the runtime that will score with it.
     let run_err = |cause| ExportError::Run {
         dir: dir.to_path_buf(),
         cause,
     };
-    let mut model = OrtModel::from_file(&tmp.path, opts.ort_lib.as_deref()).map_err(run_err)?;
+    let mut model = OrtModel::from_file(tmp.path(), opts.ort_lib.as_deref()).map_err(run_err)?;
     let got = model.run(&input).map_err(run_err)?;
     drop(model);
     let ((diff, _), (scaled, at)) = if got.shape == reference.shape {
@@ -260,8 +248,10 @@ pub fn export_checkpoint(
             want: reference.data.get(at).copied().unwrap_or(f32::NAN),
         });
     }
-    std::fs::rename(&tmp.path, out).map_err(|e| io(out, e))?;
-    tmp.keep = true;
+    tmp.commit().map_err(|cause| ExportError::Output {
+        dir: dir.to_path_buf(),
+        cause,
+    })?;
     Ok(Exported {
         checkpoint: dir.to_path_buf(),
         path: out.to_path_buf(),
@@ -444,8 +434,5 @@ mod tests {
         let err = plan_outputs(&[PathBuf::from("x/fold0"), PathBuf::from("y/fold0")], out)
             .expect_err("collision");
         assert!(err.to_string().contains("both"), "{err}");
-        assert!(temp_path(Path::new("d/m.onnx"))
-            .to_string_lossy()
-            .starts_with("d/.m.onnx.tmp-"));
     }
 }

@@ -174,12 +174,8 @@ pub fn write_csv(path: &Path, detections: &[Detection]) -> Result<(), DetectionE
             cause: e.into_error(),
         })
     })?;
-    birdclef_models::npy::write_atomic(path, &bytes).map_err(|source| {
-        DetectionError::from(FileError::Io {
-            path: path.to_path_buf(),
-            cause: source,
-        })
-    })
+    birdclef_models::fsio::write_atomic(path, &bytes)
+        .map_err(|e| DetectionError::from(FileError::from(e)))
 }
 
 /// The text of one Raven Pro selection table holding `detections` (all of one file), numbered
@@ -263,12 +259,8 @@ pub fn write_raven_tables(
         });
         let path = dir.join(format!("{stem}{RAVEN_SUFFIX}"));
         let text = raven_table(&dets, fmin, fmax);
-        birdclef_models::npy::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            DetectionError::from(FileError::Io {
-                path: path.clone(),
-                cause: source,
-            })
-        })?;
+        birdclef_models::fsio::write_atomic(&path, text.as_bytes())
+            .map_err(|e| DetectionError::from(FileError::from(e)))?;
         written.push(path);
     }
     Ok(written)

@@ -22,6 +22,9 @@ pub enum FileError {
         /// The cause.
         cause: csv::Error,
     },
+    /// An output could not be written (the error names it).
+    #[error(transparent)]
+    Output(#[from] birdclef_models::fsio::OutputError),
     /// The file does not have the expected content.
     #[error("{path}: {reason}")]
     Format {

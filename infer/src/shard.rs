@@ -474,12 +474,8 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeReport, ShardError> 
         bytes.extend_from_slice(r.2.as_bytes());
         bytes.push(b'\n');
     }
-    birdclef_models::npy::write_atomic(out, &bytes).map_err(|source| {
-        ShardError::from(FileError::Io {
-            path: out.to_path_buf(),
-            cause: source,
-        })
-    })?;
+    birdclef_models::fsio::write_atomic(out, &bytes)
+        .map_err(|e| ShardError::from(FileError::from(e)))?;
     Ok(MergeReport {
         inputs: inputs.len(),
         rows: rows.len(),

@@ -487,12 +487,8 @@ impl SubmissionWriter {
                 got,
             });
         }
-        birdclef_models::npy::write_atomic(path, &bytes).map_err(|source| {
-            SubmissionError::from(FileError::Io {
-                path: path.to_path_buf(),
-                cause: source,
-            })
-        })?;
+        birdclef_models::fsio::write_atomic(path, &bytes)
+            .map_err(|e| SubmissionError::from(FileError::from(e)))?;
         Ok(WriteReport {
             rows: got,
             files: self.files.len(),

@@ -625,10 +625,14 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, S
 
 /// Write mono 32-bit float WAV (used by the demo and by tests that synthesise audio).
 /// Written to a temporary file beside `path` and renamed, so a reader never sees half a file.
-pub fn write_wav_f32(path: &Path, samples: &[f32], sample_rate: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    let data_len = u32::try_from(samples.len() * 4).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "WAV data over 4 GiB")
+pub fn write_wav_f32(
+    path: &Path,
+    samples: &[f32],
+    sample_rate: u32,
+) -> Result<(), crate::fsio::OutputError> {
+    let data_len = u32::try_from(samples.len() * 4).map_err(|_| crate::fsio::OutputError::Io {
+        path: path.to_path_buf(),
+        cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "WAV data over 4 GiB"),
     })?;
     let mut bytes = Vec::with_capacity(44 + samples.len() * 4);
     bytes.extend_from_slice(b"RIFF");
@@ -646,12 +650,7 @@ pub fn write_wav_f32(path: &Path, samples: &[f32], sample_rate: u32) -> std::io:
     for s in samples {
         bytes.extend_from_slice(&s.to_le_bytes());
     }
-    let tmp = crate::npy::temp_path_for(path);
-    let mut f = File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::fsio::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

@@ -99,6 +99,9 @@ pub enum CardError {
         /// What is wrong.
         reason: String,
     },
+    /// An output could not be written (the error names it).
+    #[error(transparent)]
+    Output(#[from] crate::fsio::OutputError),
 }
 
 impl Card {
@@ -157,10 +160,7 @@ impl Card {
 
     /// Write the card as JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<(), CardError> {
-        crate::npy::write_atomic(path, self.to_json().as_bytes()).map_err(|cause| CardError::Io {
-            path: path.to_path_buf(),
-            cause,
-        })
+        Ok(crate::fsio::write_atomic(path, self.to_json().as_bytes())?)
     }
 
     /// Structural checks: version, frontend, input shape, label uniqueness.

@@ -60,6 +60,9 @@ pub enum CheckpointError {
     /// The card is missing or invalid.
     #[error(transparent)]
     Card(#[from] crate::card::CardError),
+    /// An output could not be written (the error names it).
+    #[error(transparent)]
+    Output(#[from] crate::fsio::OutputError),
     /// The card's architecture cannot be built.
     #[error("{path}: {reason}")]
     Architecture {
@@ -173,10 +176,7 @@ pub fn write_tensors(
         .collect::<Result<Vec<_>, _>>()?;
     let buf = safetensors::serialize(views, metadata.map(|m| m.into_iter().collect()))
         .map_err(|e| fmt(e.to_string()))?;
-    crate::npy::write_atomic(path, &buf).map_err(|cause| CheckpointError::Io {
-        path: path.to_path_buf(),
-        cause,
-    })
+    Ok(crate::fsio::write_atomic(path, &buf)?)
 }
 
 /// Check that `tensors` hold exactly the graph's parameters with the graph's shapes; the error

@@ -1,11 +1,11 @@
-//! NumPy `.npy` files (format version 1.0, little-endian `float32`, C order) and atomic writes.
+//! NumPy `.npy` files (format version 1.0, little-endian `float32`, C order), written atomically.
 //!
 //! The feature tensors `birdclef-infer features` writes are `.npy` so users can diff them against
 //! their Python pipeline with `np.load`; golden files made by the committed Python scripts are read
 //! back with [`read_f32`].
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayBase, ArrayD, Data, Dimension, IxDyn};
@@ -29,32 +29,9 @@ pub enum NpyError {
         /// What is wrong.
         reason: String,
     },
-}
-
-/// A sibling temporary path (`.<name>.<pid>.tmp`) in the same directory, for write-then-rename.
-pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = temp_path_for(path);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    /// An output could not be written (the error names it).
+    #[error(transparent)]
+    Output(#[from] crate::fsio::OutputError),
 }
 
 /// Encode an `f32` array of any dimension as `.npy` bytes (C order).
@@ -96,10 +73,7 @@ where
     S: Data<Elem = f32>,
     D: Dimension,
 {
-    write_atomic(path, &to_bytes_f32(array)).map_err(|cause| NpyError::Io {
-        path: path.to_path_buf(),
-        cause,
-    })
+    Ok(crate::fsio::write_atomic(path, &to_bytes_f32(array))?)
 }
 
 /// Read a little-endian `float32` or `float64` C-order `.npy` file as `f32`.

@@ -287,6 +287,9 @@ pub enum SynthError {
         /// The operating system's error.
         cause: std::io::Error,
     },
+    /// An output could not be written (the error names it).
+    #[error(transparent)]
+    Output(#[from] crate::fsio::OutputError),
 }
 
 impl SynthError {
@@ -295,6 +298,7 @@ impl SynthError {
         match self {
             SynthError::Spec { root, .. } => root,
             SynthError::Io { path, .. } => path,
+            SynthError::Output(e) => e.path(),
         }
     }
 }
@@ -404,10 +408,7 @@ pub fn write_competition(
                 crate::audio::TARGET_SAMPLE_RATE,
             ),
         };
-        crate::audio::write_wav_f32(&path, &audio, rate).map_err(|cause| SynthError::Io {
-            path: path.clone(),
-            cause,
-        })
+        crate::audio::write_wav_f32(&path, &audio, rate).map_err(SynthError::from)
     })?;
 
     Ok(CompetitionSummary {
@@ -869,10 +870,7 @@ fn create_dir(dir: &Path) -> Result<(), SynthError> {
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), SynthError> {
-    crate::npy::write_atomic(path, text.as_bytes()).map_err(|cause| SynthError::Io {
-        path: path.to_path_buf(),
-        cause,
-    })
+    Ok(crate::fsio::write_atomic(path, text.as_bytes())?)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use birdclef_models::card::{Card, FoldInfo, Provenance, CARD_FORMAT_VERSION};
 use birdclef_models::checkpoint::{self, Checkpoint, NamedTensor};
 use birdclef_models::frontend::{Frontend, FrontendConfig, Normalize};
+use birdclef_models::fsio;
 use birdclef_models::ir::ParamKind;
 use birdclef_models::{metrics, nets, synth::Rng};
 use ndarray::Array2;
@@ -31,7 +32,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::atomic_dir;
 use crate::batch::{Batch, BatchBuilder, Item};
 use crate::config::{BestMetric, LossConfig, LossKind, TrainConfig};
 use crate::data::{AudioStore, Dataset};
@@ -388,24 +388,13 @@ fn snapshot(ts: &[Tensor]) -> Vec<Tensor> {
     ts.iter().map(|t| t.detach().copy()).collect()
 }
 
-/// Write a directory atomically: `write` fills a temporary sibling, which then replaces `dest`.
-pub fn write_dir_atomic(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = atomic_dir::temp_dir_beside(dest, "tmp")
-        .with_context(|| format!("creating a temporary directory beside {}", dest.display()))?;
-    if let Err(e) = write(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    atomic_dir::replace_dir(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))
-}
-
-/// `dir`, or the copy moved aside by an interrupted [`write_dir_atomic`].
+/// `dir`, or the copy moved aside by an interrupted [`fsio::write_dir_atomic`].
 fn existing_dir(dir: &Path) -> Option<PathBuf> {
     if dir.join(STATE_JSON).is_file() {
         return Some(dir.to_path_buf());
     }
     let parent = dir.parent()?;
-    let prefix = atomic_dir::aside_prefix(&dir.file_name()?.to_string_lossy());
+    let prefix = fsio::aside_prefix(&dir.file_name()?.to_string_lossy());
     std::fs::read_dir(parent)
         .ok()?
         .flatten()
@@ -425,8 +414,7 @@ fn write_history(out_dir: &Path, rows: &[EpochRow]) -> Result<()> {
         text.push('\n');
     }
     let path = out_dir.join(HISTORY_CSV);
-    birdclef_models::npy::write_atomic(&path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(birdclef_models::fsio::write_atomic(&path, text.as_bytes())?)
 }
 
 fn read_history(out_dir: &Path) -> Vec<EpochRow> {
@@ -441,9 +429,9 @@ fn read_history(out_dir: &Path) -> Vec<EpochRow> {
 pub fn plot_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Debug| anyhow!("drawing {}: {e:?}", path.display());
-    let tmp = path.with_file_name(".history.tmp.png");
+    let file = birdclef_models::fsio::AtomicFile::new(path)?;
     {
-        let root = BitMapBackend::new(&tmp, (960, 420)).into_drawing_area();
+        let root = BitMapBackend::new(file.path(), (960, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let (left, right) = root.split_horizontally(480);
         let n = rows.last().map_or(1, |r| r.epoch).max(2) as f64;
@@ -512,8 +500,7 @@ pub fn plot_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
         }
         root.present().map_err(|e| err(&e))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(file.commit()?)
 }
 
 fn data_hash(ds: &Dataset, folds: &[usize], cfg: &TrainConfig) -> String {
@@ -637,7 +624,7 @@ pub fn fit_with(
         );
     }
     for dir in [&last_dir, &best_dir] {
-        let n = atomic_dir::remove_stale_temps(dir, "tmp");
+        let n = fsio::remove_stale_temps(dir, "tmp");
         if n > 0 {
             eprintln!("fit: removed {n} unfinished checkpoint folder(s) of a killed run");
         }
@@ -784,8 +771,7 @@ pub fn fit_with(
         );
     }
 
-    birdclef_models::npy::write_atomic(&out_dir.join("config.toml"), cfg.to_toml().as_bytes())
-        .with_context(|| format!("writing {}/config.toml", out_dir.display()))?;
+    birdclef_models::fsio::write_atomic(&out_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     // Validation windows, computed once.
     let cap = cfg.run.debug_batches.map(|b| 4 * b * o.batch_size);
@@ -1000,7 +986,7 @@ pub fn fit_with(
         }
         let raw_params = raw.as_deref().unwrap_or(&all);
         let save = |dir: &Path| -> Result<()> {
-            write_dir_atomic(dir, |tmp| {
+            fsio::write_dir_atomic(dir, |tmp| -> Result<()> {
                 model.save_weights(&tmp.join(checkpoint::WEIGHTS_FILE))?;
                 let mut card = card_base.clone();
                 card.provenance.notes = Some(format!(

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use birdclef_models::card::{Card, CardError, Provenance};
 use birdclef_models::checkpoint::{self, Checkpoint, CheckpointError, NamedTensor};
 use birdclef_models::frontend::Frontend;
+use birdclef_models::fsio::{self, OutputError};
 use birdclef_models::{nets, synth};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::atomic_dir;
 use crate::net::{self, ImportReport, Net, NetError};
 
 /// The NVBird 2024 student frontend card, used when `--card` is not given.
@@ -97,6 +97,9 @@ pub enum InitError {
     /// Writing or re-reading the checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The checkpoint directory could not be put in place.
+    #[error(transparent)]
+    Place(#[from] OutputError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
@@ -337,14 +340,10 @@ fn write_checkpoint(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = out
-        .file_name()
-        .ok_or_else(|| InitError::Output {
-            path: out.to_path_buf(),
-            reason: "has no directory name".into(),
-        })?
-        .to_string_lossy()
-        .to_string();
+    out.file_name().ok_or_else(|| InitError::Output {
+        path: out.to_path_buf(),
+        reason: "has no directory name".into(),
+    })?;
     // The first ancestor that does not exist yet: removed again if anything fails.
     let created_root = parent
         .ancestors()
@@ -357,17 +356,14 @@ fn write_checkpoint(
         }
     };
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let tmp = match atomic_dir::temp_dir_beside(out, "init") {
+    let tmp = match fsio::temp_dir_beside(out, "init") {
         Ok(tmp) => tmp,
-        Err(cause) => {
+        Err(e) => {
             cleanup_parent();
-            return Err(InitError::Io {
-                path: parent.join(format!(".{name}.init-*")),
-                cause,
-            });
+            return Err(e.into());
         }
     };
-    let result = write(&tmp).and_then(|()| atomic_dir::replace_dir(&tmp, out).map_err(io_err(out)));
+    let result = write(&tmp).and_then(|()| Ok(fsio::replace_dir(&tmp, out)?));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         cleanup_parent();

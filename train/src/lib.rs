@@ -3,7 +3,6 @@
 //! thin command-line layer over these.
 #![deny(unsafe_code)]
 
-pub mod atomic_dir;
 pub mod batch;
 pub mod config;
 pub mod data;

@@ -39,8 +39,8 @@ use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
 use birdclef_infer::runner::{RunConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::score::score;
+use birdclef_models::fsio::write_atomic;
 use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
-use birdclef_models::npy::write_atomic;
 use birdclef_models::synth::{write_competition, CompetitionSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -311,8 +311,7 @@ impl Runner<'_> {
         if let Some(dir) = started.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        write_atomic(&started, key.as_bytes())
-            .with_context(|| format!("writing {}", started.display()))?;
+        write_atomic(&started, key.as_bytes())?;
         eprintln!(
             "pipeline: {stage}: {}",
             if resume { "resuming" } else { "running" }
@@ -326,8 +325,7 @@ impl Runner<'_> {
             metric: metric.clone(),
             value,
         };
-        write_atomic(&done, serde_json::to_string_pretty(&s)?.as_bytes())
-            .with_context(|| format!("writing {}", done.display()))?;
+        write_atomic(&done, serde_json::to_string_pretty(&s)?.as_bytes())?;
         let _ = std::fs::remove_file(&started);
         eprintln!(
             "pipeline: {stage}: {metric} = {} ({seconds:.1} s)",
@@ -642,8 +640,7 @@ pub fn write_summary(path: &Path, rows: &[StageRow]) -> Result<()> {
             row.stage, row.status, row.seconds, row.metric, row.value
         ));
     }
-    birdclef_models::npy::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(birdclef_models::fsio::write_atomic(path, text.as_bytes())?)
 }
 
 /// A metric for people: 4 decimals, or 3 significant digits when it is tiny (export differences).

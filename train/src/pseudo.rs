@@ -390,8 +390,7 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
     }
     std::fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
-    birdclef_models::npy::write_atomic(&key_file, key.as_bytes())
-        .with_context(|| format!("writing {}", key_file.display()))?;
+    birdclef_models::fsio::write_atomic(&key_file, key.as_bytes())?;
 
     let mut done: BTreeMap<usize, Part> = BTreeMap::new();
     for (i, f) in files.iter().enumerate() {
@@ -694,13 +693,9 @@ impl Table {
         {
             bail!("{}: inconsistent pseudo-label table", path.display());
         }
-        let tmp = birdclef_models::npy::temp_path_for(path);
-        let result = self.write_to(&tmp);
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+        let file = birdclef_models::fsio::AtomicFile::new(path)?;
+        self.write_to(file.path())?;
+        Ok(file.commit()?)
     }
 
     fn write_to(&self, tmp: &Path) -> Result<()> {

@@ -27,8 +27,8 @@
 //!
 //! The key is the SHA-256 of the `params` JSON followed by one line `filename\tsize\tmtime_ns`
 //! per row: changing N, the decoder's version, or any audio file (added, removed, replaced)
-//! gives a new key and so a new file. A file is written as `<name>.tmp-<pid>` and renamed once
-//! complete; at open, a file that HDF5 cannot read (truncated), that lacks `complete`, whose key,
+//! gives a new key and so a new file. A file is written under a temporary name beside it and renamed
+//! once complete; at open, a file that HDF5 cannot read (truncated), that lacks `complete`, whose key,
 //! file list or offsets disagree, is removed and rebuilt.
 //!
 //! Reading it from Python:
@@ -160,17 +160,16 @@ impl Cache {
                 }
             }
         }
-        let tmp = dir.join(format!(
-            "audio-{}.h5.tmp-{}",
-            &key[..16],
-            std::process::id()
-        ));
-        let built = build(&tmp, &params, &key, &entries, opts);
+        let tmp = birdclef_models::fsio::AtomicFile::new(&path).map_err(|e| DataError::Io {
+            path: path.clone(),
+            cause: std::io::Error::other(e.to_string()),
+        })?;
+        let built = build(tmp.path(), &params, &key, &entries, opts);
         match built {
             Ok(decoded) => {
-                std::fs::rename(&tmp, &path).map_err(|cause| DataError::Io {
+                tmp.commit().map_err(|e| DataError::Io {
                     path: path.clone(),
-                    cause,
+                    cause: std::io::Error::other(e.to_string()),
                 })?;
                 let mut cache =
                     Self::open(&path, &key, &entries, rows).map_err(|why| DataError::Hdf5 {
@@ -181,7 +180,7 @@ impl Cache {
                 Ok(cache)
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                drop(tmp);
                 Err(e)
             }
         }
