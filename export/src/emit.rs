@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use birdclef_models::card::Card;
 use birdclef_models::checkpoint::NamedTensor;
-use birdclef_models::ir::{Activation, Graph, GraphError, Node, Op};
+use birdclef_models::ir::{show_shape, Activation, Dim, Graph, GraphError, Node, Op};
 use prost::Message;
 
 use crate::onnx_proto::{
@@ -101,9 +101,6 @@ pub enum EmitError {
     Model(String),
 }
 
-/// A dimension during shape propagation: `None` is dynamic (batch, or H/W without a card).
-type Dim = Option<usize>;
-
 /// Emit `graph` with `weights` (exactly the graph's parameters, by name and shape) as an ONNX
 /// model; see the module documentation.
 pub fn emit_model(
@@ -129,7 +126,7 @@ pub fn emit_model(
         }
         None => (None, None),
     };
-    let shapes = infer_shapes(graph, height, width)?;
+    let shapes = graph.infer_shapes(height, width)?;
     let out_shape = &shapes[graph.output];
     let classes = match out_shape.as_slice() {
         [_, Some(classes)] => *classes,
@@ -328,241 +325,6 @@ fn check_weights(graph: &Graph, weights: &[NamedTensor]) -> Result<(), EmitError
             problems: problems.join("; "),
         })
     }
-}
-
-fn show_shape(s: &[Dim]) -> String {
-    let parts: Vec<String> = s
-        .iter()
-        .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
-        .collect();
-    format!("[{}]", parts.join(", "))
-}
-
-/// Shapes of every value (index = value id), checking that each node can take its inputs.
-fn infer_shapes(graph: &Graph, height: Dim, width: Dim) -> Result<Vec<Vec<Dim>>, EmitError> {
-    let mut shapes: Vec<Vec<Dim>> = vec![vec![None, Some(graph.in_chans), height, width]];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        let ins: Vec<&Vec<Dim>> = node.inputs.iter().map(|&v| &shapes[v]).collect();
-        let s = node_shape(graph, node, &ins).map_err(|reason| EmitError::Shape {
-            graph: graph.name.clone(),
-            index: i,
-            name: node.name.clone(),
-            reason,
-        })?;
-        shapes.push(s);
-    }
-    Ok(shapes)
-}
-
-fn node_shape(graph: &Graph, node: &Node, ins: &[&Vec<Dim>]) -> Result<Vec<Dim>, String> {
-    let pshape = |id: usize| graph.params[id].shape.clone();
-    let arity = |n: usize| {
-        if ins.len() == n {
-            Ok(())
-        } else {
-            Err(format!("takes {n} input(s), got {}", ins.len()))
-        }
-    };
-    let rank = |s: &[Dim], r: usize| {
-        if s.len() == r {
-            Ok(())
-        } else {
-            Err(format!("needs a rank-{r} input, got {}", show_shape(s)))
-        }
-    };
-    let same = |what: &str, have: Dim, want: usize| match have {
-        Some(h) if h != want => Err(format!("{what} is {h}, the parameters need {want}")),
-        _ => Ok(()),
-    };
-    match &node.op {
-        Op::Conv2d {
-            weight,
-            stride,
-            padding,
-            groups,
-            ..
-        } => {
-            arity(1)?;
-            let x = ins[0];
-            rank(x, 4)?;
-            let w = pshape(*weight);
-            if w.len() != 4 {
-                return Err(format!("conv weight has shape {w:?}"));
-            }
-            same("input channels", x[1], w[1] * groups)?;
-            let out = |d: Dim, k: usize, s: usize, p: usize| -> Result<Dim, String> {
-                match d {
-                    None => Ok(None),
-                    Some(n) if n + 2 * p < k => Err(format!(
-                        "spatial size {n} (+2×{p} padding) is smaller than the kernel {k}"
-                    )),
-                    Some(n) => Ok(Some((n + 2 * p - k) / s.max(1) + 1)),
-                }
-            };
-            Ok(vec![
-                x[0],
-                Some(w[0]),
-                out(x[2], w[2], stride[0], padding[0])?,
-                out(x[3], w[3], stride[1], padding[1])?,
-            ])
-        }
-        Op::BatchNorm { weight, .. } => {
-            arity(1)?;
-            let x = ins[0];
-            if x.len() < 2 {
-                return Err(format!("needs [N, C, ...], got {}", show_shape(x)));
-            }
-            same("channels", x[1], graph.params[*weight].numel())?;
-            Ok(x.clone())
-        }
-        Op::Act(_) | Op::Dropout { .. } => {
-            arity(1)?;
-            Ok(ins[0].clone())
-        }
-        Op::Add | Op::Mul => {
-            arity(2)?;
-            broadcast(ins[0], ins[1])
-        }
-        Op::GlobalAvgPool => {
-            arity(1)?;
-            rank(ins[0], 4)?;
-            Ok(vec![ins[0][0], ins[0][1]])
-        }
-        Op::ReduceMean { axes, keepdim } | Op::ReduceSum { axes, keepdim } => {
-            arity(1)?;
-            let x = ins[0];
-            if let Some(a) = axes.iter().find(|&&a| a == 0 || a >= x.len()) {
-                return Err(format!(
-                    "axis {a} is not a non-batch axis of {}",
-                    show_shape(x)
-                ));
-            }
-            if axes.is_empty() {
-                return Err("no axes to reduce".into());
-            }
-            Ok(x.iter()
-                .enumerate()
-                .filter_map(|(i, &d)| match (axes.contains(&i), keepdim) {
-                    (false, _) => Some(d),
-                    (true, true) => Some(Some(1)),
-                    (true, false) => None,
-                })
-                .collect())
-        }
-        Op::Softmax { axis } => {
-            arity(1)?;
-            if *axis >= ins[0].len() {
-                return Err(format!(
-                    "axis {axis} is out of range for {}",
-                    show_shape(ins[0])
-                ));
-            }
-            Ok(ins[0].clone())
-        }
-        Op::Flatten => {
-            arity(1)?;
-            let x = ins[0];
-            let features = x
-                .get(1..)
-                .unwrap_or_default()
-                .iter()
-                .try_fold(1usize, |acc, d| d.map(|n| acc * n));
-            Ok(vec![x.first().copied().flatten(), features])
-        }
-        Op::Linear { weight, .. } => {
-            arity(1)?;
-            rank(ins[0], 2)?;
-            let w = pshape(*weight);
-            if w.len() != 2 {
-                return Err(format!("linear weight has shape {w:?}"));
-            }
-            same("input features", ins[0][1], w[1])?;
-            Ok(vec![ins[0][0], Some(w[0])])
-        }
-        Op::LayerNorm { weight, .. } => {
-            arity(1)?;
-            let x = ins[0];
-            let last = x.last().copied().flatten();
-            same("normalised features", last, graph.params[*weight].numel())?;
-            Ok(x.clone())
-        }
-        Op::Concat { axis } => {
-            let first = ins.first().ok_or("takes at least one input")?;
-            if *axis == 0 || *axis >= first.len() {
-                return Err(format!("cannot concatenate along axis {axis}"));
-            }
-            let mut out = (*first).clone();
-            for s in &ins[1..] {
-                if s.len() != first.len() {
-                    return Err(format!(
-                        "inputs of different rank: {} and {}",
-                        show_shape(first),
-                        show_shape(s)
-                    ));
-                }
-                for (i, d) in s.iter().enumerate() {
-                    if i == *axis {
-                        out[i] = out[i].zip(*d).map(|(a, b)| a + b);
-                    } else {
-                        out[i] = merge(out[i], *d).ok_or_else(|| {
-                            format!(
-                                "inputs {} and {} differ outside axis {axis}",
-                                show_shape(first),
-                                show_shape(s)
-                            )
-                        })?;
-                    }
-                }
-            }
-            Ok(out)
-        }
-        Op::LinearAttention { dim, .. } => {
-            arity(1)?;
-            let x = ins[0];
-            rank(x, 4)?;
-            match x[1] {
-                Some(c) if *dim > 0 && c % (3 * dim) == 0 => {
-                    Ok(vec![x[0], Some(c / 3), x[2], x[3]])
-                }
-                other => Err(format!(
-                    "needs a known channel count divisible by 3 × {dim}, got {other:?}"
-                )),
-            }
-        }
-    }
-}
-
-/// Two dimensions that must agree; `None` (dynamic) agrees with anything.
-fn merge(a: Dim, b: Dim) -> Option<Dim> {
-    match (a, b) {
-        (Some(x), Some(y)) if x != y => None,
-        (Some(x), _) | (_, Some(x)) => Some(Some(x)),
-        (None, None) => Some(None),
-    }
-}
-
-/// Numpy broadcasting of two shapes.
-fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
-    let n = a.len().max(b.len());
-    let at = |s: &[Dim], i: usize| {
-        if i + s.len() >= n {
-            s[i + s.len() - n]
-        } else {
-            Some(1)
-        }
-    };
-    (0..n)
-        .map(|i| match (at(a, i), at(b, i)) {
-            (Some(1), d) | (d, Some(1)) => Ok(d),
-            (x, y) => merge(x, y).ok_or_else(|| {
-                format!(
-                    "shapes {} and {} do not broadcast",
-                    show_shape(a),
-                    show_shape(b)
-                )
-            }),
-        })
-        .collect()
 }
 
 fn entry(key: &str, value: &str) -> StringStringEntryProto {
@@ -1047,19 +809,5 @@ mod tests {
         card.labels = vec!["a".into()];
         let err = emit(&g, &weights_for(&g), Some(&card)).expect_err("channels");
         assert!(err.to_string().contains("channels"), "{err}");
-    }
-
-    #[test]
-    fn broadcasting() {
-        let s = |v: &[usize]| v.iter().map(|&d| Some(d)).collect::<Vec<_>>();
-        assert_eq!(
-            broadcast(&s(&[2, 3, 4, 4]), &s(&[2, 3, 1, 1])).expect("ok"),
-            s(&[2, 3, 4, 4])
-        );
-        assert!(broadcast(&s(&[2, 3]), &s(&[2, 4])).is_err());
-        assert_eq!(
-            broadcast(&[None, Some(3)], &s(&[1, 3])).expect("ok"),
-            vec![None, Some(3)]
-        );
     }
 }

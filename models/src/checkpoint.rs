@@ -19,6 +19,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::card::Card;
 use crate::ir::Graph;
+use crate::nets::ArchError;
 
 /// File name of the model card inside a checkpoint.
 pub const CARD_FILE: &str = "card.json";
@@ -63,13 +64,22 @@ pub enum CheckpointError {
     /// An output could not be written (the error names it).
     #[error(transparent)]
     Output(#[from] crate::fsio::OutputError),
-    /// The card's architecture cannot be built.
+    /// The card cannot describe a model (no labels, a bad input shape).
     #[error("{path}: {reason}")]
-    Architecture {
+    InvalidCard {
         /// The card file.
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// The card's architecture cannot be built.
+    #[error("{path}: {cause}")]
+    Architecture {
+        /// The card file.
+        path: PathBuf,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        cause: Box<ArchError>,
     },
     /// Weights and graph disagree.
     #[error("{path}: weights do not fit the architecture: {reason}")]
@@ -233,13 +243,13 @@ impl Checkpoint {
         let card_path = dir.join(CARD_FILE);
         let card = Card::load(&card_path)?;
         card.validate_for_model()
-            .map_err(|reason| CheckpointError::Architecture {
+            .map_err(|reason| CheckpointError::InvalidCard {
                 path: card_path.clone(),
                 reason,
             })?;
-        let graph = graph_for_card(&card).map_err(|reason| CheckpointError::Architecture {
+        let graph = graph_for_card(&card).map_err(|cause| CheckpointError::Architecture {
             path: card_path.clone(),
-            reason,
+            cause: Box::new(cause),
         })?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let weights = read_tensors(&weights_path)?;
@@ -273,12 +283,9 @@ impl Checkpoint {
 }
 
 /// The graph a card describes: its architecture spec, input channels and label count.
-pub fn graph_for_card(card: &Card) -> Result<Graph, String> {
-    let spec = card
-        .architecture
-        .as_deref()
-        .ok_or_else(|| "the card names no architecture".to_string())?;
-    crate::nets::build_spec(spec, card.input_shape[0], card.labels.len()).map_err(|e| e.0)
+pub fn graph_for_card(card: &Card) -> Result<Graph, ArchError> {
+    let spec = card.architecture.as_deref().ok_or(ArchError::Unnamed)?;
+    crate::nets::build_spec(spec, card.input_shape[0], card.labels.len())
 }
 
 #[cfg(test)]

@@ -226,12 +226,52 @@ pub struct Graph {
 
 /// A graph that breaks the IR's rules.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("invalid graph {graph}: {reason}")]
-pub struct GraphError {
-    /// The graph's name.
-    pub graph: String,
-    /// What is wrong.
-    pub reason: String,
+pub enum GraphError {
+    /// Names, indices or the output are wrong, or a layer's settings are impossible.
+    #[error("invalid graph {graph}: {reason}")]
+    Invalid {
+        /// The graph's name.
+        graph: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A node's inputs have shapes its op cannot take.
+    #[error("graph {graph}, node {index} ({node}): {reason}")]
+    Shape {
+        /// The graph's name.
+        graph: String,
+        /// Node index.
+        index: usize,
+        /// The node's scope name.
+        node: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl GraphError {
+    /// What is wrong, without the graph's name.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Invalid { reason, .. } | Self::Shape { reason, .. } => reason,
+        }
+    }
+}
+
+/// A dimension of a value: `Some(n)` when known, `None` when dynamic (the batch, and the height
+/// and width of a graph whose input size is not fixed).
+pub type Dim = Option<usize>;
+
+/// The shape of a value, outermost dimension first.
+pub type Shape = Vec<Dim>;
+
+/// A shape for messages: `[?, 64, 7, 7]`.
+pub fn show_shape(s: &[Dim]) -> String {
+    let parts: Vec<String> = s
+        .iter()
+        .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 impl Graph {
@@ -253,7 +293,7 @@ impl Graph {
     /// range, output defined.
     pub fn validate(&self) -> Result<(), GraphError> {
         let fail = |reason: String| {
-            Err(GraphError {
+            Err(GraphError::Invalid {
                 graph: self.name.clone(),
                 reason,
             })
@@ -280,7 +320,7 @@ impl Graph {
                     n.name
                 ));
             }
-            for p in op_params(&n.op) {
+            for p in n.op.params() {
                 if p >= self.params.len() {
                     return fail(format!("node {i} ({}) refers to parameter {p}", n.name));
                 }
@@ -289,26 +329,363 @@ impl Graph {
         if self.output == 0 || self.output > self.nodes.len() {
             return fail(format!("output value {} is not a node output", self.output));
         }
-        Ok(())
+        self.infer_shapes(None, None).map(|_| ())
+    }
+
+    /// The input's shape: `[batch, in_chans, height, width]`.
+    pub fn input_shape(&self, height: Dim, width: Dim) -> Shape {
+        vec![None, Some(self.in_chans), height, width]
+    }
+
+    /// The shape of every value (index = value id) for an input of `height` x `width` (`None`:
+    /// dynamic), checking that each node can take its inputs. Call [`validate`](Self::validate)
+    /// first on a graph that was not made by a [`GraphBuilder`].
+    pub fn infer_shapes(&self, height: Dim, width: Dim) -> Result<Vec<Shape>, GraphError> {
+        let mut shapes: Vec<Shape> = vec![self.input_shape(height, width)];
+        for (i, node) in self.nodes.iter().enumerate() {
+            let ins: Vec<&[Dim]> = node
+                .inputs
+                .iter()
+                .map(|&v| shapes.get(v).map_or(&[][..], Vec::as_slice))
+                .collect();
+            let s =
+                node.op
+                    .output_shape(&self.params, &ins)
+                    .map_err(|reason| GraphError::Shape {
+                        graph: self.name.clone(),
+                        index: i,
+                        node: node.name.clone(),
+                        reason,
+                    })?;
+            shapes.push(s);
+        }
+        Ok(shapes)
+    }
+
+    /// For each value, the index of the last node that reads it; `usize::MAX` for the output,
+    /// which is never freed. An interpreter drops a value after its last use.
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.nodes.len() + 1];
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &v in &n.inputs {
+                if let Some(l) = last.get_mut(v) {
+                    *l = i;
+                }
+            }
+        }
+        if let Some(l) = last.get_mut(self.output) {
+            *l = usize::MAX;
+        }
+        last
+    }
+
+    /// The parameters of the layers that produce the logits: walking back from the output
+    /// through parameter-free ops (activations, softmax, products, sums over time, flatten,
+    /// dropout), the first Conv2d or Linear layer on every path. Sorted.
+    pub fn classifier_params(&self) -> Vec<ParamId> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![self.output];
+        while let Some(v) = stack.pop() {
+            if v == 0 || !seen.insert(v) {
+                continue;
+            }
+            let Some(node) = self.nodes.get(v - 1) else {
+                continue;
+            };
+            match &node.op {
+                Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
+                    out.push(*weight);
+                    out.extend(*bias);
+                }
+                Op::Act(_)
+                | Op::Add
+                | Op::Mul
+                | Op::Softmax { .. }
+                | Op::ReduceSum { .. }
+                | Op::Flatten
+                | Op::Concat { .. }
+                | Op::Dropout { .. } => stack.extend(node.inputs.iter().copied()),
+                Op::BatchNorm { .. }
+                | Op::LayerNorm { .. }
+                | Op::GlobalAvgPool
+                | Op::ReduceMean { .. }
+                | Op::LinearAttention { .. } => {}
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// The weight of the first Conv2d node (the stem, which reads the input channels).
+    pub fn first_conv_weight(&self) -> Option<ParamId> {
+        self.nodes.iter().find_map(|n| match &n.op {
+            Op::Conv2d { weight, .. } => Some(*weight),
+            _ => None,
+        })
     }
 }
 
-/// The parameters an op reads.
-pub fn op_params(op: &Op) -> Vec<ParamId> {
-    match op {
-        Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
-            std::iter::once(*weight).chain(*bias).collect()
+impl Op {
+    /// The op's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Conv2d { .. } => "Conv2d",
+            Op::BatchNorm { .. } => "BatchNorm",
+            Op::Act(_) => "activation",
+            Op::Add => "Add",
+            Op::Mul => "Mul",
+            Op::GlobalAvgPool => "GlobalAvgPool",
+            Op::ReduceMean { .. } => "ReduceMean",
+            Op::ReduceSum { .. } => "ReduceSum",
+            Op::Softmax { .. } => "Softmax",
+            Op::Flatten => "Flatten",
+            Op::Linear { .. } => "Linear",
+            Op::LayerNorm { .. } => "LayerNorm",
+            Op::Concat { .. } => "Concat",
+            Op::LinearAttention { .. } => "LinearAttention",
+            Op::Dropout { .. } => "Dropout",
         }
-        Op::BatchNorm {
-            weight,
-            bias,
-            running_mean,
-            running_var,
-            ..
-        } => vec![*weight, *bias, *running_mean, *running_var],
-        Op::LayerNorm { weight, bias, .. } => vec![*weight, *bias],
-        _ => Vec::new(),
     }
+
+    /// The parameters the op reads.
+    pub fn params(&self) -> Vec<ParamId> {
+        match self {
+            Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
+                std::iter::once(*weight).chain(*bias).collect()
+            }
+            Op::BatchNorm {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                ..
+            } => vec![*weight, *bias, *running_mean, *running_var],
+            Op::LayerNorm { weight, bias, .. } => vec![*weight, *bias],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The shape of the op's output for inputs of shapes `ins`, with `params` the graph's
+    /// parameters; an error says why the op cannot take those inputs. The shape rules of every
+    /// op live here, and only here: the builder applies them as each node is added, the ONNX
+    /// emitter for a concrete input size.
+    pub fn output_shape(&self, params: &[Param], ins: &[&[Dim]]) -> Result<Shape, String> {
+        let pshape = |id: usize| -> Result<&[usize], String> {
+            params
+                .get(id)
+                .map(|p| p.shape.as_slice())
+                .ok_or_else(|| format!("refers to parameter {id}, which does not exist"))
+        };
+        let arity = |n: usize| {
+            if ins.len() == n {
+                Ok(())
+            } else {
+                Err(format!("takes {n} input(s), got {}", ins.len()))
+            }
+        };
+        let rank = |s: &[Dim], r: usize| {
+            if s.len() == r {
+                Ok(())
+            } else {
+                Err(format!("needs a rank-{r} input, got {}", show_shape(s)))
+            }
+        };
+        let same = |what: &str, have: Dim, want: usize| match have {
+            Some(h) if h != want => Err(format!("{what} is {h}, the parameters need {want}")),
+            _ => Ok(()),
+        };
+        let numel = |id: usize| pshape(id).map(|s| s.iter().product::<usize>());
+        match self {
+            Op::Conv2d {
+                weight,
+                stride,
+                padding,
+                groups,
+                ..
+            } => {
+                arity(1)?;
+                let x = ins[0];
+                rank(x, 4)?;
+                let w = pshape(*weight)?;
+                if w.len() != 4 {
+                    return Err(format!("conv weight has shape {w:?}"));
+                }
+                same("input channels", x[1], w[1] * groups)?;
+                let out = |d: Dim, k: usize, s: usize, p: usize| -> Result<Dim, String> {
+                    match d {
+                        None => Ok(None),
+                        Some(n) if n + 2 * p < k => Err(format!(
+                            "spatial size {n} (+2×{p} padding) is smaller than the kernel {k}"
+                        )),
+                        Some(n) => Ok(Some((n + 2 * p - k) / s.max(1) + 1)),
+                    }
+                };
+                Ok(vec![
+                    x[0],
+                    Some(w[0]),
+                    out(x[2], w[2], stride[0], padding[0])?,
+                    out(x[3], w[3], stride[1], padding[1])?,
+                ])
+            }
+            Op::BatchNorm { weight, .. } => {
+                arity(1)?;
+                let x = ins[0];
+                if x.len() < 2 {
+                    return Err(format!("needs [N, C, ...], got {}", show_shape(x)));
+                }
+                same("channels", x[1], numel(*weight)?)?;
+                Ok(x.to_vec())
+            }
+            Op::Act(_) | Op::Dropout { .. } => {
+                arity(1)?;
+                Ok(ins[0].to_vec())
+            }
+            Op::Add | Op::Mul => {
+                arity(2)?;
+                broadcast(ins[0], ins[1])
+            }
+            Op::GlobalAvgPool => {
+                arity(1)?;
+                rank(ins[0], 4)?;
+                Ok(vec![ins[0][0], ins[0][1]])
+            }
+            Op::ReduceMean { axes, keepdim } | Op::ReduceSum { axes, keepdim } => {
+                arity(1)?;
+                let x = ins[0];
+                if let Some(a) = axes.iter().find(|&&a| a == 0 || a >= x.len()) {
+                    return Err(format!(
+                        "axis {a} is not a non-batch axis of {}",
+                        show_shape(x)
+                    ));
+                }
+                if axes.is_empty() {
+                    return Err("no axes to reduce".into());
+                }
+                Ok(x.iter()
+                    .enumerate()
+                    .filter_map(|(i, &d)| match (axes.contains(&i), keepdim) {
+                        (false, _) => Some(d),
+                        (true, true) => Some(Some(1)),
+                        (true, false) => None,
+                    })
+                    .collect())
+            }
+            Op::Softmax { axis } => {
+                arity(1)?;
+                if *axis >= ins[0].len() {
+                    return Err(format!(
+                        "axis {axis} is out of range for {}",
+                        show_shape(ins[0])
+                    ));
+                }
+                Ok(ins[0].to_vec())
+            }
+            Op::Flatten => {
+                arity(1)?;
+                let x = ins[0];
+                let features = x
+                    .get(1..)
+                    .unwrap_or_default()
+                    .iter()
+                    .try_fold(1usize, |acc, d| d.map(|n| acc * n));
+                Ok(vec![x.first().copied().flatten(), features])
+            }
+            Op::Linear { weight, .. } => {
+                arity(1)?;
+                rank(ins[0], 2)?;
+                let w = pshape(*weight)?;
+                if w.len() != 2 {
+                    return Err(format!("linear weight has shape {w:?}"));
+                }
+                same("input features", ins[0][1], w[1])?;
+                Ok(vec![ins[0][0], Some(w[0])])
+            }
+            Op::LayerNorm { weight, .. } => {
+                arity(1)?;
+                let x = ins[0];
+                let last = x.last().copied().flatten();
+                same("normalised features", last, numel(*weight)?)?;
+                Ok(x.to_vec())
+            }
+            Op::Concat { axis } => {
+                let first = ins.first().ok_or("takes at least one input")?;
+                if *axis == 0 || *axis >= first.len() {
+                    return Err(format!("cannot concatenate along axis {axis}"));
+                }
+                let mut out = first.to_vec();
+                for s in &ins[1..] {
+                    if s.len() != first.len() {
+                        return Err(format!(
+                            "inputs of different rank: {} and {}",
+                            show_shape(first),
+                            show_shape(s)
+                        ));
+                    }
+                    for (i, d) in s.iter().enumerate() {
+                        if i == *axis {
+                            out[i] = out[i].zip(*d).map(|(a, b)| a + b);
+                        } else {
+                            out[i] = merge(out[i], *d).ok_or_else(|| {
+                                format!(
+                                    "inputs {} and {} differ outside axis {axis}",
+                                    show_shape(first),
+                                    show_shape(s)
+                                )
+                            })?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            Op::LinearAttention { dim, .. } => {
+                arity(1)?;
+                let x = ins[0];
+                rank(x, 4)?;
+                match x[1] {
+                    Some(c) if *dim > 0 && c % (3 * dim) == 0 => {
+                        Ok(vec![x[0], Some(c / 3), x[2], x[3]])
+                    }
+                    other => Err(format!(
+                        "needs a known channel count divisible by 3 × {dim}, got {other:?}"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Two dimensions that must agree; `None` (dynamic) agrees with anything.
+fn merge(a: Dim, b: Dim) -> Option<Dim> {
+    match (a, b) {
+        (Some(x), Some(y)) if x != y => None,
+        (Some(x), _) | (_, Some(x)) => Some(Some(x)),
+        (None, None) => Some(None),
+    }
+}
+
+/// NumPy broadcasting of two shapes.
+fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Shape, String> {
+    let n = a.len().max(b.len());
+    let at = |s: &[Dim], i: usize| {
+        if i + s.len() >= n {
+            s[i + s.len() - n]
+        } else {
+            Some(1)
+        }
+    };
+    (0..n)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (Some(1), d) | (d, Some(1)) => Ok(d),
+            (x, y) => merge(x, y).ok_or_else(|| {
+                format!(
+                    "shapes {} and {} do not broadcast",
+                    show_shape(a),
+                    show_shape(b)
+                )
+            }),
+        })
+        .collect()
 }
 
 /// A convolution's settings for [`GraphBuilder::conv_norm_act`].
@@ -328,15 +705,18 @@ pub struct ConvSpec {
     pub norm: bool,
 }
 
-/// Builds a [`Graph`], tracking the channel count (dimension 1) of every value so that
-/// parameter shapes follow from the layers.
+/// Builds a [`Graph`], computing the shape of every value as its node is added
+/// ([`Op::output_shape`], with the height and width dynamic), so that parameter shapes follow
+/// from the layers and a node that cannot take its inputs fails where it is built.
 #[derive(Debug)]
 pub struct GraphBuilder {
     graph: Graph,
-    channels: Vec<usize>,
+    shapes: Vec<Shape>,
     init: InitScheme,
     /// The first error, reported by [`finish`](Self::finish) (builders stay infallible to read).
     error: Option<String>,
+    /// The first node that cannot take its inputs: index, name, why.
+    shape_error: Option<(usize, String, String)>,
 }
 
 /// How a builder initialises conv and linear weights when training from scratch.
@@ -371,9 +751,10 @@ impl GraphBuilder {
                 nodes: Vec::new(),
                 output: 0,
             },
-            channels: vec![in_chans],
+            shapes: vec![vec![None, Some(in_chans), None, None]],
             init: InitScheme::Torch,
             error: None,
+            shape_error: None,
         }
     }
 
@@ -388,9 +769,17 @@ impl GraphBuilder {
         0
     }
 
-    /// Channels (dimension 1) of a value.
+    /// Channels (dimension 1) of a value; 0 when unknown.
     pub fn channels(&self, v: ValueId) -> usize {
-        self.channels.get(v).copied().unwrap_or(0)
+        self.shapes
+            .get(v)
+            .and_then(|s| s.get(1).copied().flatten())
+            .unwrap_or(0)
+    }
+
+    /// The shape of a value (height and width dynamic).
+    pub fn shape(&self, v: ValueId) -> &[Dim] {
+        self.shapes.get(v).map_or(&[], Vec::as_slice)
     }
 
     fn fail(&mut self, msg: String) {
@@ -418,14 +807,29 @@ impl GraphBuilder {
         }
     }
 
-    /// Add a node producing a value with `channels` channels.
-    pub fn node(&mut self, name: &str, op: Op, inputs: Vec<ValueId>, channels: usize) -> ValueId {
+    /// Add a node; its output shape is computed from its inputs' shapes, and a node that cannot
+    /// take them is reported by [`finish`](Self::finish).
+    pub fn node(&mut self, name: &str, op: Op, inputs: Vec<ValueId>) -> ValueId {
+        let index = self.graph.nodes.len();
+        let shape = match inputs.iter().find(|&&v| v >= self.shapes.len()) {
+            Some(bad) => Err(format!("reads value {bad}, which is not defined before it")),
+            None => {
+                let ins: Vec<&[Dim]> = inputs.iter().map(|&v| self.shapes[v].as_slice()).collect();
+                op.output_shape(&self.graph.params, &ins)
+            }
+        };
+        let shape = shape.unwrap_or_else(|reason| {
+            if self.shape_error.is_none() {
+                self.shape_error = Some((index, name.to_string(), reason));
+            }
+            Vec::new()
+        });
         self.graph.nodes.push(Node {
             name: name.to_string(),
             op,
             inputs,
         });
-        self.channels.push(channels);
+        self.shapes.push(shape);
         self.graph.nodes.len()
     }
 
@@ -485,7 +889,6 @@ impl GraphBuilder {
                 groups,
             },
             vec![x],
-            out,
         )
     }
 
@@ -510,14 +913,12 @@ impl GraphBuilder {
                 momentum: 0.1,
             },
             vec![x],
-            c,
         )
     }
 
     /// An activation.
     pub fn act(&mut self, scope: &str, x: ValueId, a: Activation) -> ValueId {
-        let c = self.channels(x);
-        self.node(scope, Op::Act(a), vec![x], c)
+        self.node(scope, Op::Act(a), vec![x])
     }
 
     /// timm's `ConvNormAct`: `scope.conv` (no bias), `scope.norm` (BatchNorm, eps 1e-5), optional act.
@@ -574,20 +975,17 @@ impl GraphBuilder {
 
     /// `a + b`.
     pub fn add(&mut self, scope: &str, a: ValueId, b: ValueId) -> ValueId {
-        let c = self.channels(a).max(self.channels(b));
-        self.node(scope, Op::Add, vec![a, b], c)
+        self.node(scope, Op::Add, vec![a, b])
     }
 
     /// `a * b`.
     pub fn mul(&mut self, scope: &str, a: ValueId, b: ValueId) -> ValueId {
-        let c = self.channels(a).max(self.channels(b));
-        self.node(scope, Op::Mul, vec![a, b], c)
+        self.node(scope, Op::Mul, vec![a, b])
     }
 
     /// `[N, C, H, W] -> [N, C]`.
     pub fn global_avg_pool(&mut self, x: ValueId) -> ValueId {
-        let c = self.channels(x);
-        self.node("global_pool", Op::GlobalAvgPool, vec![x], c)
+        self.node("global_pool", Op::GlobalAvgPool, vec![x])
     }
 
     /// Mean over `axes`.
@@ -598,8 +996,7 @@ impl GraphBuilder {
         axes: Vec<usize>,
         keepdim: bool,
     ) -> ValueId {
-        let c = self.channels(x);
-        self.node(scope, Op::ReduceMean { axes, keepdim }, vec![x], c)
+        self.node(scope, Op::ReduceMean { axes, keepdim }, vec![x])
     }
 
     /// Sum over `axes`.
@@ -610,19 +1007,28 @@ impl GraphBuilder {
         axes: Vec<usize>,
         keepdim: bool,
     ) -> ValueId {
-        let c = self.channels(x);
-        self.node(scope, Op::ReduceSum { axes, keepdim }, vec![x], c)
+        self.node(scope, Op::ReduceSum { axes, keepdim }, vec![x])
     }
 
     /// Softmax over `axis`.
     pub fn softmax(&mut self, scope: &str, x: ValueId, axis: usize) -> ValueId {
-        let c = self.channels(x);
-        self.node(scope, Op::Softmax { axis }, vec![x], c)
+        self.node(scope, Op::Softmax { axis }, vec![x])
     }
 
-    /// `[N, ...] -> [N, F]`; `features` is F.
+    /// `[N, ...] -> [N, F]`; `features` is F. When the input's trailing dimensions are dynamic
+    /// here (height or width), F cannot be computed yet: `features` is taken as a promise,
+    /// checked by [`Graph::infer_shapes`] once the input size is known.
     pub fn flatten(&mut self, scope: &str, x: ValueId, features: usize) -> ValueId {
-        self.node(scope, Op::Flatten, vec![x], features)
+        let v = self.node(scope, Op::Flatten, vec![x]);
+        match self.shapes[v].get(1).copied() {
+            Some(Some(f)) if f != features => self.fail(format!(
+                "{scope}: flattening {} gives {f} features, not {features}",
+                show_shape(self.shape(x))
+            )),
+            Some(None) => self.shapes[v][1] = Some(features),
+            _ => {}
+        }
+        v
     }
 
     /// `scope.weight` `[out, in]` (+ `scope.bias`).
@@ -651,7 +1057,7 @@ impl GraphBuilder {
                 b_init,
             )
         });
-        self.node(scope, Op::Linear { weight, bias }, vec![x], out)
+        self.node(scope, Op::Linear { weight, bias }, vec![x])
     }
 
     /// LayerNorm over the features of `[N, F]`.
@@ -669,13 +1075,12 @@ impl GraphBuilder {
             ParamKind::Trainable,
             Init::Zeros,
         );
-        self.node(scope, Op::LayerNorm { weight, bias, eps }, vec![x], f)
+        self.node(scope, Op::LayerNorm { weight, bias, eps }, vec![x])
     }
 
     /// Concatenate along channels.
     pub fn concat_channels(&mut self, scope: &str, xs: Vec<ValueId>) -> ValueId {
-        let c = xs.iter().map(|&v| self.channels(v)).sum();
-        self.node(scope, Op::Concat { axis: 1 }, xs, c)
+        self.node(scope, Op::Concat { axis: 1 }, xs)
     }
 
     /// EfficientViT linear attention (see [`Op::LinearAttention`]).
@@ -684,20 +1089,27 @@ impl GraphBuilder {
         if dim == 0 || !c.is_multiple_of(3 * dim) {
             self.fail(format!("{scope}: {c} channels are not groups of 3 x {dim}"));
         }
-        self.node(scope, Op::LinearAttention { dim, eps }, vec![x], c / 3)
+        self.node(scope, Op::LinearAttention { dim, eps }, vec![x])
     }
 
     /// Dropout (identity at inference).
     pub fn dropout(&mut self, scope: &str, x: ValueId, p: f64) -> ValueId {
-        let c = self.channels(x);
-        self.node(scope, Op::Dropout { p }, vec![x], c)
+        self.node(scope, Op::Dropout { p }, vec![x])
     }
 
     /// Finish with `output` as the network output, validating the graph.
     pub fn finish(mut self, output: ValueId) -> Result<Graph, GraphError> {
         if let Some(reason) = self.error.take() {
-            return Err(GraphError {
+            return Err(GraphError::Invalid {
                 graph: self.graph.name,
+                reason,
+            });
+        }
+        if let Some((index, node, reason)) = self.shape_error.take() {
+            return Err(GraphError::Shape {
+                graph: self.graph.name,
+                index,
+                node,
                 reason,
             });
         }
@@ -742,13 +1154,98 @@ mod tests {
         let x = b.input();
         let _ = b.conv("c", x, 8, 3, 1, 2, false);
         let err = b.finish(1).expect_err("groups");
-        assert!(err.reason.contains("groups"), "{err}");
+        assert!(err.reason().contains("groups"), "{err}");
 
         let mut b = GraphBuilder::new("dup", 1);
         let x = b.input();
         let y = b.conv("c", x, 4, 1, 1, 1, false);
         let y = b.conv("c", y, 4, 1, 1, 1, false);
         let err = b.finish(y).expect_err("duplicate");
-        assert!(err.reason.contains("twice"), "{err}");
+        assert!(err.reason().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn broadcasting() {
+        let s = |v: &[usize]| v.iter().map(|&d| Some(d)).collect::<Vec<_>>();
+        assert_eq!(
+            broadcast(&s(&[2, 3, 4, 4]), &s(&[2, 3, 1, 1])).expect("ok"),
+            s(&[2, 3, 4, 4])
+        );
+        assert!(broadcast(&s(&[2, 3]), &s(&[2, 4])).is_err());
+        assert_eq!(
+            broadcast(&[None, Some(3)], &s(&[1, 3])).expect("ok"),
+            vec![None, Some(3)]
+        );
+    }
+
+    #[test]
+    fn a_node_that_cannot_take_its_inputs_fails_where_it_is_built() {
+        let mut b = GraphBuilder::new("mismatch", 3);
+        let x = b.input();
+        let a = b.conv("a", x, 8, 3, 1, 1, false);
+        let c = b.conv("c", x, 16, 3, 1, 1, false);
+        let s = b.add("sum", a, c);
+        assert!(b.shape(s).is_empty(), "no shape for a failed node");
+        let p = b.global_avg_pool(a);
+        let o = b.linear("fc", p, 2, true);
+        match b.finish(o).expect_err("8 and 16 channels do not add") {
+            GraphError::Shape {
+                index,
+                node,
+                reason,
+                ..
+            } => {
+                assert_eq!((index, node.as_str()), (2, "sum"));
+                assert!(reason.contains("do not broadcast"), "{reason}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn shapes_follow_the_input_size_once_it_is_known() {
+        let mut b = GraphBuilder::new("t", 1);
+        let x = b.input();
+        let y = b.conv_bn_act("stem", x, 8, 3, 2, 1, Some(Activation::Relu));
+        assert_eq!(b.shape(y), [None, Some(8), None, None]);
+        let p = b.reduce_mean("pool", y, vec![2, 3], true);
+        let f = b.flatten("flat", p, 8);
+        let o = b.linear("fc", f, 4, true);
+        let g = b.finish(o).expect("valid");
+        let shapes = g.infer_shapes(Some(224), Some(161)).expect("shapes");
+        assert_eq!(shapes[y], [None, Some(8), Some(112), Some(81)]);
+        assert_eq!(shapes[g.output], [None, Some(4)]);
+        // A flatten whose feature count is wrong is caught when the size is known.
+        let mut b = GraphBuilder::new("t", 1);
+        let x = b.input();
+        let y = b.conv("c", x, 2, 1, 1, 1, false);
+        let f = b.flatten("flat", y, 8);
+        let o = b.linear("fc", f, 1, false);
+        let g = b.finish(o).expect("dynamic H, W: the promise is kept");
+        let e = g
+            .infer_shapes(Some(3), Some(3))
+            .expect_err("2 x 3 x 3 is not 8");
+        assert!(e.to_string().contains("input features is 18"), "{e}");
+    }
+
+    #[test]
+    fn graph_queries() {
+        let mut b = GraphBuilder::new("q", 1);
+        let x = b.input();
+        let y = b.conv("stem", x, 4, 3, 1, 1, false);
+        let p = b.global_avg_pool(y);
+        let d = b.dropout("drop", p, 0.2);
+        let o = b.linear("head", d, 3, true);
+        let g = b.finish(o).expect("valid");
+        assert_eq!(g.first_conv_weight(), Some(0));
+        let names: Vec<&str> = g
+            .classifier_params()
+            .iter()
+            .map(|&i| g.params[i].name.as_str())
+            .collect();
+        assert_eq!(names, ["head.weight", "head.bias"]);
+        // Value 1 (the conv) is last read by node 1 (the pool); the output is never freed.
+        assert_eq!(g.last_uses(), vec![0, 1, 2, 3, usize::MAX]);
+        assert_eq!(g.nodes[1].op.name(), "GlobalAvgPool");
     }
 }

@@ -163,7 +163,9 @@ impl Net {
             graph: graph.name.clone(),
             reason,
         };
-        graph.validate().map_err(|e| graph_err(e.reason))?;
+        graph
+            .validate()
+            .map_err(|e| graph_err(e.reason().to_string()))?;
         let vs = VarStore::new(device);
         let root = vs.root();
         let mut rng = Rng::new(seed);
@@ -199,7 +201,7 @@ impl Net {
                  in the store only: {extra:?}; in the graph only: {missing:?}"
             )));
         }
-        let last_use = last_uses(&graph);
+        let last_use = graph.last_uses();
         Ok(Self {
             graph,
             vs,
@@ -304,7 +306,7 @@ impl Net {
                         "graph {}, node {i} ({}, {})",
                         self.graph.name,
                         node.name,
-                        op_name(&node.op)
+                        node.op.name()
                     ),
                     cause,
                 })?;
@@ -333,11 +335,11 @@ impl Net {
         let x = xs
             .first()
             .copied()
-            .ok_or_else(|| TchError::Kind(format!("{} has no input", op_name(op))))?;
+            .ok_or_else(|| TchError::Kind(format!("{} has no input", op.name())))?;
         let second = || {
             xs.get(1)
                 .copied()
-                .ok_or_else(|| TchError::Kind(format!("{} needs two inputs", op_name(op))))
+                .ok_or_else(|| TchError::Kind(format!("{} needs two inputs", op.name())))
         };
         let axes = |a: &[usize]| a.iter().map(|&v| v as i64).collect::<Vec<i64>>();
         match op {
@@ -496,9 +498,9 @@ impl Net {
             .collect();
         let by_name: BTreeMap<&str, &NamedTensor> =
             tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        let classifier: HashSet<ParamId> = classifier_params(&self.graph).into_iter().collect();
-        let first_conv = first_conv_weight(&self.graph);
-        let droppable = other_head_names(&self.graph);
+        let classifier: HashSet<ParamId> = self.graph.classifier_params().into_iter().collect();
+        let first_conv = self.graph.first_conv_weight();
+        let droppable = birdclef_models::nets::replaced_head_params(&self.graph);
 
         let mut report = ImportReport::default();
         let mut plan: Vec<(ParamId, Vec<f32>)> = Vec::new();
@@ -647,108 +649,6 @@ pub fn adapt_input_conv(data: &[f32], from: &[usize], to: &[usize]) -> Option<Ve
         }
     }
     Some(out)
-}
-
-/// The parameters of the layers that produce the logits: walking back from the output through
-/// parameter-free ops (activations, softmax, products, sums over time, flatten, dropout), the
-/// first Conv2d or Linear layer on every path.
-pub fn classifier_params(graph: &Graph) -> Vec<ParamId> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    let mut stack = vec![graph.output];
-    while let Some(v) = stack.pop() {
-        if v == 0 || !seen.insert(v) {
-            continue;
-        }
-        let Some(node) = graph.nodes.get(v - 1) else {
-            continue;
-        };
-        match &node.op {
-            Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
-                out.push(*weight);
-                out.extend(*bias);
-            }
-            Op::Act(_)
-            | Op::Add
-            | Op::Mul
-            | Op::Softmax { .. }
-            | Op::ReduceSum { .. }
-            | Op::Flatten
-            | Op::Concat { .. }
-            | Op::Dropout { .. } => stack.extend(node.inputs.iter().copied()),
-            Op::BatchNorm { .. }
-            | Op::LayerNorm { .. }
-            | Op::GlobalAvgPool
-            | Op::ReduceMean { .. }
-            | Op::LinearAttention { .. } => {}
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
-/// The weight of the graph's first Conv2d node.
-fn first_conv_weight(graph: &Graph) -> Option<ParamId> {
-    graph.nodes.iter().find_map(|n| match &n.op {
-        Op::Conv2d { weight, .. } => Some(*weight),
-        _ => None,
-    })
-}
-
-/// Names that the same architecture with the reference classifier head has and this graph does
-/// not (its SED head replaces them): such tensors in a timm file are ignored, not an error.
-fn other_head_names(graph: &Graph) -> HashSet<String> {
-    let Ok(reference) = birdclef_models::nets::build(
-        &graph.name,
-        graph.in_chans,
-        1,
-        birdclef_models::nets::Head::Classifier,
-    ) else {
-        return HashSet::new();
-    };
-    reference
-        .params
-        .into_iter()
-        .map(|p| p.name)
-        .filter(|n| graph.param(n).is_none())
-        .collect()
-}
-
-/// For each value, the last node index that reads it; the output is never freed.
-fn last_uses(graph: &Graph) -> Vec<usize> {
-    let mut last = vec![0usize; graph.nodes.len() + 1];
-    for (i, n) in graph.nodes.iter().enumerate() {
-        for &v in &n.inputs {
-            if let Some(l) = last.get_mut(v) {
-                *l = i;
-            }
-        }
-    }
-    if let Some(l) = last.get_mut(graph.output) {
-        *l = usize::MAX;
-    }
-    last
-}
-
-/// The op's name for error messages.
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Conv2d { .. } => "Conv2d",
-        Op::BatchNorm { .. } => "BatchNorm",
-        Op::Act(_) => "activation",
-        Op::Add => "Add",
-        Op::Mul => "Mul",
-        Op::GlobalAvgPool => "GlobalAvgPool",
-        Op::ReduceMean { .. } => "ReduceMean",
-        Op::ReduceSum { .. } => "ReduceSum",
-        Op::Softmax { .. } => "Softmax",
-        Op::Flatten => "Flatten",
-        Op::Linear { .. } => "Linear",
-        Op::LayerNorm { .. } => "LayerNorm",
-        Op::Concat { .. } => "Concat",
-        Op::LinearAttention { .. } => "LinearAttention",
-        Op::Dropout { .. } => "Dropout",
-    }
 }
 
 /// Initial values of a parameter with `n` elements.
@@ -935,12 +835,13 @@ mod tests {
         let mut b = GraphBuilder::new("drop", 1);
         let x = b.input();
         let y = b.dropout("d", x, 0.5);
-        let y = b.reduce_mean("m", y, vec![0], false);
+        // Over the one channel (the IR refuses reductions over the batch).
+        let y = b.reduce_mean("m", y, vec![1], false);
         let g = b.finish(y).expect("graph");
         let net = Net::new(g, Device::Cpu, 0).expect("net");
         let x = Tensor::ones([1, 1, 64, 64], (Kind::Float, Device::Cpu));
         let eval = net.forward(&x, false);
-        assert_eq!(max_diff(&eval, &x.squeeze_dim(0)), 0.0);
+        assert_eq!(max_diff(&eval, &x.squeeze_dim(1)), 0.0);
         let train = net.forward(&x, true);
         let zeros = train.eq(0.0).sum(Kind::Int64).int64_value(&[]);
         let twos = train.eq(2.0).sum(Kind::Int64).int64_value(&[]);
@@ -1081,7 +982,8 @@ mod tests {
             ),
         ] {
             let g = birdclef_models::nets::build_spec(spec, 1, 5).expect("graph");
-            let names: Vec<&str> = classifier_params(&g)
+            let names: Vec<&str> = g
+                .classifier_params()
                 .into_iter()
                 .map(|i| g.params[i].name.as_str())
                 .collect();

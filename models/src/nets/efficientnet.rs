@@ -14,7 +14,7 @@
 //! Channels are scaled by a width multiplier and rounded to multiples of 8; repeats by a depth
 //! multiplier (rounded up), as timm does.
 
-use super::{Head, NetError};
+use super::{ArchError, Head};
 use crate::ir::{Activation, Graph, GraphBuilder, InitScheme, ValueId};
 
 /// One stage of blocks.
@@ -40,8 +40,11 @@ pub struct BlockDef {
 
 impl BlockDef {
     /// Parse timm's block notation (`ds_r1_k3_s1_e1_c16_se0.25`, `ir_r3_k5_s2_e3_c40`, `_noskip`).
-    pub fn parse(text: &str) -> Result<Self, NetError> {
-        let bad = |why: &str| NetError(format!("block {text:?}: {why}"));
+    pub fn parse(text: &str) -> Result<Self, ArchError> {
+        let bad = |why: &str| ArchError::Block {
+            block: text.to_string(),
+            reason: why.to_string(),
+        };
         let mut parts = text.split('_');
         let inverted = match parts.next() {
             Some("ir") => true,
@@ -220,7 +223,7 @@ pub fn efficientnet(
     in_chans: usize,
     num_classes: usize,
     head: Head,
-) -> Result<Graph, NetError> {
+) -> Result<Graph, ArchError> {
     let defs = cfg
         .stages
         .iter()

@@ -11,7 +11,7 @@
 //! head (1×1 conv, global average pool, Linear–LayerNorm–Hardswish, Linear). The last two stages
 //! use "fewer norm" MBConvs (biased convs without BatchNorm, BatchNorm only after the projection).
 
-use super::{Head, NetError};
+use super::{ArchError, Head};
 use crate::ir::{Activation, ConvSpec, Graph, GraphBuilder, ValueId};
 
 const ACT: Activation = Activation::Hardswish;
@@ -152,7 +152,7 @@ pub fn efficientvit(
     in_chans: usize,
     num_classes: usize,
     head: Head,
-) -> Result<Graph, NetError> {
+) -> Result<Graph, ArchError> {
     let mut b = GraphBuilder::new(name, in_chans);
     let x = b.input();
     let w = cfg.widths;

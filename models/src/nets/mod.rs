@@ -32,13 +32,62 @@ pub enum Head {
 
 /// An architecture that cannot be built as asked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct NetError(pub String);
+pub enum ArchError {
+    /// No input channel or no class.
+    #[error(
+        "{name}: need at least one input channel and one class (got {in_chans} and {classes})"
+    )]
+    Size {
+        /// The architecture.
+        name: String,
+        /// Input channels asked for.
+        in_chans: usize,
+        /// Classes asked for.
+        classes: usize,
+    },
+    /// A name [`build`] does not know.
+    #[error("unknown architecture {name:?}; known: {}", ARCHITECTURES.join(", "))]
+    Unknown {
+        /// The name given.
+        name: String,
+    },
+    /// A card without an architecture.
+    #[error("the card names no architecture")]
+    Unnamed,
+    /// A head suffix other than `+sed`.
+    #[error("architecture {spec:?}: unknown head {head:?} (only \"+sed\" is known)")]
+    Head {
+        /// The spec given.
+        spec: String,
+        /// The unknown suffix.
+        head: String,
+    },
+    /// A family's block string that does not parse.
+    #[error("block {block:?}: {reason}")]
+    Block {
+        /// The block string.
+        block: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The graph the family wrote breaks the IR's rules.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
 
-impl From<GraphError> for NetError {
-    fn from(e: GraphError) -> Self {
-        NetError(e.to_string())
-    }
+/// Names that the same architecture with the reference classifier head has and `graph` does not
+/// (its SED head replaces them): such tensors in a timm file are ignored when importing, not an
+/// error. Empty for a graph [`build`] does not know.
+pub fn replaced_head_params(graph: &Graph) -> std::collections::HashSet<String> {
+    let Ok(reference) = build(&graph.name, graph.in_chans, 1, Head::Classifier) else {
+        return Default::default();
+    };
+    reference
+        .params
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|n| graph.param(n).is_none())
+        .collect()
 }
 
 /// Build a named architecture for `in_chans` input channels and `num_classes` outputs.
@@ -47,11 +96,13 @@ pub fn build(
     in_chans: usize,
     num_classes: usize,
     head: Head,
-) -> Result<Graph, NetError> {
+) -> Result<Graph, ArchError> {
     if in_chans == 0 || num_classes == 0 {
-        return Err(NetError(format!(
-            "{name}: need at least one input channel and one class (got {in_chans} and {num_classes})"
-        )));
+        return Err(ArchError::Size {
+            name: name.to_string(),
+            in_chans,
+            classes: num_classes,
+        });
     }
     match name {
         "efficientvit_b0" => efficientvit::efficientvit(
@@ -75,28 +126,28 @@ pub fn build(
             num_classes,
             head,
         ),
-        other => Err(NetError(format!(
-            "unknown architecture {other:?}; known: {}",
-            ARCHITECTURES.join(", ")
-        ))),
+        other => Err(ArchError::Unknown {
+            name: other.to_string(),
+        }),
     }
 }
 
 /// Build from an architecture spec as stored in model cards: a name from [`ARCHITECTURES`],
 /// optionally followed by `+sed` for the SED head (e.g. `efficientnet_b0+sed`).
-pub fn build_spec(spec: &str, in_chans: usize, num_classes: usize) -> Result<Graph, NetError> {
+pub fn build_spec(spec: &str, in_chans: usize, num_classes: usize) -> Result<Graph, ArchError> {
     let (name, head) = parse_spec(spec)?;
     build(name, in_chans, num_classes, head)
 }
 
 /// Split an architecture spec into its name and head.
-pub fn parse_spec(spec: &str) -> Result<(&str, Head), NetError> {
+pub fn parse_spec(spec: &str) -> Result<(&str, Head), ArchError> {
     match spec.split_once('+') {
         None => Ok((spec, Head::Classifier)),
         Some((name, "sed")) => Ok((name, Head::Sed)),
-        Some((_, other)) => Err(NetError(format!(
-            "architecture {spec:?}: unknown head {other:?} (only \"+sed\" is known)"
-        ))),
+        Some((_, other)) => Err(ArchError::Head {
+            spec: spec.to_string(),
+            head: other.to_string(),
+        }),
     }
 }
 
