@@ -87,17 +87,26 @@ pub enum AudioError {
         path: PathBuf,
     },
     /// The resampler refused the conversion.
-    #[error("{path}: cannot resample from {from_hz} Hz to {to_hz} Hz: {reason}")]
+    #[error("{path}: {cause}")]
     Resample {
         /// The file.
         path: PathBuf,
-        /// Source rate.
-        from_hz: u32,
-        /// Target rate.
-        to_hz: u32,
-        /// The resampler's message.
-        reason: String,
+        /// Why.
+        #[source]
+        cause: ResampleError,
     },
+}
+
+/// A sample-rate conversion the resampler cannot do.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot resample from {from_hz} Hz to {to_hz} Hz: {reason}")]
+pub struct ResampleError {
+    /// Source rate.
+    pub from_hz: u32,
+    /// Target rate.
+    pub to_hz: u32,
+    /// Why.
+    pub reason: String,
 }
 
 impl AudioError {
@@ -282,14 +291,8 @@ impl AudioStream {
             None
         } else {
             Some(
-                StreamResampler::new(sample_rate, TARGET_SAMPLE_RATE).map_err(|reason| {
-                    AudioError::Resample {
-                        path: p(),
-                        from_hz: sample_rate,
-                        to_hz: TARGET_SAMPLE_RATE,
-                        reason,
-                    }
-                })?,
+                StreamResampler::new(sample_rate, TARGET_SAMPLE_RATE)
+                    .map_err(|cause| AudioError::Resample { path: p(), cause })?,
             )
         };
         Ok(Self {
@@ -491,17 +494,22 @@ fn bessel_i0(x: f64) -> f64 {
 
 impl StreamResampler {
     /// A resampler from `from_hz` to `to_hz`, one channel.
-    pub fn new(from_hz: u32, to_hz: u32) -> Result<Self, String> {
+    pub fn new(from_hz: u32, to_hz: u32) -> Result<Self, ResampleError> {
+        let fail = |reason: String| {
+            Err(ResampleError {
+                from_hz,
+                to_hz,
+                reason,
+            })
+        };
         if from_hz == 0 || to_hz == 0 {
-            return Err(format!(
-                "sample rates must be positive ({from_hz} -> {to_hz})"
-            ));
+            return fail("sample rates must be positive".into());
         }
         let g = gcd(from_hz as usize, to_hz as usize);
         let (up, down) = (to_hz as usize / g, from_hz as usize / g);
         if up > 1 << 16 {
-            return Err(format!(
-                "{from_hz} -> {to_hz} Hz needs {up} filter phases; rates this unrelated are not supported"
+            return fail(format!(
+                "it needs {up} filter phases; rates this unrelated are not supported"
             ));
         }
         // Cut-off in cycles per input sample, below the lower Nyquist frequency.
@@ -612,7 +620,7 @@ impl StreamResampler {
 }
 
 /// Resample a whole mono signal (convenience over [`StreamResampler`]).
-pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, String> {
+pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, ResampleError> {
     if from_hz == to_hz {
         return Ok(samples.to_vec());
     }

@@ -16,7 +16,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::frontend::FrontendConfig;
+use crate::frontend::{FrontendConfig, FrontendError};
+
+/// The `metadata_props` key under which an exported ONNX model carries its card (JSON).
+pub const ONNX_CARD_KEY: &str = "birdclef.card";
+/// The `metadata_props` key of an exported model's labels, a JSON array in output order.
+pub const ONNX_LABELS_KEY: &str = "birdclef.labels";
+/// The shipped NVBird 224x224 frontend card, `models/cards/nvbird224.card.json`.
+pub const NVBIRD224_JSON: &str = include_str!("../cards/nvbird224.card.json");
 
 /// The card format version this crate writes and reads.
 pub const CARD_FORMAT_VERSION: u32 = 1;
@@ -92,19 +99,94 @@ pub enum CardError {
         cause: serde_json::Error,
     },
     /// The card parsed but its content is inconsistent.
-    #[error("{origin}: invalid model card: {reason}")]
+    #[error("{origin}: invalid model card: {problem}")]
     Invalid {
         /// The file, or where the card came from.
         origin: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        problem: CardProblem,
     },
     /// An output could not be written (the error names it).
     #[error(transparent)]
     Output(#[from] crate::fsio::OutputError),
 }
 
+/// What is wrong with a card's content ([`Card::validate`], [`Card::validate_for_model`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CardProblem {
+    /// A card format this build does not read.
+    #[error("format_version {found} is not supported (this build reads {CARD_FORMAT_VERSION})")]
+    Version {
+        /// The card's version.
+        found: u32,
+    },
+    /// No name.
+    #[error("name is empty")]
+    NoName,
+    /// The frontend cannot work.
+    #[error("frontend: {0}")]
+    Frontend(#[from] FrontendError),
+    /// `input_shape` is not what the frontend gives.
+    #[error(
+        "input_shape {card:?} disagrees with the frontend, which gives {frontend:?} \
+         ([channels, n_mels, frames])"
+    )]
+    InputShape {
+        /// The card's `input_shape`.
+        card: [usize; 3],
+        /// What the frontend computes.
+        frontend: [usize; 3],
+    },
+    /// An empty label.
+    #[error("label {index} is empty")]
+    EmptyLabel {
+        /// Its position.
+        index: usize,
+    },
+    /// A label that cannot be a CSV column name.
+    #[error(
+        "label {index} ({label:?}) contains a comma, quote or newline (it becomes a CSV column)"
+    )]
+    LabelCharacters {
+        /// Its position.
+        index: usize,
+        /// The label.
+        label: String,
+    },
+    /// A label given twice.
+    #[error("label {label:?} appears twice")]
+    DuplicateLabel {
+        /// The label.
+        label: String,
+    },
+    /// A fold number outside the fold count.
+    #[error("provenance.folds: fold {fold} of {n_folds} is impossible")]
+    Folds {
+        /// The fold.
+        fold: usize,
+        /// The fold count.
+        n_folds: usize,
+    },
+    /// A model card without labels.
+    #[error("a model card needs at least one label")]
+    NoLabels,
+    /// A model card without an architecture.
+    #[error("a model card needs an architecture")]
+    NoArchitecture,
+}
+
 impl Card {
+    /// The shipped NVBird 224x224 frontend card ([`NVBIRD224_JSON`]).
+    pub fn nvbird224() -> Self {
+        match Self::from_json(NVBIRD224_JSON) {
+            Ok(card) => card,
+            // A file of this repository, checked by the card tests: it cannot be invalid in a
+            // build that passed them.
+            Err(e) => unreachable!("models/cards/nvbird224.card.json: {e}"),
+        }
+    }
+
     /// A frontend-only card (no labels, no architecture).
     pub fn frontend_only(name: &str, frontend: FrontendConfig) -> Self {
         let input_shape = frontend.input_shape();
@@ -130,9 +212,9 @@ impl Card {
                 path: path.to_path_buf(),
                 cause,
             },
-            CardError::Invalid { reason, .. } => CardError::Invalid {
+            CardError::Invalid { problem, .. } => CardError::Invalid {
                 origin: path.display().to_string(),
-                reason,
+                problem,
             },
             other => other,
         })?;
@@ -145,9 +227,9 @@ impl Card {
             path: PathBuf::from("<json>"),
             cause,
         })?;
-        card.validate().map_err(|reason| CardError::Invalid {
+        card.validate().map_err(|problem| CardError::Invalid {
             origin: "<json>".into(),
-            reason,
+            problem,
         })?;
         Ok(card)
     }
@@ -164,61 +246,60 @@ impl Card {
     }
 
     /// Structural checks: version, frontend, input shape, label uniqueness.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), CardProblem> {
         if self.format_version != CARD_FORMAT_VERSION {
-            return Err(format!(
-                "format_version {} is not supported (this build reads {CARD_FORMAT_VERSION})",
-                self.format_version
-            ));
+            return Err(CardProblem::Version {
+                found: self.format_version,
+            });
         }
         if self.name.trim().is_empty() {
-            return Err("name is empty".into());
+            return Err(CardProblem::NoName);
         }
-        self.frontend
-            .validate()
-            .map_err(|e| format!("frontend: {}", e.0))?;
+        self.frontend.validate()?;
         let derived = self.frontend.input_shape();
         if self.input_shape != derived {
-            return Err(format!(
-                "input_shape {:?} disagrees with the frontend, which gives {:?} \
-                 ([channels, n_mels, frames])",
-                self.input_shape, derived
-            ));
+            return Err(CardProblem::InputShape {
+                card: self.input_shape,
+                frontend: derived,
+            });
         }
         let mut seen = HashSet::new();
-        for (i, label) in self.labels.iter().enumerate() {
+        for (index, label) in self.labels.iter().enumerate() {
             if label.trim().is_empty() {
-                return Err(format!("label {i} is empty"));
+                return Err(CardProblem::EmptyLabel { index });
             }
             if label.contains(',') || label.contains('"') || label.contains('\n') {
-                return Err(format!(
-                    "label {i} ({label:?}) contains a comma, quote or newline (it becomes a CSV column)"
-                ));
+                return Err(CardProblem::LabelCharacters {
+                    index,
+                    label: label.clone(),
+                });
             }
             if !seen.insert(label.as_str()) {
-                return Err(format!("label {label:?} appears twice"));
+                return Err(CardProblem::DuplicateLabel {
+                    label: label.clone(),
+                });
             }
         }
         if let Some(f) = &self.provenance.folds {
             if f.n_folds == 0 || f.fold >= f.n_folds {
-                return Err(format!(
-                    "provenance.folds: fold {} of {} is impossible",
-                    f.fold, f.n_folds
-                ));
+                return Err(CardProblem::Folds {
+                    fold: f.fold,
+                    n_folds: f.n_folds,
+                });
             }
         }
         Ok(())
     }
 
     /// [`validate`](Self::validate) plus what a trained model needs: labels and an architecture.
-    pub fn validate_for_model(&self) -> Result<(), String> {
+    pub fn validate_for_model(&self) -> Result<(), CardProblem> {
         self.validate()?;
         if self.labels.is_empty() {
-            return Err("a model card needs at least one label".into());
+            return Err(CardProblem::NoLabels);
         }
         match &self.architecture {
             Some(a) if !a.trim().is_empty() => Ok(()),
-            _ => Err("a model card needs an architecture".into()),
+            _ => Err(CardProblem::NoArchitecture),
         }
     }
 
@@ -276,16 +357,30 @@ mod tests {
     fn inconsistent_cards_are_refused_with_the_reason() {
         let mut c = model_card();
         c.input_shape = [1, 224, 225];
-        assert!(c.validate().unwrap_err().contains("input_shape"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("input_shape"));
         let mut c = model_card();
         c.labels.push("asbfly".into());
-        assert!(c.validate().unwrap_err().contains("twice"));
+        assert!(matches!(
+            c.validate().unwrap_err(),
+            CardProblem::DuplicateLabel { .. }
+        ));
         let mut c = model_card();
         c.labels = vec!["a,b".into()];
-        assert!(c.validate().unwrap_err().contains("comma"));
+        assert!(c.validate().unwrap_err().to_string().contains("comma"));
         let c = Card::frontend_only("f", FrontendConfig::kefir128());
         c.validate().expect("frontend card is fine");
-        assert!(c.validate_for_model().unwrap_err().contains("label"));
+        assert_eq!(c.validate_for_model().unwrap_err(), CardProblem::NoLabels);
+    }
+
+    #[test]
+    fn the_shipped_nvbird224_card_is_valid() {
+        let c = Card::from_json(NVBIRD224_JSON).expect("valid");
+        assert_eq!(c.input_shape, [1, 224, 224]);
+        assert_eq!(Card::nvbird224(), c);
     }
 
     #[test]

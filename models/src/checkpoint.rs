@@ -65,12 +65,13 @@ pub enum CheckpointError {
     #[error(transparent)]
     Output(#[from] crate::fsio::OutputError),
     /// The card cannot describe a model (no labels, a bad input shape).
-    #[error("{path}: {reason}")]
+    #[error("{path}: {problem}")]
     InvalidCard {
         /// The card file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        problem: crate::card::CardProblem,
     },
     /// The card's architecture cannot be built.
     #[error("{path}: {cause}")]
@@ -243,9 +244,9 @@ impl Checkpoint {
         let card_path = dir.join(CARD_FILE);
         let card = Card::load(&card_path)?;
         card.validate_for_model()
-            .map_err(|reason| CheckpointError::InvalidCard {
+            .map_err(|problem| CheckpointError::InvalidCard {
                 path: card_path.clone(),
-                reason,
+                problem,
             })?;
         let graph = graph_for_card(&card).map_err(|cause| CheckpointError::Architecture {
             path: card_path.clone(),

@@ -214,10 +214,13 @@ fn default_channels() -> usize {
     1
 }
 
-/// A configuration that cannot work, with the reason.
+/// A frontend configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("invalid frontend configuration: {0}")]
-pub struct ConfigError(pub String);
+#[error("invalid frontend configuration: {reason}")]
+pub struct FrontendError {
+    /// Which setting is wrong and why.
+    pub reason: String,
+}
 
 impl FrontendConfig {
     /// NVBird's BirdCLEF 2024 student frontend: n_fft 1536, win 1024, hop 717, 224 HTK mels
@@ -259,8 +262,8 @@ impl FrontendConfig {
     }
 
     /// Check every parameter; the error says which one is wrong and why.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |m: String| Err(ConfigError(m));
+    pub fn validate(&self) -> Result<(), FrontendError> {
+        let err = |reason: String| Err(FrontendError { reason });
         if self.sample_rate == 0 {
             return err("sample_rate must be positive".into());
         }
@@ -507,7 +510,7 @@ struct Scratch {
 
 impl Frontend {
     /// Validate `cfg` and prepare the FFT plan, window and filterbank.
-    pub fn new(cfg: FrontendConfig) -> Result<Self, ConfigError> {
+    pub fn new(cfg: FrontendConfig) -> Result<Self, FrontendError> {
         cfg.validate()?;
         let power = PowerSpectrum::new(cfg.n_fft);
         let window = hann_padded(cfg.win_length, cfg.n_fft);
@@ -828,13 +831,13 @@ mod tests {
     fn validation_names_the_parameter() {
         let mut c = FrontendConfig::nvbird224();
         c.win_length = 4096;
-        assert!(c.validate().unwrap_err().0.contains("win_length"));
+        assert!(c.validate().unwrap_err().reason.contains("win_length"));
         let mut c = FrontendConfig::nvbird224();
         c.fmax = 20_000.0;
-        assert!(c.validate().unwrap_err().0.contains("fmax"));
+        assert!(c.validate().unwrap_err().reason.contains("fmax"));
         let mut c = FrontendConfig::kefir128();
         c.hop_length = 0;
-        assert!(c.validate().unwrap_err().0.contains("hop_length"));
+        assert!(c.validate().unwrap_err().reason.contains("hop_length"));
     }
 
     #[test]

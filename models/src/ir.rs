@@ -69,6 +69,18 @@ pub enum Init {
     },
 }
 
+impl Init {
+    /// `n` initial values drawn from `rng` (in order, so they depend only on its seed).
+    pub fn sample(self, n: usize, rng: &mut crate::rng::Rng) -> Vec<f32> {
+        match self {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Uniform { bound } => (0..n).map(|_| rng.range(-bound, bound) as f32).collect(),
+            Init::Normal { std } => (0..n).map(|_| (std * rng.normal()) as f32).collect(),
+        }
+    }
+}
+
 /// What a parameter is for; buffers are not trained by the optimiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

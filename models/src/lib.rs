@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod nets;
 pub mod npy;
 pub mod power;
+pub mod rng;
 pub mod synth;

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use birdclef_models::checkpoint::{self, CheckpointError, NamedTensor};
-use birdclef_models::ir::{Activation, Graph, Init, Op, ParamId, ParamKind};
-use birdclef_models::synth::Rng;
+use birdclef_models::ir::{Activation, Graph, Op, ParamId, ParamKind};
+use birdclef_models::rng::Rng;
 use tch::nn::VarStore;
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -182,7 +182,7 @@ impl Net {
                 .split_last()
                 .ok_or_else(|| graph_err("a parameter has no name".into()))?;
             let path = scopes.iter().fold(root.clone(), |path, s| path.sub(*s));
-            let values = init_values(p.init, p.numel(), &mut rng);
+            let values = p.init.sample(p.numel(), &mut rng);
             let t = tensor_from(&values, &p.shape, device)
                 .map_err(torch_err(format!("creating {}", p.name)))?;
             params.push(path.add(last, t, p.kind == ParamKind::Trainable));
@@ -651,23 +651,6 @@ pub fn adapt_input_conv(data: &[f32], from: &[usize], to: &[usize]) -> Option<Ve
     Some(out)
 }
 
-/// Initial values of a parameter with `n` elements.
-fn init_values(init: Init, n: usize, rng: &mut Rng) -> Vec<f32> {
-    match init {
-        Init::Zeros => vec![0.0; n],
-        Init::Ones => vec![1.0; n],
-        Init::Uniform { bound } => (0..n).map(|_| rng.range(-bound, bound) as f32).collect(),
-        Init::Normal { std } => (0..n)
-            .map(|_| {
-                // Box-Muller; 1 - u is in (0, 1], so the logarithm is finite.
-                let u1 = 1.0 - rng.uniform();
-                let u2 = rng.uniform();
-                (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect(),
-    }
-}
-
 /// A tensor of `shape` on `device` holding `data`.
 pub fn tensor_from(data: &[f32], shape: &[usize], device: Device) -> Result<Tensor, TchError> {
     let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -693,7 +676,7 @@ pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>, TchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use birdclef_models::ir::GraphBuilder;
+    use birdclef_models::ir::{GraphBuilder, Init};
 
     fn tiny(dropout: f64) -> Graph {
         let mut b = GraphBuilder::new("tiny", 2);
@@ -783,7 +766,7 @@ mod tests {
             }
         }
         let mut rng = Rng::new(3);
-        let v = init_values(Init::Normal { std: 0.5 }, 20_000, &mut rng);
+        let v = Init::Normal { std: 0.5 }.sample(20_000, &mut rng);
         let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
         let var = v
             .iter()
