@@ -135,3 +135,74 @@ fn real_recordings_in_every_format_give_matching_features() {
     );
     assert!(mean < 0.5, "mean difference {mean} dB");
 }
+
+#[test]
+fn outputs_are_checked_before_reading_and_inputs_are_never_overwritten() {
+    let dir = scratch_dir("features-outputs");
+    let wav = dir.join("ok.wav");
+    write_wav_f32(&wav, &vec![0.0; 32_000], 32_000).expect("wav");
+    let card = dir.join("card.json");
+    std::fs::copy(CARD, &card).expect("card");
+    let not_audio = dir.join("notes.ogg");
+    std::fs::write(&not_audio, "not audio").expect("write");
+    let features = |card: &std::path::Path, audio: &std::path::Path, out: &std::path::Path| {
+        run(Command::new(bin("birdclef-infer"))
+            .args(["features", "--card"])
+            .arg(card)
+            .arg(audio)
+            .arg("-o")
+            .arg(out))
+    };
+    // A bad output is the error even when the audio is bad too: it is checked first.
+    for (out, why) in [
+        (dir.join("missing/x.npy"), "does not exist"),
+        (dir.to_path_buf(), "is a directory"),
+    ] {
+        let (code, _, stderr) = features(&card, &not_audio, &out);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(why) && stderr.contains("--out"), "{stderr}");
+        assert!(!stderr.contains("not a recognised audio file"), "{stderr}");
+    }
+    // -o naming the audio or the card: refused naming both, the input unchanged.
+    for input in [&wav, &card] {
+        let before = std::fs::read(input).expect("read");
+        let (code, _, stderr) = features(&card, &wav, input);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+        assert!(stderr.contains(&input.display().to_string()), "{stderr}");
+        assert_eq!(std::fs::read(input).expect("read"), before);
+    }
+    // A link stays a link, its target gets the .npy.
+    let link = dir.join("link.npy");
+    std::os::unix::fs::symlink("target.npy", &link).expect("link");
+    let (code, _, stderr) = features(&card, &wav, &link);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(std::fs::symlink_metadata(&link)
+        .expect("meta")
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        npy::read_f32(&dir.join("target.npy")).expect("npy").shape()[0],
+        1
+    );
+
+    // demo: an --out that is a file, or holding a directory where an output goes.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let (code, _, stderr) = run(Command::new(bin("birdclef-infer"))
+        .args(["demo", "--seconds", "2", "--out"])
+        .arg(&file));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("a-file") && stderr.contains("not a directory"),
+        "{stderr}"
+    );
+    let blocked = dir.join("blocked");
+    std::fs::create_dir_all(blocked.join("demo_soundscape.kefir128.npy")).expect("mkdir");
+    let (code, stdout, stderr) = run(Command::new(bin("birdclef-infer"))
+        .args(["demo", "--seconds", "2", "--out"])
+        .arg(&blocked));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("demo_soundscape.kefir128.npy"), "{stderr}");
+    assert!(stdout.is_empty(), "nothing done before the check: {stdout}");
+}

@@ -235,6 +235,21 @@ fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
     assert!(failed[0]
         .as_str()
         .is_some_and(|s| s.contains("zz_garbage.wav")));
+
+    // A dangling link in a subfolder is a failed soundscape too: named, counted, exit 1.
+    std::fs::create_dir_all(broken.join("sub")).expect("dir");
+    std::os::unix::fs::symlink("gone.wav", broken.join("sub/zz_dangling.wav")).expect("link");
+    let out = dir.join("dangling.h5");
+    let (code, _, err) = run(&mut pseudo_cmd(&[&fx.teacher_a], &broken, &[], &out));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("zz_dangling.wav"), "{err}");
+    let v = h5_dump(&out);
+    assert_eq!(v["row_id"]["shape"], serde_json::json!([18]));
+    let failed = values(&v, "failed");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(failed.iter().any(|f| f
+        .as_str()
+        .is_some_and(|s| s.contains("zz_dangling.wav") && s.contains("gone.wav"))));
 }
 
 /// `birdclef-train distill` of the fixture's data with configs/debug.toml (3 folds).

@@ -45,6 +45,7 @@ fn soundscape(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
         4,
         &mut synth::Rng::new(seed),
     );
+    std::fs::create_dir_all(dir).expect("soundscape dir");
     let path = dir.join(name);
     write_wav_f32(&path, &x, 32_000).expect("wav");
     path
@@ -145,6 +146,311 @@ fn bad_files_never_lose_rows_and_exit_status_says_so() {
     assert!(row("truncated_30").iter().all(|&p| p == 0.0));
     assert!(row("empty_5").iter().all(|&p| p == 0.0));
     assert!(row("short_5").iter().all(|&p| p > 0.0 && p < 1.0));
+
+    // The windows of truncated.wav that hold real predictions, from its summary line.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("truncated.wav") && l.contains("scored)"))
+        .expect("truncated.wav is listed");
+    let decoded: usize = line
+        .rsplit('(')
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no window count in {line:?}"));
+    assert!((1..6).contains(&decoded), "{line}");
+    let ids =
+        |n: usize| -> Vec<String> { (1..=n).map(|i| format!("truncated_{}", 5 * i)).collect() };
+
+    // Post-processing leaves fallback windows exactly 0.0 and out of smoothing: the last decoded
+    // window is smoothed as the end of the recording, (p[n-2] + p[n-1]) / 2 with kernel 1,1,1.
+    let post = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut cmd = Command::new(bin("birdclef-infer"));
+        cmd.arg("--models").arg(&m).arg("--soundscapes").arg(&audio);
+        cmd.arg("--out").arg(&out).args(extra);
+        let (code, _, err) = run(&mut cmd);
+        assert_eq!(code, 1, "{err}");
+        read_csv(&out).1
+    };
+    for (name, extra) in [
+        ("smooth.csv", &["--smooth", "1,1,1"][..]),
+        ("geometric.csv", &["--ensemble", "geometric"][..]),
+        ("rank.csv", &["--ensemble", "rank"][..]),
+    ] {
+        let got = post(name, extra);
+        let at = |id: &str| &got.iter().find(|(r, _)| r == id).expect(id).1;
+        for id in ids(6).iter().skip(decoded).chain([&"empty_5".to_string()]) {
+            assert!(
+                at(id).iter().all(|&p| p == 0.0),
+                "{name} {id}: {:?}",
+                at(id)
+            );
+        }
+        for id in ids(decoded) {
+            assert!(at(&id).iter().all(|&p| p > 0.0), "{name} {id}");
+        }
+        if name == "smooth.csv" && decoded >= 2 {
+            let last = &ids(decoded)[decoded - 1];
+            let before = &ids(decoded)[decoded - 2];
+            for c in 0..LABELS.len() {
+                let want = (row(before)[c] + row(last)[c]) / 2.0;
+                assert!(
+                    (at(last)[c] - want).abs() < 2e-6,
+                    "{last}[{c}]: {} vs {want}",
+                    at(last)[c]
+                );
+            }
+        }
+        if name == "geometric.csv" {
+            for id in ids(decoded) {
+                for (p, q) in at(&id).iter().zip(row(&id)) {
+                    assert!((p - q).abs() < 2e-6, "{id}: {p} vs {q}");
+                }
+            }
+        }
+    }
+
+    // Audio in subfolders is found (row ids are <stem>_<end>), and a dangling link is a failed
+    // entry: named, counted, exit 1.
+    let nested = dir.join("nested");
+    soundscape(&nested.join("site1/deep"), "deep.wav", 6.0, 4);
+    soundscape(&nested, "top.wav", 5.0, 5);
+    std::os::unix::fs::symlink("gone.wav", nested.join("dangling.wav")).expect("link");
+    let out = dir.join("nested.csv");
+    let (code, stdout, stderr) = infer(
+        &["--models"],
+        &[
+            &m,
+            Path::new("--soundscapes"),
+            &nested,
+            Path::new("--out"),
+            &out,
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.contains("wrote 3 rows for 2 files"), "{stdout}");
+    assert!(
+        stderr.contains("1 of 3 files could not be fully scored"),
+        "{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("dangling.wav"))
+        .unwrap_or_else(|| panic!("the dangling link must be named: {stderr}"));
+    assert!(
+        line.contains("gone.wav") && line.contains("no rows"),
+        "{line}"
+    );
+    let (_, rows) = read_csv(&out);
+    let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["deep_5", "deep_10", "top_5"]);
+    // The same stem in another folder: an error naming both, nothing written.
+    soundscape(&nested.join("site2"), "deep.wav", 5.0, 6);
+    let out = dir.join("collide.csv");
+    let (code, _, stderr) = infer(
+        &["--models"],
+        &[
+            &m,
+            Path::new("--soundscapes"),
+            &nested,
+            Path::new("--out"),
+            &out,
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("site1/deep/deep.wav") && stderr.contains("site2/deep.wav"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+/// Start reading the FIFO `path` on a thread; the bytes arrive on the returned channel once the
+/// writer closes it.
+fn read_fifo(path: &Path) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            let _ = std::io::Read::read_to_end(&mut f, &mut bytes);
+        }
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+#[test]
+fn outputs_are_checked_before_any_work_and_inputs_are_never_overwritten() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = scratch_dir("sub-outputs");
+    let card = small_card(&dir, &LABELS);
+    let m = model(&dir, "m", "efficientvit_b0", 1, &card);
+    let audio = dir.join("audio");
+    let wav = soundscape(&audio, "rec.wav", 7.0, 1);
+    let junk = dir.join("junk.onnx");
+    std::fs::write(&junk, b"not a model").expect("write");
+    let go = |model: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut cmd = Command::new(bin("birdclef-infer"));
+        cmd.arg("--models")
+            .arg(model)
+            .arg("--soundscapes")
+            .arg(&audio);
+        for a in extra {
+            cmd.arg(a);
+        }
+        run(&mut cmd)
+    };
+
+    // Bad output paths are named before any model is loaded (the junk model would be the error
+    // otherwise) or anything decoded, and nothing is written.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let raven_blocked = dir.join("raven-blocked");
+    std::fs::create_dir_all(raven_blocked.join("rec.selections.txt")).expect("mkdir");
+    let ok_out = dir.join("ok.csv");
+    let missing = dir.join("missing/out.csv");
+    let cases: [(&[&dyn AsRef<std::ffi::OsStr>], &str, &str); 5] = [
+        (&[&"--out", &missing], "--out", "does not exist"),
+        (&[&"--out", &audio], "--out", "is a directory"),
+        (
+            &[&"--out", &ok_out, &"--detections", &missing],
+            "--detections",
+            "does not exist",
+        ),
+        (
+            &[&"--out", &ok_out, &"--raven-dir", &file],
+            "--raven-dir",
+            "not a directory",
+        ),
+        (
+            &[&"--out", &ok_out, &"--raven-dir", &raven_blocked],
+            "rec.selections.txt",
+            "is a directory",
+        ),
+    ];
+    for (extra, named, why) in cases {
+        let (code, _, err) = go(&junk, extra);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(named) && err.contains(why),
+            "{named} / {why}: {err}"
+        );
+        assert!(
+            !err.contains("junk.onnx"),
+            "checked before the models: {err}"
+        );
+        assert!(!ok_out.exists() && !missing.exists());
+    }
+
+    // An output that is an input is refused naming both, and the input is left as it was.
+    let sample = dir.join("sample_submission.csv");
+    std::fs::write(&sample, format!("row_id,{}\n", LABELS.join(","))).expect("write");
+    let taxonomy = dir.join("taxonomy.csv");
+    std::fs::write(&taxonomy, "primary_label\namerob\nbarswa\n").expect("write");
+    let model_bytes = std::fs::read(&m).expect("model");
+    let wav_bytes = std::fs::read(&wav).expect("wav");
+    let sample_bytes = std::fs::read(&sample).expect("sample");
+    let tax_bytes = std::fs::read(&taxonomy).expect("taxonomy");
+    let cases: [(&[&dyn AsRef<std::ffi::OsStr>], &Path); 5] = [
+        (&[&"--out", &m], &m),
+        (&[&"--out", &wav], &wav),
+        (
+            &[&"--out", &sample, &"--sample-submission", &sample],
+            &sample,
+        ),
+        (&[&"--out", &taxonomy, &"--taxonomy", &taxonomy], &taxonomy),
+        (&[&"--out", &ok_out, &"--detections", &m], &m),
+    ];
+    for (extra, input) in cases {
+        let (code, _, err) = go(&m, extra);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("refusing to overwrite"), "{err}");
+        assert!(err.contains(&input.display().to_string()), "{err}");
+    }
+    assert_eq!(std::fs::read(&m).expect("model"), model_bytes);
+    assert_eq!(std::fs::read(&wav).expect("wav"), wav_bytes);
+    assert_eq!(std::fs::read(&sample).expect("sample"), sample_bytes);
+    assert_eq!(std::fs::read(&taxonomy).expect("taxonomy"), tax_bytes);
+    let (code, _, err) = go(&m, &[&"--out", &ok_out, &"--detections", &ok_out]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("same file"), "{err}");
+    assert!(!ok_out.exists());
+
+    // A sample submission sharing no species with the models: refused, naming it and labels of
+    // both sides, instead of an all-zero submission.
+    let other = dir.join("other_sample.csv");
+    std::fs::write(&other, "row_id,zzz1,zzz2\n").expect("write");
+    let (code, _, err) = go(&m, &[&"--out", &ok_out, &"--sample-submission", &other]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("other_sample.csv") && err.contains("zzz1") && err.contains("amerob"),
+        "{err}"
+    );
+    assert!(!ok_out.exists());
+
+    // The reference CSV.
+    let (code, _, err) = go(&m, &[&"--out", &ok_out]);
+    assert_eq!(code, 0, "{err}");
+    let want = std::fs::read(&ok_out).expect("csv");
+
+    // A link stays a link and its target gets the CSV.
+    let target = dir.join("target.csv");
+    let link = dir.join("link.csv");
+    std::os::unix::fs::symlink("target.csv", &link).expect("link");
+    let (code, _, err) = go(&m, &[&"--out", &link]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::symlink_metadata(&link)
+        .expect("meta")
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&target).expect("target"), want);
+
+    // A FIFO gets the CSV written into it and stays a FIFO.
+    let fifo = dir.join("pipe.csv");
+    let (code, _, err) = run(Command::new("mkfifo").arg(&fifo));
+    assert_eq!(code, 0, "mkfifo: {err}");
+    let got = read_fifo(&fifo);
+    let (code, _, err) = go(&m, &[&"--out", &fifo]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = got
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the FIFO's reader got the CSV");
+    assert_eq!(bytes, want);
+    assert!(std::fs::metadata(&fifo)
+        .expect("meta")
+        .file_type()
+        .is_fifo());
+
+    // /dev/null stays a character device.
+    let (code, _, err) = go(&m, &[&"--out", &"/dev/null"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::metadata("/dev/null")
+        .expect("meta")
+        .file_type()
+        .is_char_device());
+
+    // Detections that cannot be written once the submission is: exit 1 (not 2), the submission
+    // in place, an error naming the file.
+    if Path::new("/dev/full").exists() {
+        let out = dir.join("with-detections.csv");
+        let (code, _, err) = go(
+            &m,
+            &[
+                &"--out",
+                &out,
+                &"--detections",
+                &"/dev/full",
+                &"--threshold",
+                &"0",
+            ],
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("error:") && err.contains("/dev/full"), "{err}");
+        assert!(err.contains("was written"), "{err}");
+        assert_eq!(std::fs::read(&out).expect("submission"), want);
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use birdclef_models::checkpoint::{Checkpoint, CheckpointError, NamedTensor, CARD_FILE};
-use birdclef_models::fsio::AtomicFile;
+use birdclef_models::fsio::{self, AtomicFile};
 
 use crate::emit::{self, EmitError};
 use crate::ort_run::{OrtModel, RunError};
@@ -177,7 +177,35 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     worst
 }
 
-/// Export the checkpoint in `dir` to `out`, verified; see the module documentation.
+/// Check, before any work, that `out` can be written as the export of the checkpoint `dir`:
+/// a file whose directory exists (or can be created: its first existing ancestor is a
+/// directory), not a directory, and none of the checkpoint's files.
+///
+/// # Errors
+///
+/// [`ExportError::Output`] naming the output and what is wrong.
+pub fn check_output(dir: &Path, out: &Path) -> Result<(), ExportError> {
+    let output = |cause| ExportError::Output {
+        dir: dir.to_path_buf(),
+        cause,
+    };
+    match out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The directory is created by the export.
+        Some(parent) if std::fs::metadata(parent).is_err() => {
+            fsio::check_output_dir(parent).map_err(output)?;
+        }
+        _ => {
+            fsio::check_output_file(out).map_err(output)?;
+        }
+    }
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    fsio::refuse_overwriting(out, files.iter().map(PathBuf::as_path)).map_err(output)
+}
+
+/// Export the checkpoint in `dir` to `out`, verified; see the module documentation. `out` is
+/// checked ([`check_output`]) before the checkpoint is read.
 pub fn export_checkpoint(
     dir: &Path,
     out: &Path,
@@ -188,6 +216,7 @@ pub fn export_checkpoint(
             dir: dir.to_path_buf(),
         });
     }
+    check_output(dir, out)?;
     let ckpt = Checkpoint::open(dir).map_err(|cause| ExportError::Checkpoint {
         dir: dir.to_path_buf(),
         cause,

@@ -6,9 +6,10 @@
 //! is within `--tolerance` of the stored reference output.
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use birdclef_export::export::{checkpoints_in_run, plan_outputs, DEFAULT_TOLERANCE};
+use anyhow::{bail, Context, Result};
+use birdclef_export::export::{check_output, checkpoints_in_run, plan_outputs, DEFAULT_TOLERANCE};
 use birdclef_export::{export_checkpoint, ExportOptions, Exported};
+use birdclef_models::fsio;
 use clap::Parser;
 
 /// Export birdclef-train checkpoints to ONNX (opset 17), each verified against its checkpoint.
@@ -75,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             vec![(cli.checkpoint[0].clone(), out.clone())]
         }
         (None, Some(dir)) => {
+            fsio::check_output_dir(dir).context("--out-dir")?;
             let checkpoints = match &cli.run {
                 Some(run_dir) => checkpoints_in_run(run_dir)?,
                 None => cli.checkpoint.clone(),
@@ -84,6 +86,13 @@ fn run(cli: Cli) -> Result<()> {
         (None, None) => bail!("say where to write: --out MODEL.onnx or --out-dir DIR"),
         (Some(_), Some(_)) => bail!("give either --out or --out-dir, not both"),
     };
+
+    // Every output is checked before any checkpoint is exported: a bad one stops the run at once.
+    for (checkpoint, out) in &plan {
+        if checkpoint.is_dir() {
+            check_output(checkpoint, out)?;
+        }
+    }
 
     let total = plan.len();
     let mut failed = 0usize;

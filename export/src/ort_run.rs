@@ -59,9 +59,9 @@ impl OrtModel {
     ) -> Result<Self, RunError> {
         birdclef_infer::ort_env::init(ort_lib).map_err(|e| RunError::Runtime(format!("{e:#}")))?;
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let session = build_session(source, threads).map_err(|message| RunError::Load {
+        let session = build_session(source, threads).map_err(|e| RunError::Load {
             origin: origin.clone(),
-            message,
+            message: e.to_string(),
         })?;
         Ok(Self { session, origin })
     }
@@ -87,9 +87,9 @@ impl OrtModel {
             &input.data,
             Some(OUTPUT),
         )
-        .map_err(|message| RunError::Run {
+        .map_err(|e| RunError::Run {
             origin: self.origin.clone(),
-            message,
+            message: e.to_string(),
         })?;
         Ok(NamedTensor {
             name: OUTPUT.to_string(),

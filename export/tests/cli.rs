@@ -542,3 +542,105 @@ fn a_missing_onnx_runtime_is_named_and_nothing_is_written() {
     assert!(stderr.contains(&lib.display().to_string()), "{stderr}");
     assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
 }
+
+#[test]
+fn outputs_are_checked_before_any_export_and_checkpoint_files_never_overwritten() {
+    use std::os::unix::fs::FileTypeExt;
+    let t = TempDir::new("cli-outputs");
+    let ckpt = t.path().join("fold0");
+    make_checkpoint(&ckpt);
+    // A checkpoint whose weights cannot be read: the output is still the first error.
+    let broken = t.path().join("broken");
+    copy_dir(&ckpt, &broken);
+    std::fs::write(broken.join("weights.safetensors"), b"garbage").expect("write");
+    let file = t.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    for (args, needles) in [
+        (
+            vec![
+                "--checkpoint".into(),
+                broken.clone(),
+                "--out".into(),
+                t.path().to_path_buf(),
+            ],
+            vec!["is a directory"],
+        ),
+        (
+            vec![
+                "--checkpoint".into(),
+                broken.clone(),
+                "--out".into(),
+                file.join("x.onnx"),
+            ],
+            vec!["a-file", "not a directory"],
+        ),
+        (
+            vec![
+                "--checkpoint".into(),
+                broken.clone(),
+                "--out-dir".into(),
+                file.clone(),
+            ],
+            vec!["--out-dir", "a-file", "not a directory"],
+        ),
+    ] {
+        let o = bin().args(&args).output().expect("run");
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{args:?}: {n:?} in {stderr}");
+        }
+        assert!(!stderr.contains("safetensors"), "checked first: {stderr}");
+    }
+
+    // --out naming a checkpoint file: refused naming both, the file unchanged.
+    let weights = ckpt.join("weights.safetensors");
+    let before = std::fs::read(&weights).expect("read");
+    let o = run(&[&"--checkpoint", &ckpt, &"--out", &weights]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+    assert!(stderr.contains("weights.safetensors"), "{stderr}");
+    assert_eq!(std::fs::read(&weights).expect("read"), before);
+
+    // Folds mode: one output that cannot be written stops the run before any export.
+    let second = t.path().join("fold1");
+    copy_dir(&ckpt, &second);
+    let out_dir = t.path().join("folds");
+    std::fs::create_dir_all(out_dir.join("fold1.onnx")).expect("mkdir");
+    let o = run(&[
+        &"--checkpoint",
+        &ckpt,
+        &"--checkpoint",
+        &second,
+        &"--out-dir",
+        &out_dir,
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("fold1.onnx") && stderr.contains("is a directory"),
+        "{stderr}"
+    );
+    assert_eq!(listing(&out_dir), ["fold1.onnx"], "fold0 was not exported");
+
+    // A link stays a link and its target gets the model; /dev/null stays a device.
+    let link = t.path().join("link.onnx");
+    std::os::unix::fs::symlink("target.onnx", &link).expect("link");
+    let o = run(&[&"--checkpoint", &ckpt, &"--out", &link]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}{stderr}");
+    assert!(std::fs::symlink_metadata(&link)
+        .expect("meta")
+        .file_type()
+        .is_symlink());
+    let bytes = std::fs::read(t.path().join("target.onnx")).expect("target");
+    birdclef_export::emit::decode(&bytes).expect("an ONNX model");
+    let o = run(&[&"--checkpoint", &ckpt, &"--out", &"/dev/null"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}{stderr}");
+    assert!(std::fs::metadata("/dev/null")
+        .expect("meta")
+        .file_type()
+        .is_char_device());
+}

@@ -1,11 +1,12 @@
 //! `features` and `demo`: audio → model-input tensors through the shared frontend.
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use birdclef_models::audio::{decode_file, write_wav_f32, TARGET_SAMPLE_RATE};
 use birdclef_models::card::Card;
 use birdclef_models::frontend::Frontend;
+use birdclef_models::fsio;
 use birdclef_models::{npy, synth};
 use ndarray::Array4;
 
@@ -80,7 +81,11 @@ fn summarize(card: &Card, x: &Array4<f32>, seconds: f64, source: String) -> Summ
 }
 
 /// `birdclef-infer features`: card + audio → `.npy`.
+///
+/// `out` is checked (writable, neither the card nor the audio) before anything is read.
 pub fn write_features(card_path: &Path, audio: &Path, out: &Path) -> Result<Summary> {
+    fsio::check_output_file(out).context("--out")?;
+    fsio::refuse_overwriting(out, [card_path, audio]).context("--out")?;
     let card = Card::load(card_path)?;
     let frontend = Frontend::new(card.frontend.clone())
         .with_context(|| format!("{}: frontend", card_path.display()))?;
@@ -95,8 +100,17 @@ pub fn demo(out_dir: &Path, seconds: f64, seed: u64) -> Result<()> {
         seconds > 0.0 && seconds <= 3600.0,
         "--seconds must be in (0, 3600], got {seconds}"
     );
+    fsio::check_output_dir(out_dir).context("--out")?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create the output directory", out_dir.display()))?;
+    let wav = out_dir.join("demo_soundscape.wav");
+    let npys: Vec<PathBuf> = SHIPPED_CARDS
+        .iter()
+        .map(|(name, _)| out_dir.join(format!("demo_soundscape.{name}.npy")))
+        .collect();
+    for path in std::iter::once(&wav).chain(&npys) {
+        fsio::check_output_file(path).context("--out")?;
+    }
     let species = synth::species(5);
     let calls = (seconds * 0.8).ceil() as usize;
     let (samples, events) = synth::soundscape(
@@ -106,7 +120,6 @@ pub fn demo(out_dir: &Path, seconds: f64, seed: u64) -> Result<()> {
         calls,
         &mut synth::Rng::new(seed),
     );
-    let wav = out_dir.join("demo_soundscape.wav");
     write_wav_f32(&wav, &samples, TARGET_SAMPLE_RATE)
         .with_context(|| format!("{}: cannot write", wav.display()))?;
     println!(
@@ -115,12 +128,11 @@ pub fn demo(out_dir: &Path, seconds: f64, seed: u64) -> Result<()> {
         species.len(),
         wav.display()
     );
-    for (name, json) in SHIPPED_CARDS {
+    for ((name, json), path) in SHIPPED_CARDS.into_iter().zip(&npys) {
         let card = Card::from_json(json).with_context(|| format!("shipped card {name}"))?;
         let frontend = Frontend::new(card.frontend.clone())?;
         let (x, secs, source) = compute(&frontend, &wav)?;
-        let path = out_dir.join(format!("demo_soundscape.{name}.npy"));
-        npy::write_f32(&path, &x)?;
+        npy::write_f32(path, &x)?;
         println!(
             "{}  -> {}",
             summarize(&card, &x, secs, source),

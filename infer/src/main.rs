@@ -16,9 +16,10 @@ use clap::{Args, Parser, Subcommand};
 /// Score soundscapes on the CPU with ONNX Runtime and write a Kaggle BirdCLEF submission.
 ///
 /// Without a subcommand: every 5-s window of every soundscape gets a row
-/// `<stem>_<end second>` with one probability per species. Exit status: 0 success, 1 finished
-/// but some files could not be (fully) decoded (their rows hold 0.0; listed at the end),
-/// 2 error.
+/// `<stem>_<end second>` with one probability per species. Exit status: 0 success; 1 the
+/// submission was written but some files could not be (fully) decoded (their rows hold 0.0;
+/// listed at the end) or --detections / --raven-dir could not be written (an error names the
+/// file); 2 error, nothing written (every output is checked before any work).
 #[derive(Parser, Debug)]
 #[command(
     name = "birdclef-infer",
@@ -33,7 +34,7 @@ struct Cli {
     ort_lib: Option<PathBuf>,
     /// Threads of the `features` and `demo` subcommands [default: the number of cores]; scoring
     /// uses --workers.
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, value_name = "N", value_parser = parse_positive)]
     threads: Option<usize>,
     #[command(flatten)]
     predict: PredictArgs,
@@ -56,7 +57,7 @@ struct PredictArgs {
     /// ONNX models written by birdclef-export (several = an ensemble).
     #[arg(long, num_args = 1.., required = true, value_name = "MODEL.onnx")]
     models: Vec<PathBuf>,
-    /// Soundscape files or directories of them (.ogg, .mp3, .flac, .wav).
+    /// Soundscape files or directories of them (.ogg, .mp3, .flac, .wav; subdirectories searched).
     #[arg(long, num_args = 1.., required = true, value_name = "DIR|FILE")]
     soundscapes: Vec<PathBuf>,
     /// Submission CSV to write (atomically).
@@ -84,8 +85,8 @@ struct PredictArgs {
     /// Also write a Raven Pro selection table per soundscape into this directory.
     #[arg(long, value_name = "DIR")]
     raven_dir: Option<PathBuf>,
-    /// Probability threshold for detections.
-    #[arg(long, default_value_t = 0.5)]
+    /// Probability threshold for detections, in [0, 1].
+    #[arg(long, default_value_t = 0.5, value_parser = parse_probability, allow_negative_numbers = true)]
     threshold: f32,
     /// Warn when the projected total time exceeds this (e.g. 120m, 90s, 2h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -94,19 +95,43 @@ struct PredictArgs {
     #[arg(long, requires = "time_limit")]
     strict: bool,
     /// Windows per inference batch (small batches keep activations in the CPU cache).
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = parse_positive)]
     batch_size: usize,
     /// Worker threads, each decoding, computing features and running its own ONNX Runtime
     /// sessions of every model [default: the number of cores]. Parallel single-threaded sessions
     /// outrun intra-op threads.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
     workers: Option<usize>,
     /// ONNX Runtime intra-op threads per session.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive)]
     ort_threads: usize,
     /// Show a progress line even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
+}
+
+/// A count of at least 1 (workers, threads, windows per batch).
+fn parse_positive(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
+/// A probability in [0, 1].
+fn parse_probability(text: &str) -> Result<f32, String> {
+    let p: f32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("{text} is not a probability in [0, 1]"));
+    }
+    Ok(p)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -198,10 +223,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Exit status 0, or 1 when the submission was written but some files failed.
+/// Exit status 0, or 1 when the submission was written but some files failed or an extra
+/// output (detections, Raven tables) could not be written.
 fn run(cli: Cli) -> Result<u8> {
     if let Some(n) = cli.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
@@ -272,7 +297,7 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
         raven_dir: args.raven_dir,
         threshold: args.threshold,
         run: RunConfig {
-            workers: args.workers.unwrap_or(cores).max(1),
+            workers: args.workers.unwrap_or(cores),
             batch_size: args.batch_size,
             time_limit: args.time_limit,
             strict: args.strict,
@@ -295,18 +320,26 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
-    if summary.failures.is_empty() {
-        return Ok(0);
+    for e in &summary.unwritten {
+        eprintln!(
+            "error: {e} (the submission {} was written; this output was not)",
+            out.display()
+        );
     }
-    eprintln!(
-        "warning: {} of {} files could not be fully scored; their missing windows hold 0.0:",
-        summary.failures.len(),
-        summary.files
-    );
-    for (_, f) in &summary.failures {
-        eprintln!("  {}", failure_line(&f.reason, f.decoded_windows));
+    let failed = summary.failures.len() + summary.unreadable.len();
+    if failed > 0 {
+        eprintln!(
+            "warning: {failed} of {} files could not be fully scored; their missing windows hold 0.0:",
+            summary.files + summary.unreadable.len()
+        );
+        for (_, f) in &summary.failures {
+            eprintln!("  {}", failure_line(&f.reason, f.decoded_windows));
+        }
+        for (path, why) in &summary.unreadable {
+            eprintln!("  {}: {why} (not scored, no rows)", path.display());
+        }
     }
-    Ok(1)
+    Ok(u8::from(failed > 0 || !summary.unwritten.is_empty()))
 }
 
 /// One line of the failure summary: what went wrong (the reason names the file) and how many
@@ -318,7 +351,49 @@ fn failure_line(reason: &str, scored: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::failure_line;
+    use super::{failure_line, Cli};
+    use clap::Parser;
+
+    #[test]
+    fn zero_counts_and_thresholds_outside_0_1_are_refused_when_parsing() {
+        let base = [
+            "birdclef-infer",
+            "--models",
+            "m.onnx",
+            "--soundscapes",
+            "a",
+            "--out",
+            "o",
+        ];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        for (flag, value, needle) in [
+            ("--workers", "0", "at least 1"),
+            ("--batch-size", "0", "at least 1"),
+            ("--ort-threads", "0", "at least 1"),
+            ("--threads", "0", "at least 1"),
+            ("--workers", "two", "not a whole number"),
+            ("--threshold", "1.5", "[0, 1]"),
+            ("--threshold", "-0.1", "[0, 1]"),
+            ("--threshold", "NaN", "[0, 1]"),
+            ("--threshold", "high", "not a number"),
+        ] {
+            let e = parse(&[flag, value]).expect_err(&format!("{flag} {value}"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains(flag) && msg.contains(needle),
+                "{flag} {value}: {msg}"
+            );
+        }
+        let cli = parse(&["--threshold", "1", "--workers", "3", "--batch-size", "2"]).expect("ok");
+        assert_eq!(cli.predict.threshold, 1.0);
+        assert_eq!(cli.predict.workers, Some(3));
+        assert_eq!(cli.predict.batch_size, 2);
+        assert_eq!(
+            parse(&["--threshold", "0"]).expect("ok").predict.threshold,
+            0.0
+        );
+        assert!(Cli::try_parse_from(["birdclef-infer", "--threads", "0", "doctor"]).is_err());
+    }
 
     #[test]
     fn a_failure_line_counts_windows_in_words() {

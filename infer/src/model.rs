@@ -33,6 +33,13 @@ impl OnnxModel {
     /// Load a model written by `birdclef-export`; `threads` is ONNX Runtime's intra-op pool.
     /// [`crate::ort_env::init`] must have been called.
     pub fn load(path: &Path, threads: usize) -> Result<Self> {
+        if path.is_dir() {
+            bail!(
+                "{}: is a directory, not an ONNX model file (export a checkpoint directory \
+                 with birdclef-export)",
+                path.display()
+            );
+        }
         if !path.is_file() {
             bail!("{}: no such model file", path.display());
         }

@@ -1,22 +1,24 @@
 //! The submission command: soundscapes + ONNX models → Kaggle submission CSV (and detections).
 //!
-//! Steps: find the audio files (optionally one shard of them), load and check the models, run the
-//! [`runner`], ensemble the models, smooth over neighbouring windows, put the
-//! columns in the requested order, write the CSV atomically with its row count checked, and write
-//! detections for field users.
-use std::collections::HashMap;
+//! Steps: check every output path (before any decoding or model loading), find the audio files
+//! (optionally one shard of them), load and check the models, run the [`runner`], ensemble the
+//! models, smooth over neighbouring windows ([`combine`]), put the columns in the requested order,
+//! write the CSV atomically with its row count checked, and write detections for field users.
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use birdclef_models::fsio::{self, Target};
 use ndarray::{s, Array2};
 use rayon::prelude::*;
 
 use crate::detections;
 use crate::model::{check_ensemble, OnnxModel};
 use crate::ort_env;
-use crate::postprocess::{ensemble, smooth, Ensemble, Kernel};
-use crate::runner::{self, Failure, RunConfig};
+use crate::postprocess::{ensemble, smooth, Ensemble, Kernel, PostprocessError};
+use crate::runner::{self, Failure, FileScores, RunConfig, FALLBACK_PROBABILITY};
 use crate::shard::{self, ShardEnv, ShardSpec};
 use crate::submission::{column_order, write_submission, FileRows};
 
@@ -28,7 +30,8 @@ pub const AUDIO_EXTENSIONS: [&str; 5] = ["ogg", "oga", "mp3", "flac", "wav"];
 pub struct PredictOptions {
     /// ONNX models written by birdclef-export (an ensemble).
     pub models: Vec<PathBuf>,
-    /// Soundscape files or directories (a directory contributes its audio files, not recursively).
+    /// Soundscape files or directories (a directory contributes the audio files in it and in its
+    /// subdirectories; see [`discover`]).
     pub soundscapes: Vec<PathBuf>,
     /// Submission CSV to write.
     pub out: PathBuf,
@@ -65,6 +68,13 @@ pub struct PredictSummary {
     pub rows: usize,
     /// Files whose rows are partly or wholly fallback values, with the reason.
     pub failures: Vec<(PathBuf, Failure)>,
+    /// Entries of the soundscape directories that could not be read at all (dangling symbolic
+    /// links, unlistable subdirectories), with why (not repeating the path): no rows. Reported
+    /// by the first shard only, so that merged shards list each once.
+    pub unreadable: Vec<(PathBuf, String)>,
+    /// Extra outputs (`--detections`, `--raven-dir`) that could not be written after the
+    /// submission was: each error names its file.
+    pub unwritten: Vec<String>,
     /// Seconds of audio decoded.
     pub audio_seconds: f64,
     /// Wall time.
@@ -75,46 +85,142 @@ pub struct PredictSummary {
     pub warnings: Vec<String>,
 }
 
-/// The audio files named by `inputs` (files, or directories searched one level deep), sorted by
-/// name. Two files with the same stem would give the same row ids: that is an error.
-pub fn discover(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let entries = std::fs::read_dir(input)
-                .with_context(|| format!("{}: cannot list the directory", input.display()))?;
-            for entry in entries {
-                let path = entry
-                    .with_context(|| format!("{}: cannot list the directory", input.display()))?
-                    .path();
-                let audio = path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-                if audio && path.is_file() {
-                    files.push(path);
-                }
+/// What [`discover`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// The audio files, sorted by name (then path).
+    pub files: Vec<PathBuf>,
+    /// Entries under the given directories that could not be looked at, sorted, each with why
+    /// (the reason does not repeat the path): dangling symbolic links (they may have named audio
+    /// or a directory of it), subdirectories that cannot be listed, entries whose type cannot be
+    /// read, special files with an audio extension. They give no rows; callers report them as
+    /// failed.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+fn is_audio(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Why `path`, a symbolic link that cannot be followed, cannot.
+fn broken_link(path: &Path, cause: &std::io::Error) -> String {
+    let to = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    if cause.kind() == std::io::ErrorKind::NotFound {
+        format!("a dangling symbolic link: its target {to} does not exist")
+    } else {
+        format!("a symbolic link to {to} that cannot be followed: {cause}")
+    }
+}
+
+/// Add the audio files under `dir` (links followed, each directory listed once) to `found`.
+fn walk(dir: &Path, found: &mut Discovered, seen: &mut HashSet<(u64, u64)>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            found
+                .unreadable
+                .push((dir.to_path_buf(), format!("cannot list the directory: {e}")));
+            return;
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                found
+                    .unreadable
+                    .push((dir.to_path_buf(), format!("cannot list the directory: {e}")));
+                return;
             }
-        } else if input.is_file() {
-            files.push(input.clone());
-        } else {
-            bail!("{}: no such file or directory", input.display());
+        };
+        let path = entry.path();
+        // Links are followed; one that leads nowhere is reported, not skipped.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+                let why = if is_link {
+                    broken_link(&path, &e)
+                } else {
+                    format!("cannot read its type: {e}")
+                };
+                found.unreadable.push((path, why));
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            if seen.insert((meta.dev(), meta.ino())) {
+                walk(&path, found, seen);
+            }
+        } else if is_audio(&path) {
+            if meta.is_file() {
+                found.files.push(path);
+            } else {
+                found.unreadable.push((
+                    path,
+                    "not a regular file (a device, FIFO or socket), not read".into(),
+                ));
+            }
         }
     }
+}
+
+/// The audio files named by `inputs`: files, and the audio files (by extension,
+/// [`AUDIO_EXTENSIONS`]) in directories and all their subdirectories, symbolic links followed,
+/// sorted by name. Row ids are `<file stem>_<end second>` whatever the folder, so two files with
+/// the same stem (in one folder or in two) are an error naming both. Entries that cannot be read
+/// are returned in [`Discovered::unreadable`], not skipped silently.
+///
+/// # Errors
+///
+/// An input that does not exist (or is a dangling link) or a directory given as an input that
+/// cannot be listed; two files with the same stem.
+pub fn discover(inputs: &[PathBuf]) -> Result<Discovered> {
+    let mut found = Discovered::default();
+    let mut seen = HashSet::new();
+    for input in inputs {
+        match std::fs::metadata(input) {
+            Ok(m) if m.is_dir() => {
+                std::fs::read_dir(input)
+                    .with_context(|| format!("{}: cannot list the directory", input.display()))?;
+                if seen.insert((m.dev(), m.ino())) {
+                    walk(input, &mut found, &mut seen);
+                }
+            }
+            Ok(_) => found.files.push(input.clone()),
+            Err(e) => {
+                if std::fs::symlink_metadata(input).is_ok_and(|m| m.file_type().is_symlink()) {
+                    bail!("{}: {}", input.display(), broken_link(input, &e));
+                }
+                bail!("{}: no such file or directory", input.display());
+            }
+        }
+    }
+    let mut files = found.files;
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then(a.cmp(b)));
     files.dedup();
-    let mut seen: HashMap<String, &Path> = HashMap::new();
+    let mut seen_stems: HashMap<String, &Path> = HashMap::new();
     for f in &files {
         let stem = stem_of(f);
-        if let Some(other) = seen.insert(stem.clone(), f) {
+        if let Some(other) = seen_stems.insert(stem.clone(), f) {
             bail!(
-                "{} and {} have the same stem {stem:?}, so their row ids would collide",
+                "{} and {} have the same stem {stem:?}, so their row ids would collide; \
+                 rename one or score them in separate runs",
                 other.display(),
                 f.display()
             );
         }
     }
-    Ok(files)
+    found.unreadable.sort();
+    found.unreadable.dedup();
+    Ok(Discovered {
+        files,
+        unreadable: found.unreadable,
+    })
 }
 
 /// The file name without directory and extension: the first part of its row ids.
@@ -124,23 +230,153 @@ pub fn stem_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Whether two checked outputs land in the same regular file.
+fn same_target(a: &Target, b: &Target) -> bool {
+    match (a, b) {
+        (Target::File(x), Target::File(y)) => {
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            abs(x) == abs(y) || fsio::same_file(x, y)
+        }
+        _ => false,
+    }
+}
+
+/// Check every output of the run before any work: each can be written, none is one of the
+/// run's inputs (`inputs`), no two are the same file. The Raven tables of `stems` are checked
+/// where `--raven-dir` already exists.
+fn check_outputs(opts: &PredictOptions, inputs: &[&Path], stems: &[String]) -> Result<()> {
+    let out = fsio::check_output_file(&opts.out).context("--out")?;
+    fsio::refuse_overwriting(&opts.out, inputs.iter().copied()).context("--out")?;
+    if let Some(det) = &opts.detections {
+        let target = fsio::check_output_file(det).context("--detections")?;
+        fsio::refuse_overwriting(det, inputs.iter().copied()).context("--detections")?;
+        if same_target(&out, &target) {
+            bail!(
+                "--detections {} and --out {} are the same file; give them different names",
+                det.display(),
+                opts.out.display()
+            );
+        }
+    }
+    if let Some(dir) = &opts.raven_dir {
+        fsio::check_output_dir(dir).context("--raven-dir")?;
+        if dir.is_dir() {
+            for stem in stems {
+                let table = dir.join(format!("{stem}{}", detections::RAVEN_SUFFIX));
+                fsio::check_output_file(&table).context("--raven-dir")?;
+                fsio::refuse_overwriting(&table, inputs.iter().copied()).context("--raven-dir")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Windows of `f` that hold real predictions: all of them, or for a failed file those decoded
+/// before the failure (always its first windows; the rest are fallback windows).
+pub fn real_windows(f: &FileScores) -> usize {
+    f.failure
+        .as_ref()
+        .map_or(f.windows, |x| x.decoded_windows.min(f.windows))
+}
+
+/// Every file's `[windows × labels]` probabilities after post-processing: the models of the
+/// ensemble combined `how` over the real windows of the whole run (rank ensembling ranks those
+/// only), then each file smoothed with `kernel` over its own real windows, as a recording that
+/// ends with its last decoded window. A failed file's fallback windows (those after its decoded
+/// ones, see [`real_windows`]) take part in neither: they are not smoothed, not neighbours of
+/// real windows, and hold exactly [`FALLBACK_PROBABILITY`].
+///
+/// `files[i].probs` is `windows × n_models × k`, row-major (as [`runner::run`] returns it).
+///
+/// # Errors
+///
+/// As [`ensemble`] and [`smooth`].
+pub fn combine(
+    files: &[FileScores],
+    n_models: usize,
+    k: usize,
+    how: Ensemble,
+    kernel: Option<&Kernel>,
+) -> Result<Vec<Array2<f32>>, PostprocessError> {
+    let real: Vec<usize> = files.iter().map(real_windows).collect();
+    // Per model, the real rows of every file stacked, so rank ensembling sees all of them.
+    let total: usize = real.iter().sum();
+    let mut per_model: Vec<Array2<f32>> = vec![Array2::zeros((total, k)); n_models];
+    let mut row = 0;
+    for (f, &r) in files.iter().zip(&real) {
+        for w in 0..r {
+            for (m, matrix) in per_model.iter_mut().enumerate() {
+                let at = (w * n_models + m) * k;
+                if let Some(src) = f.probs.get(at..at + k) {
+                    matrix
+                        .row_mut(row + w)
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = v);
+                }
+            }
+        }
+        row += r;
+    }
+    let combined = if total == 0 {
+        Array2::zeros((0, k))
+    } else {
+        ensemble(&per_model, how)?
+    };
+    let mut row = 0;
+    let mut out = Vec::with_capacity(files.len());
+    for (f, &r) in files.iter().zip(&real) {
+        let mut head = combined.slice(s![row..row + r, ..]).to_owned();
+        row += r;
+        if let Some(kernel) = kernel {
+            smooth(&mut head, kernel.weights())?;
+        }
+        let mut probs = Array2::from_elem((f.windows, k), FALLBACK_PROBABILITY);
+        probs.slice_mut(s![..r, ..]).assign(&head);
+        out.push(probs);
+    }
+    Ok(out)
+}
+
 /// Run the submission command.
+///
+/// Every output is checked before any work. Errors writing `--detections` or `--raven-dir`
+/// after the submission was written do not fail the call: they are in
+/// [`PredictSummary::unwritten`].
 pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
-    ort_env::init(opts.ort_lib.as_deref())?;
     let mut warnings = Vec::new();
-    let all = discover(&opts.soundscapes)?;
-    let files = match &opts.shard {
-        Some(spec) => {
-            let shard = spec.resolve(&ShardEnv::from_process_env())?;
+    let found = discover(&opts.soundscapes)?;
+    let shard = opts
+        .shard
+        .as_ref()
+        .map(|spec| spec.resolve(&ShardEnv::from_process_env()))
+        .transpose()?;
+    let files = match shard {
+        Some(shard) => {
             if opts.ensemble == Ensemble::Rank && shard.n > 1 {
                 warnings.push(format!(
                     "--ensemble rank ranks within this shard ({shard}) only; shards are ranked separately"
                 ));
             }
-            shard::select(&all, shard)
+            shard::select(&found.files, shard)
         }
-        None => all,
+        None => found.files.clone(),
     };
+    // Entries without rows belong to no shard: the first one reports them.
+    let unreadable = if shard.is_none_or(|s| s.k == 0) {
+        found.unreadable.clone()
+    } else {
+        Vec::new()
+    };
+    let mut inputs: Vec<&Path> = opts.models.iter().map(PathBuf::as_path).collect();
+    inputs.extend(opts.sample_submission.as_deref());
+    inputs.extend(opts.taxonomy.as_deref());
+    inputs.extend(opts.ort_lib.as_deref());
+    inputs.extend(found.files.iter().map(PathBuf::as_path));
+    let stems: Vec<String> = files.iter().map(|f| stem_of(f)).collect();
+    check_outputs(opts, &inputs, &stems)?;
+
+    ort_env::init(opts.ort_lib.as_deref())?;
     let load = |p: &PathBuf| OnnxModel::load(p, opts.ort_threads);
     let load_set = || opts.models.iter().map(load).collect::<Result<Vec<_>>>();
     // The first worker's sessions are built in parallel: nothing else can run before they exist
@@ -178,40 +414,18 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
 
     let out = runner::run(&files, first, load_set, &opts.run)?;
     warnings.extend(out.warnings.iter().cloned());
-    let (n_models, k) = (out.models, out.classes);
-
-    // Per model, every file's rows stacked, so rank ensembling sees all rows of the run.
     let total_rows: usize = out.files.iter().map(|f| f.windows).sum();
-    let mut per_model: Vec<Array2<f32>> = vec![Array2::zeros((total_rows, k)); n_models];
-    let mut row = 0;
-    for f in &out.files {
-        for w in 0..f.windows {
-            for (m, matrix) in per_model.iter_mut().enumerate() {
-                let src = &f.probs[(w * n_models + m) * k..(w * n_models + m + 1) * k];
-                matrix
-                    .row_mut(row + w)
-                    .iter_mut()
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = v);
-            }
-        }
-        row += f.windows;
-    }
-    let combined = if total_rows == 0 {
-        Array2::zeros((0, k))
-    } else {
-        ensemble(&per_model, opts.ensemble)?
-    };
+    let combined = combine(
+        &out.files,
+        out.models,
+        out.classes,
+        opts.ensemble,
+        opts.smooth.as_ref(),
+    )?;
 
     let window_seconds = frontend.windows.window_seconds;
     let mut rows_out = Vec::with_capacity(out.files.len());
-    let mut row = 0;
-    for f in &out.files {
-        let mut probs = combined.slice(s![row..row + f.windows, ..]).to_owned();
-        row += f.windows;
-        if let Some(kernel) = &opts.smooth {
-            smooth(&mut probs, kernel.weights())?;
-        }
+    for (f, probs) in out.files.iter().zip(combined) {
         rows_out.push(FileRows {
             stem: stem_of(&f.path),
             end_seconds: (0..f.windows)
@@ -227,15 +441,30 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
             report.non_finite
         ));
     }
+    // The submission is written: what fails from here on is reported, not fatal.
+    let mut unwritten = Vec::new();
     if opts.detections.is_some() || opts.raven_dir.is_some() {
-        let found =
-            detections::detections(&rows_out, &columns.names, window_seconds, opts.threshold)?;
-        if let Some(path) = &opts.detections {
-            detections::write_csv(path, &found)?;
-        }
-        if let Some(dir) = &opts.raven_dir {
-            let stems: Vec<String> = rows_out.iter().map(|r| r.stem.clone()).collect();
-            detections::write_raven_tables(dir, &stems, &found, frontend.fmin, frontend.fmax)?;
+        match detections::detections(&rows_out, &columns.names, window_seconds, opts.threshold) {
+            Ok(found) => {
+                if let Some(path) = &opts.detections {
+                    if let Err(e) = detections::write_csv(path, &found) {
+                        unwritten.push(format!("--detections: {e}"));
+                    }
+                }
+                if let Some(dir) = &opts.raven_dir {
+                    let stems: Vec<String> = rows_out.iter().map(|r| r.stem.clone()).collect();
+                    if let Err(e) = detections::write_raven_tables(
+                        dir,
+                        &stems,
+                        &found,
+                        frontend.fmin,
+                        frontend.fmax,
+                    ) {
+                        unwritten.push(format!("--raven-dir: {e}"));
+                    }
+                }
+            }
+            Err(e) => unwritten.push(format!("detections: {e}")),
         }
     }
     let failures = out
@@ -247,6 +476,8 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
         files: out.files.len(),
         rows: report.rows,
         failures,
+        unreadable,
+        unwritten,
         audio_seconds: out.files.iter().map(|f| f.seconds).sum(),
         elapsed: out.elapsed,
         windows: out.windows_inferred,
@@ -260,5 +491,133 @@ fn preview(names: &[String]) -> String {
         format!("{}, ...", shown.join(", "))
     } else {
         shown.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("predict-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch");
+        d
+    }
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, b"x").expect("write");
+    }
+
+    #[test]
+    fn discovery_recurses_and_reports_what_it_cannot_read() {
+        let d = scratch("discover");
+        touch(&d.join("top.wav"));
+        touch(&d.join("site1/a.ogg"));
+        touch(&d.join("site1/deep/b.FLAC"));
+        touch(&d.join("site2/notes.txt"));
+        std::os::unix::fs::symlink("gone.wav", d.join("site2/dangling.wav")).expect("link");
+        std::os::unix::fs::symlink("loop.mp3", d.join("site2/loop.mp3")).expect("link");
+        // A link back to the top: each directory is listed once.
+        std::os::unix::fs::symlink("..", d.join("site1/up")).expect("link");
+        let found = discover(std::slice::from_ref(&d)).expect("discover");
+        assert_eq!(
+            found.files,
+            [
+                d.join("site1/a.ogg"),
+                d.join("site1/deep/b.FLAC"),
+                d.join("top.wav")
+            ]
+        );
+        let broken: Vec<&Path> = found.unreadable.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            broken,
+            [d.join("site2/dangling.wav"), d.join("site2/loop.mp3")]
+        );
+        assert!(
+            found.unreadable[0].1.contains("dangling")
+                && found.unreadable[0].1.contains("gone.wav"),
+            "{:?}",
+            found.unreadable
+        );
+        assert!(
+            found.unreadable[1].1.contains("cannot be followed"),
+            "{:?}",
+            found.unreadable
+        );
+
+        // The same stem in two folders would give the same row ids: an error naming both.
+        touch(&d.join("site2/a.wav"));
+        let e = discover(std::slice::from_ref(&d))
+            .expect_err("collision")
+            .to_string();
+        assert!(
+            e.contains("site1/a.ogg") && e.contains("site2/a.wav"),
+            "{e}"
+        );
+        // A dangling link given as an input is an error naming it.
+        let e = discover(&[d.join("site2/dangling.wav")])
+            .expect_err("dangling input")
+            .to_string();
+        assert!(e.contains("dangling.wav") && e.contains("gone.wav"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    /// A file of `windows` rows from `probs` (`windows × models × classes`); `decoded` set when
+    /// it failed after that many windows.
+    fn scores(name: &str, windows: usize, decoded: Option<usize>, probs: Vec<f32>) -> FileScores {
+        FileScores {
+            path: PathBuf::from(name),
+            probs,
+            windows,
+            failure: decoded.map(|d| Failure {
+                reason: format!("{name}: truncated"),
+                decoded_windows: d,
+            }),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn fallback_windows_stay_zero_and_out_of_smoothing() {
+        // One model, one class. The good file: 0.2, 0.4, 0.6. The truncated file: 3 decoded
+        // windows 0.3, 0.6, 0.9, then 2 fallback windows (0.0 from the runner).
+        let good = scores("good.wav", 3, None, vec![0.2, 0.4, 0.6]);
+        let cut = scores("cut.wav", 5, Some(3), vec![0.3, 0.6, 0.9, 0.0, 0.0]);
+        let skipped = scores("skipped.wav", 1, Some(0), vec![0.0]);
+        let files = [good, cut, skipped];
+        let kernel: Kernel = "1,1,1".parse().expect("kernel");
+        let out = combine(&files, 1, 1, Ensemble::Mean, Some(&kernel)).expect("combine");
+        let close = |a: &Array2<f32>, b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+        };
+        assert!(close(&out[0], &[0.3, 0.4, 0.5]), "{}", out[0]);
+        // The last decoded window is an edge: (0.6 + 0.9) / 2, not (0.6 + 0.9 + 0) / 3.
+        assert!(close(&out[1], &[0.45, 0.6, 0.75, 0.0, 0.0]), "{}", out[1]);
+        assert_eq!(out[1][[3, 0]], FALLBACK_PROBABILITY);
+        assert_eq!(out[1][[4, 0]], FALLBACK_PROBABILITY);
+        assert_eq!(out[2], array![[FALLBACK_PROBABILITY]]);
+
+        // Geometric mean of two models: the floor 1e-7 never reaches a fallback window.
+        let two = [
+            scores("a.wav", 2, None, vec![0.25, 1.0, 0.5, 0.5]),
+            scores("b.wav", 3, Some(1), vec![0.04, 1.0, 0.0, 0.0, 0.0, 0.0]),
+        ];
+        let out = combine(&two, 2, 1, Ensemble::Geometric, None).expect("combine");
+        assert!(close(&out[0], &[0.5, 0.5]), "{}", out[0]);
+        assert!((out[1][[0, 0]] - 0.2).abs() < 1e-6, "{}", out[1]);
+        assert_eq!(out[1][[1, 0]], 0.0);
+        assert_eq!(out[1][[2, 0]], 0.0);
+
+        // Rank: fallback windows are not ranked (the real ones spread over [0, 1]) and stay 0.
+        let ranked = [
+            scores("a.wav", 2, None, vec![0.1, 0.9]),
+            scores("b.wav", 2, Some(1), vec![0.5, 0.0]),
+        ];
+        let out = combine(&ranked, 1, 1, Ensemble::Rank, None).expect("combine");
+        assert_eq!(out[0], array![[0.0f32], [1.0]]);
+        assert_eq!(out[1], array![[0.5f32], [0.0]]);
     }
 }

@@ -154,12 +154,7 @@ struct Table {
 }
 
 fn read_table(path: &Path, what: &str) -> Result<Table, ScoreError> {
-    let file = std::fs::File::open(path).map_err(|source| {
-        ScoreError::from(FileError::Io {
-            path: path.to_path_buf(),
-            cause: source,
-        })
-    })?;
+    let file = crate::files::open_input(path)?;
     let csv_err = |source| {
         ScoreError::from(FileError::Csv {
             path: path.to_path_buf(),

@@ -364,26 +364,26 @@ pub fn split_row_id(row_id: &str) -> Option<(&str, u64)> {
 /// Every input must have the same header (the first that differs is an error naming it).
 /// Rows are copied verbatim (line endings normalised to `\n`) and sorted by file stem, then by
 /// the numeric window end second of the row id; a row id seen twice is an error naming both
-/// files. The output is written atomically. The inputs are the files birdclef-infer writes:
-/// plain, unquoted fields.
+/// files. The output is checked before any input is read (its directory exists, it is not a
+/// directory, it is none of the inputs) and written atomically. The inputs are the files
+/// birdclef-infer writes: plain, unquoted fields.
 ///
 /// # Errors
 ///
-/// [`ShardError::NoInputs`], [`FileError::Io`], [`FileError::Format`] (empty file, a row id
+/// [`ShardError::NoInputs`], [`FileError::Output`] for an output that cannot be written or is an
+/// input, [`FileError::Io`], [`FileError::Format`] (empty file, a row id
 /// not of the form `<stem>_<integer>`, a row with the wrong number of fields),
 /// [`ShardError::HeaderMismatch`], [`ShardError::DuplicateRow`].
 pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeReport, ShardError> {
     let first_path = inputs.first().ok_or(ShardError::NoInputs)?;
+    // Before anything is read: the output can be written and is none of the inputs.
+    let output_err = |e| ShardError::from(FileError::from(e));
+    birdclef_models::fsio::check_output_file(out).map_err(output_err)?;
+    birdclef_models::fsio::refuse_overwriting(out, inputs.iter().map(PathBuf::as_path))
+        .map_err(output_err)?;
     let texts: Vec<String> = inputs
         .iter()
-        .map(|p| {
-            std::fs::read_to_string(p).map_err(|source| {
-                ShardError::from(FileError::Io {
-                    path: p.clone(),
-                    cause: source,
-                })
-            })
-        })
+        .map(|p| crate::files::read_input(p).map_err(ShardError::from))
         .collect::<Result<_, _>>()?;
 
     let mut header: Option<&str> = None;

@@ -52,6 +52,23 @@ pub enum SubmissionError {
         /// What is wrong.
         reason: String,
     },
+    /// The sample submission or taxonomy shares no species with the models: every column
+    /// would be 0.
+    #[error(
+        "{path}: none of its {columns} species is a label of the models, so every column would \
+         be 0 (its species: {column_preview}; the models' labels: {label_preview}); is it the \
+         file for these models?"
+    )]
+    NoCommonSpecies {
+        /// The sample submission or taxonomy.
+        path: PathBuf,
+        /// How many species it has.
+        columns: usize,
+        /// Its first few species.
+        column_preview: String,
+        /// The models' first few labels.
+        label_preview: String,
+    },
     /// A file's predictions do not fit the submission.
     #[error("file {stem:?}: {reason}")]
     InvalidFile {
@@ -152,6 +169,7 @@ impl Columns {
 ///
 /// [`SubmissionError::ConflictingColumnSources`] when both paths are given; I/O, CSV and format
 /// errors naming the file (no `row_id` first, no `primary_label` column, no species);
+/// [`SubmissionError::NoCommonSpecies`] when the file shares no species with `model_labels`;
 /// [`SubmissionError::InvalidNames`] for an empty or repeated name or one holding `,`, `"` or a
 /// line break.
 pub fn column_order(
@@ -189,6 +207,16 @@ pub fn column_order(
         .iter()
         .map(|n| index.get(n.as_str()).copied())
         .collect();
+    if let ColumnSource::SampleSubmission(path) | ColumnSource::Taxonomy(path) = &source {
+        if model_index.iter().all(Option::is_none) {
+            return Err(SubmissionError::NoCommonSpecies {
+                path: path.clone(),
+                columns: names.len(),
+                column_preview: few(&names),
+                label_preview: few(model_labels),
+            });
+        }
+    }
     let unknown = names
         .iter()
         .zip(&model_index)
@@ -208,6 +236,21 @@ pub fn column_order(
         unused_labels,
         source,
     })
+}
+
+/// The first few names, for a message.
+fn few(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", ... ({} in all)", names.len()));
+    }
+    text
 }
 
 /// The species columns of a `sample_submission.csv`: its header without the leading `row_id`.
@@ -308,12 +351,7 @@ pub fn taxonomy_labels(path: &Path) -> Result<Vec<String>, SubmissionError> {
 }
 
 fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>, SubmissionError> {
-    let file = std::fs::File::open(path).map_err(|source| {
-        SubmissionError::from(FileError::Io {
-            path: path.to_path_buf(),
-            cause: source,
-        })
-    })?;
+    let file = crate::files::open_input(path)?;
     Ok(csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(file))

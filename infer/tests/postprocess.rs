@@ -161,6 +161,33 @@ fn columns_from_sample_submission_and_taxonomy() {
 }
 
 #[test]
+fn a_column_source_sharing_no_species_with_the_models_is_refused() {
+    let dir = TempDir::new("columns-disjoint");
+    let model = labels(&["amerob", "barswa", "comcuc"]);
+    let sample = dir.path("sample_submission.csv");
+    std::fs::write(&sample, "row_id,x1,x2,x3,x4,x5,x6\ns_5,0,0,0,0,0,0\n").unwrap();
+    let e = column_order(&model, Some(&sample), None).unwrap_err();
+    assert!(matches!(e, SubmissionError::NoCommonSpecies { .. }), "{e}");
+    let msg = e.to_string();
+    for needle in ["sample_submission.csv", "x1", "x5", "amerob", "comcuc"] {
+        assert!(msg.contains(needle), "{needle:?} in {msg}");
+    }
+    let tax = dir.path("taxonomy.csv");
+    std::fs::write(&tax, "primary_label,common_name\nzz,Z bird\n").unwrap();
+    let msg = column_order(&model, None, Some(&tax))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("taxonomy.csv") && msg.contains("zz") && msg.contains("barswa"),
+        "{msg}"
+    );
+    // One shared species is enough (the rest get 0, with a warning).
+    std::fs::write(&sample, "row_id,x1,barswa\n").unwrap();
+    let c = column_order(&model, Some(&sample), None).unwrap();
+    assert_eq!(c.unknown, labels(&["x1"]));
+}
+
+#[test]
 fn columns_of_birdclef_mini() {
     let Some(dir) = mini() else { return };
     let sample = dir.join("sample_submission.csv");
@@ -396,6 +423,71 @@ fn merge_errors_name_the_files() {
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
         "row_id,x,y\nf_5,0.1,0.2\nf_10,0.3,0.4\ng_5,1,0\n"
+    );
+}
+
+#[test]
+fn merge_checks_its_output_before_reading_and_never_overwrites_an_input() {
+    let dir = TempDir::new("merge-output");
+    let a = dir.path("a.csv");
+    let b = dir.path("b.csv");
+    let a_text = "row_id,x\nf_5,0.1\n";
+    std::fs::write(&a, a_text).unwrap();
+    std::fs::write(&b, "row_id,x\ng_5,0.2\n").unwrap();
+    // -o naming an input (directly or through a link): refused, naming both; the input is kept.
+    std::os::unix::fs::symlink("a.csv", dir.path("alias.csv")).unwrap();
+    for out in [a.clone(), dir.path("alias.csv")] {
+        let e = shard::merge(&[a.clone(), b.clone()], &out).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("a.csv") && msg.contains("refusing"), "{msg}");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), a_text);
+    }
+    // A missing directory or a directory: refused before the inputs are read (a missing input
+    // would otherwise be the error).
+    let missing_input = dir.path("missing.csv");
+    let e = shard::merge(
+        std::slice::from_ref(&missing_input),
+        &dir.path("no/out.csv"),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("does not exist") && e.to_string().contains("no"),
+        "{e}"
+    );
+    let e = shard::merge(&[missing_input], &dir.0).unwrap_err();
+    assert!(e.to_string().contains("is a directory"), "{e}");
+    assert_eq!(dir.entries(), ["a.csv", "alias.csv", "b.csv"]);
+}
+
+#[test]
+fn a_directory_given_as_an_input_csv_is_named_as_such() {
+    let dir = TempDir::new("dir-inputs");
+    let sub = dir.path("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let csv = dir.path("a.csv");
+    std::fs::write(&csv, "row_id,x\nf_5,1\nf_10,0\n").unwrap();
+    let is_dir = |msg: String| {
+        assert!(
+            msg.contains("sub") && msg.contains("is a directory, not a CSV file"),
+            "{msg}"
+        )
+    };
+    is_dir(score::score(&sub, &csv, 5).unwrap_err().to_string());
+    is_dir(score::score(&csv, &sub, 5).unwrap_err().to_string());
+    is_dir(
+        shard::merge(&[csv.clone(), sub.clone()], &dir.path("out.csv"))
+            .unwrap_err()
+            .to_string(),
+    );
+    is_dir(
+        column_order(&labels(&["x"]), Some(&sub), None)
+            .unwrap_err()
+            .to_string(),
+    );
+    is_dir(
+        column_order(&labels(&["x"]), None, Some(&sub))
+            .unwrap_err()
+            .to_string(),
     );
 }
 

@@ -357,7 +357,12 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         .map(|f| Frontend::new(f).map_err(|e| anyhow!("teacher frontend: {e}")))
         .collect::<Result<_>>()?;
 
-    let all = discover(&opts.soundscapes)?;
+    // Entries that cannot be read (dangling links, unlistable folders) are failed soundscapes
+    // of the first shard (they belong to no shard's files).
+    let birdclef_infer::predict::Discovered {
+        files: all,
+        unreadable,
+    } = discover(&opts.soundscapes)?;
     if all.is_empty() {
         eprintln!(
             "warning: no audio files ({}) in {}; the file will have no rows",
@@ -416,7 +421,7 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         .num_threads(threads)
         .build()
         .context("building the decoding thread pool")?;
-    let mut failed: Vec<(PathBuf, String)> = Vec::new();
+    let mut failed: Vec<(PathBuf, String)> = if shard.k == 0 { unreadable } else { Vec::new() };
     let mut audio_seconds = 0.0;
     let batch = opts.batch_size.max(1);
     let start = Instant::now();
