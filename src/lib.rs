@@ -232,8 +232,7 @@ pub fn pseudo_fixture(dir: &Path) -> PseudoFixture {
     )
     .expect("write the synthetic competition");
     let mut card: serde_json::Value =
-        serde_json::from_str(include_str!("../models/cards/nvbird224.card.json"))
-            .expect("built-in card");
+        serde_json::from_str(birdclef_models::card::NVBIRD224_JSON).expect("built-in card");
     card["name"] = "pseudo-test".into();
     card["labels"] = summary.labels.clone().into();
     card["frontend"]["n_mels"] = 64.into();

@@ -9,7 +9,7 @@
 //! The graph input is [`INPUT`], `[batch, C, H, W]` with a symbolic batch; `H` and `W` are fixed
 //! from the card's `input_shape` when a card is given and symbolic (`height`, `width`)
 //! otherwise. The output is [`OUTPUT`], `[batch, classes]`. With a card, `metadata_props` holds
-//! its JSON under [`CARD_KEY`] and the labels as a JSON array under [`LABELS_KEY`].
+//! its JSON under [`ONNX_CARD_KEY`] and the labels as a JSON array under [`ONNX_LABELS_KEY`].
 //!
 //! | IR op | ONNX |
 //! | --- | --- |
@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use birdclef_models::card::Card;
+use birdclef_models::card::{Card, ONNX_CARD_KEY, ONNX_LABELS_KEY};
 use birdclef_models::checkpoint::NamedTensor;
 use birdclef_models::ir::{show_shape, Activation, Dim, Graph, GraphError, Node, Op};
 use prost::Message;
@@ -55,10 +55,6 @@ pub const PRODUCER: &str = "birdclef-export";
 pub const INPUT: &str = "input";
 /// Name of the graph output.
 pub const OUTPUT: &str = "logits";
-/// `metadata_props` key of the model card JSON.
-pub const CARD_KEY: &str = "birdclef.card";
-/// `metadata_props` key of the labels, a JSON array of strings in output order.
-pub const LABELS_KEY: &str = "birdclef.labels";
 
 /// Why a graph could not be emitted or a model's metadata not read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -198,12 +194,12 @@ pub fn emit_model(
     let mut metadata_props = Vec::new();
     if let Some(c) = card {
         let labels = serde_json::to_string(&c.labels).unwrap_or_else(|_| "[]".to_string());
-        metadata_props.push(entry(CARD_KEY, &c.to_json()));
-        metadata_props.push(entry(LABELS_KEY, &labels));
+        metadata_props.push(entry(ONNX_CARD_KEY, &c.to_json()));
+        metadata_props.push(entry(ONNX_LABELS_KEY, &labels));
     }
     let doc = match card {
         Some(c) => format!(
-            "{} ({}), {} classes; model card in metadata_props[{CARD_KEY:?}]",
+            "{} ({}), {} classes; model card in metadata_props[{ONNX_CARD_KEY:?}]",
             c.name, graph.name, classes
         ),
         None => format!("{}, {classes} classes", graph.name),
@@ -257,11 +253,11 @@ pub fn metadata<'m>(model: &'m ModelProto, key: &str) -> Option<&'m str> {
 
 /// The model card stored in an ONNX model's metadata (`None` when the model has none).
 pub fn read_card(model: &ModelProto) -> Result<Option<Card>, EmitError> {
-    match metadata(model, CARD_KEY) {
+    match metadata(model, ONNX_CARD_KEY) {
         None => Ok(None),
         Some(json) => Card::from_json(json)
             .map(Some)
-            .map_err(|e| EmitError::Model(format!("metadata_props[{CARD_KEY:?}]: {e}"))),
+            .map_err(|e| EmitError::Model(format!("metadata_props[{ONNX_CARD_KEY:?}]: {e}"))),
     }
 }
 

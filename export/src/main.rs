@@ -39,8 +39,9 @@ struct Cli {
 }
 
 const EXAMPLES: &str = "Examples:
-  birdclef-export --checkpoint runs/teacher/fold0 --out submission/fold0.onnx
-  birdclef-export --checkpoint runs/student/fold0 --checkpoint runs/student/fold1 --out-dir submission
+  birdclef-export --checkpoint runs/teacher/fold0/best --out submission/fold0.onnx
+  birdclef-export --checkpoint runs/student/fold0/best --checkpoint runs/student/fold1/best \\
+      --out-dir submission                                  # fold0.onnx, fold1.onnx
   birdclef-export --run runs/student --out-dir submission --tolerance 1e-4";
 
 fn main() -> std::process::ExitCode {

@@ -5,9 +5,10 @@
 
 mod common;
 
-use birdclef_export::emit::{self, emit, emit_model, CARD_KEY, LABELS_KEY};
+use birdclef_export::emit::{self, emit, emit_model};
 use birdclef_export::run_onnx;
 use birdclef_models::card::Card;
+use birdclef_models::card::{ONNX_CARD_KEY, ONNX_LABELS_KEY};
 use birdclef_models::frontend::FrontendConfig;
 use common::{card_64x96, full_golden_dir, golden_dir, max_abs_diff, onnx_check, Case, TempDir};
 
@@ -124,12 +125,13 @@ fn metadata_holds_the_card_and_the_labels() {
     let bytes = emit(&graph, &case.weights, Some(&card)).expect("emit");
 
     let model = emit::decode(&bytes).expect("decode");
-    let json = emit::metadata(&model, CARD_KEY).expect("card key");
+    let json = emit::metadata(&model, ONNX_CARD_KEY).expect("card key");
     let back = Card::from_json(json).expect("the stored card parses");
     assert_eq!(back, card);
     assert_eq!(emit::read_card(&model).expect("read"), Some(card.clone()));
     let labels: Vec<String> =
-        serde_json::from_str(emit::metadata(&model, LABELS_KEY).expect("labels")).expect("json");
+        serde_json::from_str(emit::metadata(&model, ONNX_LABELS_KEY).expect("labels"))
+            .expect("json");
     assert_eq!(labels, card.labels);
     assert_eq!(model.producer_name.as_deref(), Some("birdclef-export"));
     assert_eq!(model.ir_version, Some(8));

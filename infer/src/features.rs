@@ -12,14 +12,8 @@ use ndarray::Array4;
 
 /// The reference frontend cards shipped in `models/cards/`, embedded so the demo needs no files.
 const SHIPPED_CARDS: [(&str, &str); 2] = [
-    (
-        "nvbird224",
-        include_str!("../../models/cards/nvbird224.card.json"),
-    ),
-    (
-        "kefir128",
-        include_str!("../../models/cards/kefir128.card.json"),
-    ),
+    ("nvbird224", birdclef_models::card::NVBIRD224_JSON),
+    ("kefir128", birdclef_models::card::KEFIR128_JSON),
 ];
 
 /// What `features` computed, for the one-line report.

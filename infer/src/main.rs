@@ -3,7 +3,7 @@ mod features;
 use birdclef_infer::ort_env;
 use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
-use birdclef_infer::runner::{fmt_secs, RunConfig, DEFAULT_BATCH_SIZE};
+use birdclef_infer::runner::{fmt_secs, RunnerConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::shard::ShardSpec;
 
 use std::io::IsTerminal;
@@ -296,7 +296,7 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
         detections: args.detections,
         raven_dir: args.raven_dir,
         threshold: args.threshold,
-        run: RunConfig {
+        run: RunnerConfig {
             workers: args.workers.unwrap_or(cores),
             batch_size: args.batch_size,
             time_limit: args.time_limit,

@@ -2,13 +2,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use birdclef_models::card::Card;
+use birdclef_models::card::{Card, ONNX_CARD_KEY};
 use ort::session::Session;
 
 use crate::session::{build_session, run_f32, ModelSource};
-
-/// The metadata key under which `birdclef-export` stores the model card.
-pub const CARD_KEY: &str = "birdclef.card";
 
 /// An ONNX model ready to run on the CPU.
 pub struct OnnxModel {
@@ -48,10 +45,10 @@ impl OnnxModel {
         let json = session
             .metadata()
             .ok()
-            .and_then(|m| m.custom(CARD_KEY))
+            .and_then(|m| m.custom(ONNX_CARD_KEY))
             .ok_or_else(|| {
                 anyhow!(
-                    "{}: no model card in the ONNX metadata (key {CARD_KEY:?}); \
+                    "{}: no model card in the ONNX metadata (key {ONNX_CARD_KEY:?}); \
                      was it written by birdclef-export?",
                     path.display()
                 )

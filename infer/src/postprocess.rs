@@ -4,7 +4,7 @@
 //! Every matrix here is `[rows × species]`: one row per window, one column per species, in the
 //! model card's label order.
 //!
-//! * [`sigmoid`] / [`sigmoid_in_place`] turn logits into probabilities (numerically stable for
+//! * [`sigmoid_in_place`] ([`sigmoid`], from the IR) turns logits into probabilities (numerically stable for
 //!   large positive and negative logits).
 //! * [`ensemble`] combines the probability matrices of several models row by row, as a
 //!   [`Ensemble::Mean`], [`Ensemble::Geometric`] mean or a [`Ensemble::Rank`] average.
@@ -14,6 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use birdclef_models::ir::sigmoid;
 use ndarray::{Array, Array2, ArrayView1, Dimension, Zip};
 
 /// Probabilities are clamped to at least this before the logarithm of [`Ensemble::Geometric`].
@@ -50,19 +51,6 @@ pub enum PostprocessError {
     /// The name of an ensembling method is not known.
     #[error("unknown ensemble method {0:?}: expected mean, rank or geometric")]
     UnknownEnsemble(String),
-}
-
-/// The logistic function `1 / (1 + e^-x)`, turning a logit into a probability.
-///
-/// Stable for any finite input (no overflow for large |x|); NaN stays NaN.
-#[inline]
-pub fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
 }
 
 /// Apply [`sigmoid`] to every element of an array of logits, in place.
@@ -368,13 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn sigmoid_values() {
-        assert!(close(sigmoid(0.0), 0.5));
-        assert!(close(sigmoid(2.0), 1.0 / (1.0 + (-2.0f32).exp())));
-        assert!(close(sigmoid(-2.0), 1.0 - sigmoid(2.0)));
-        assert_eq!(sigmoid(1000.0), 1.0);
-        assert_eq!(sigmoid(-1000.0), 0.0);
-        assert!(sigmoid(f32::NAN).is_nan());
+    fn sigmoid_in_place_maps_every_element() {
         let mut a = array![[0.0f32, 100.0], [-100.0, 0.0]];
         sigmoid_in_place(&mut a);
         assert!(close(a[[0, 0]], 0.5) && close(a[[0, 1]], 1.0) && close(a[[1, 0]], 0.0));

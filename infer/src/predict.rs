@@ -18,7 +18,7 @@ use crate::detections;
 use crate::model::{check_ensemble, OnnxModel};
 use crate::ort_env;
 use crate::postprocess::{ensemble, smooth, Ensemble, Kernel, PostprocessError};
-use crate::runner::{self, Failure, FileScores, RunConfig, FALLBACK_PROBABILITY};
+use crate::runner::{self, Failure, FileScores, RunnerConfig, FALLBACK_PROBABILITY};
 use crate::shard::{self, ShardEnv, ShardSpec};
 use crate::submission::{column_order, write_submission, FileRows};
 
@@ -52,7 +52,7 @@ pub struct PredictOptions {
     /// Probability threshold for detections.
     pub threshold: f32,
     /// Workers, batch size, time limit, progress.
-    pub run: RunConfig,
+    pub run: RunnerConfig,
     /// ONNX Runtime intra-op threads per session.
     pub ort_threads: usize,
     /// Explicit ONNX Runtime library.

@@ -47,7 +47,7 @@ pub const PIECE_WINDOWS: usize = 48;
 
 /// How to run.
 #[derive(Debug, Clone)]
-pub struct RunConfig {
+pub struct RunnerConfig {
     /// Worker threads, each decoding, computing features and running its own sessions of every
     /// model.
     pub workers: usize,
@@ -198,7 +198,7 @@ struct Ctx<'a> {
     /// Windows per piece: several batches, so that each model runs on consecutive batches
     /// while its weights are in the cache.
     piece_windows: usize,
-    cfg: &'a RunConfig,
+    cfg: &'a RunnerConfig,
     start: Instant,
     shared: Mutex<Shared>,
     /// Signalled whenever a piece arrives, a file is parked, decoding ends or the run fails.
@@ -563,7 +563,7 @@ pub fn run<L>(
     files: &[PathBuf],
     models: Vec<OnnxModel>,
     load: L,
-    cfg: &RunConfig,
+    cfg: &RunnerConfig,
 ) -> Result<RunOutput>
 where
     L: Fn() -> Result<Vec<OnnxModel>> + Sync,

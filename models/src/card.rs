@@ -24,6 +24,8 @@ pub const ONNX_CARD_KEY: &str = "birdclef.card";
 pub const ONNX_LABELS_KEY: &str = "birdclef.labels";
 /// The shipped NVBird 224x224 frontend card, `models/cards/nvbird224.card.json`.
 pub const NVBIRD224_JSON: &str = include_str!("../cards/nvbird224.card.json");
+/// The shipped Kefir 128-mel frontend card, `models/cards/kefir128.card.json`.
+pub const KEFIR128_JSON: &str = include_str!("../cards/kefir128.card.json");
 
 /// The card format version this crate writes and reads.
 pub const CARD_FORMAT_VERSION: u32 = 1;
@@ -381,6 +383,7 @@ mod tests {
         let c = Card::from_json(NVBIRD224_JSON).expect("valid");
         assert_eq!(c.input_shape, [1, 224, 224]);
         assert_eq!(Card::nvbird224(), c);
+        Card::from_json(KEFIR128_JSON).expect("valid");
     }
 
     #[test]

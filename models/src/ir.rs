@@ -49,6 +49,19 @@ pub enum Activation {
     Tanh,
 }
 
+/// The logistic function `1 / (1 + e^-x)` ([`Activation::Sigmoid`]), turning a logit into a
+/// probability: the one definition every binary uses. Stable for any finite input (no overflow
+/// for large |x|); NaN stays NaN.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
 /// How a parameter is initialised when a network is trained from scratch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1174,6 +1187,17 @@ mod tests {
         let y = b.conv("c", y, 4, 1, 1, 1, false);
         let err = b.finish(y).expect_err("duplicate");
         assert!(err.reason().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn sigmoid_values() {
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert!(close(sigmoid(0.0), 0.5));
+        assert!(close(sigmoid(2.0), 1.0 / (1.0 + (-2.0f32).exp())));
+        assert!(close(sigmoid(-2.0), 1.0 - sigmoid(2.0)));
+        assert_eq!(sigmoid(1000.0), 1.0);
+        assert_eq!(sigmoid(-1000.0), 0.0);
+        assert!(sigmoid(f32::NAN).is_nan());
     }
 
     #[test]

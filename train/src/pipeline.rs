@@ -37,7 +37,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use birdclef_export::export::{export_checkpoint, ExportOptions};
 use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
-use birdclef_infer::runner::{RunConfig, DEFAULT_BATCH_SIZE};
+use birdclef_infer::runner::{RunnerConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::score::score;
 use birdclef_models::fsio::write_atomic;
 use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
@@ -437,7 +437,7 @@ fn infer_test(
         detections: None,
         raven_dir: None,
         threshold: 0.5,
-        run: RunConfig {
+        run: RunnerConfig {
             workers: cores,
             batch_size: DEFAULT_BATCH_SIZE,
             time_limit: None,
