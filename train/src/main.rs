@@ -178,13 +178,18 @@ struct FitArgs {
     /// Experiment config (TOML); every key is documented in train/src/config.rs.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Run directory: fold<N>/ per trained fold.
+    /// Run directory: fold<N>/ per trained fold (created with its parents; checked, like the
+    /// audio cache directory, before any work).
     #[arg(long, value_name = "RUN_DIR")]
     out: PathBuf,
     /// Train only this fold (default: the config's data.folds).
     #[arg(long, value_name = "N")]
     fold: Option<usize>,
-    /// Continue from each fold's last/ checkpoint.
+    /// Continue a killed run: each fold from its last/ checkpoint. A fold whose run stopped
+    /// before its first epoch finished (config.toml, no last/) is trained from its beginning,
+    /// and so is a fold with no run at all when another fold of RUN_DIR has one (the killed run
+    /// had not reached it). When none of the folds has a run there is nothing to resume: an
+    /// error.
     #[arg(long)]
     resume: bool,
     /// Override a config key, e.g. --set optim.lr=3e-4 (repeatable).
@@ -196,7 +201,7 @@ struct FitArgs {
     /// Column of train_metadata.csv whose values must not be split across folds.
     #[arg(long, value_name = "COLUMN")]
     group_column: Option<String>,
-    /// Keep at most this many recordings per species (best rated first).
+    /// Keep at most this many recordings per species (best rated first; at least 1).
     #[arg(long, value_name = "N")]
     cap_per_species: Option<usize>,
     /// Classes with fewer recordings than this are only ever trained on, never validated.
@@ -205,7 +210,8 @@ struct FitArgs {
     /// Seconds of each unlabeled soundscape loaded for background mixing.
     #[arg(long, value_name = "S", default_value_t = 60.0)]
     background_seconds: f64,
-    /// Most unlabeled soundscapes loaded for background mixing.
+    /// Most unlabeled soundscapes loaded for background mixing (at least 1; set
+    /// augment.background_prob=0 to train without background mixing).
     #[arg(long, value_name = "N", default_value_t = 16)]
     backgrounds: usize,
 }

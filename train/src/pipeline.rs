@@ -48,7 +48,7 @@ use tch::Device;
 
 use crate::config::TrainConfig;
 use crate::pseudo::{pseudo_label, PseudoLabelOptions};
-use crate::runs::{train_folds, RunOptions};
+use crate::runs::{any_fold_started, fold_dir, train_folds, RunOptions};
 
 /// The embedded default: a pipeline on a synthesised competition (`configs/synthetic.pipeline.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/synthetic.pipeline.toml");
@@ -359,8 +359,10 @@ fn train_stage(
     resume: bool,
 ) -> Result<(String, f64)> {
     fresh_dir(out, resume)?;
+    // A stage stopped before any fold had started (while the cache was built) has nothing to
+    // resume: it starts afresh.
     let run = RunOptions {
-        resume: true,
+        resume: resume && any_fold_started(out, &cfg.data.folds),
         cache_dir: Some(opts.out.join(".cache")),
         pseudo: pseudo.map(|p| p.0.to_path_buf()),
         soundscapes: pseudo.map(|p| p.1.to_path_buf()),
