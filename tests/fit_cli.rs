@@ -78,4 +78,89 @@ fn fit_trains_and_its_best_checkpoint_exports() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("nowhere"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The same run directory again without --resume: refused before the data is read.
+    let (code, _, stderr) = run(fit(&data, &out).args(["--set", "data.n_folds=2"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("already holds a run"), "{stderr}");
+    assert!(
+        !stderr.contains("recordings,"),
+        "the dataset was read: {stderr}"
+    );
+
+    // A run killed before its first epoch finished (config.toml, no last/): --resume trains the
+    // fold from its beginning and says so.
+    let killed = dir.join("killed");
+    std::fs::create_dir_all(killed.join("fold0")).expect("dir");
+    std::fs::write(killed.join("fold0/config.toml"), "").expect("config");
+    let (code, _, stderr) = run(fit(&data, &killed).args([
+        "--resume",
+        "--set",
+        "data.n_folds=2",
+        "--set",
+        "optim.epochs=1",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("stopped before the first epoch finished"),
+        "{stderr}"
+    );
+    let history = std::fs::read_to_string(killed.join("fold0/history.csv")).expect("history");
+    assert_eq!(history.lines().count(), 2, "header + 1 epoch");
+}
+
+/// `birdclef-train --device cpu fit --data DATA --config configs/debug.toml --out OUT`.
+fn fit(data: &Path, out: &Path) -> Command {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/debug.toml");
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.args(["--device", "cpu", "fit", "--data"])
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
+#[test]
+fn outputs_resume_and_options_are_checked_before_any_work() {
+    let dir = scratch_dir("fit-cli-checks");
+    let data = dir.join("competition");
+    competition(&data);
+    let runs = dir.join("runs");
+    std::fs::create_dir_all(&runs).expect("dir");
+    std::fs::write(runs.join("plain"), "x").expect("file");
+    std::fs::create_dir_all(runs.join("foldfile")).expect("dir");
+    std::fs::write(runs.join("foldfile/fold0"), "x").expect("file");
+    let cases: [(&str, &[&str], &[&str]); 7] = [
+        ("plain", &[], &["plain", "not a directory"]),
+        ("foldfile", &[], &["fold0", "not a directory"]),
+        (
+            "never-ran",
+            &["--resume"],
+            &["never-ran", "nothing to resume"],
+        ),
+        ("new", &["--fold", "5"], &["--fold 5"]),
+        ("new", &["--cap-per-species", "0"], &["--cap-per-species"]),
+        ("new", &["--backgrounds", "0"], &["--backgrounds"]),
+        (
+            "new",
+            &["--background-seconds", "0"],
+            &["--background-seconds"],
+        ),
+    ];
+    for (out, extra, expected) in cases {
+        let (code, _, stderr) = run(fit(&data, &runs.join(out)).args(extra));
+        assert_eq!(code, 2, "{out} {extra:?}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{out} {extra:?}: {stderr}");
+        }
+        // Nothing was read, cached or trained.
+        assert!(!stderr.contains("recordings,"), "{stderr}");
+        assert!(
+            !runs.join(".cache").exists(),
+            "{out} {extra:?}: a cache was built"
+        );
+        assert!(!runs.join("new").exists() && !runs.join("never-ran").exists());
+    }
 }

@@ -155,6 +155,51 @@ fn pseudo_labels_read_in_h5py_and_shards_merge_to_the_unsharded_file() {
         err.contains("shard0.h5") && err.contains("merged.h5"),
         "{err}"
     );
+
+    // The same shard given twice: refused, naming a row id and the file (both times), and
+    // nothing written.
+    let twice = dir.join("same-twice.h5");
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .arg("pseudo-merge")
+        .arg("--out")
+        .arg(&twice)
+        .arg(&shards[0])
+        .arg(&shards[1])
+        .arg(&shards[0]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("row id synth_unlabeled_000_5"), "{err}");
+    assert_eq!(err.matches("shard0.h5").count(), 2, "{err}");
+    assert!(!twice.exists(), "nothing is written");
+
+    // The output is one of the shards: refused before anything is read, the shard kept.
+    let before = std::fs::read(&shards[1]).expect("shard");
+    let (code, _, err) = run(Command::new(bin("birdclef-train"))
+        .arg("pseudo-merge")
+        .arg("--out")
+        .arg(&shards[1])
+        .args(&shards));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("shard1.h5") && err.contains("refusing to overwrite"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&shards[1]).expect("shard"), before);
+    // An output in a missing directory, or a directory: refused, naming it.
+    for (out, why) in [
+        (dir.join("missing/merged.h5"), "does not exist"),
+        (dir.to_path_buf(), "is a directory"),
+    ] {
+        let (code, _, err) = run(Command::new(bin("birdclef-train"))
+            .arg("pseudo-merge")
+            .arg("--out")
+            .arg(&out)
+            .args(&shards));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&out.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -216,7 +261,8 @@ fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be ensembled"), "{err}");
 
-    // An unreadable soundscape: exit 1, named, no rows; the others are all there.
+    // Unreadable soundscapes (not audio; audio without a sample): exit 1, named, no rows; the
+    // others are all there.
     let broken = dir.join("broken");
     std::fs::create_dir_all(&broken).expect("dir");
     for e in std::fs::read_dir(&fx.soundscapes).expect("list") {
@@ -224,17 +270,36 @@ fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
         std::fs::copy(&p, broken.join(p.file_name().expect("name"))).expect("copy");
     }
     std::fs::write(broken.join("zz_garbage.wav"), b"not audio at all").expect("write");
+    birdclef_models::audio::write_wav_f32(&broken.join("zz_silent.wav"), &[], 32_000)
+        .expect("write");
     let out = dir.join("broken.h5");
     let (code, _, err) = run(&mut pseudo_cmd(&[&fx.teacher_a], &broken, &[], &out));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("zz_garbage.wav"), "{err}");
     let v = h5_dump(&out);
     assert_eq!(v["row_id"]["shape"], serde_json::json!([18]));
     let failed = values(&v, "failed");
-    assert_eq!(failed.len(), 1);
-    assert!(failed[0]
-        .as_str()
-        .is_some_and(|s| s.contains("zz_garbage.wav")));
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    // Every line about a failed file names it exactly once: the progress line, the summary
+    // and the file's `failed` entry.
+    for name in ["zz_garbage.wav", "zz_silent.wav"] {
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains(name)).collect();
+        assert_eq!(lines.len(), 2, "{name}: {err}");
+        for line in lines {
+            assert_eq!(line.matches(name).count(), 1, "{line}");
+        }
+        let entry: Vec<&str> = failed
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| s.contains(name))
+            .collect();
+        assert_eq!(entry.len(), 1, "{failed:?}");
+        assert_eq!(entry[0].matches(name).count(), 1, "{}", entry[0]);
+        assert!(
+            entry[0].starts_with(&broken.display().to_string()),
+            "{}",
+            entry[0]
+        );
+    }
 
     // A dangling link in a subfolder is a failed soundscape too: named, counted, exit 1.
     std::fs::create_dir_all(broken.join("sub")).expect("dir");
@@ -246,10 +311,65 @@ fn onnx_teachers_agree_with_checkpoints_and_bad_files_keep_the_rest() {
     let v = h5_dump(&out);
     assert_eq!(v["row_id"]["shape"], serde_json::json!([18]));
     let failed = values(&v, "failed");
-    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed.len(), 3, "{failed:?}");
     assert!(failed.iter().any(|f| f
         .as_str()
         .is_some_and(|s| s.contains("zz_dangling.wav") && s.contains("gone.wav"))));
+}
+
+#[test]
+fn outputs_and_options_are_checked_before_labelling() {
+    let dir = scratch_dir("pseudo-checks");
+    let fx = pseudo_fixture(&dir);
+    let soundscape = std::fs::read_dir(&fx.soundscapes)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .min()
+        .expect("a soundscape");
+    let teacher = std::fs::read(&fx.teacher_a_onnx).expect("teacher");
+    let audio = std::fs::read(&soundscape).expect("soundscape");
+    let missing = dir.join("missing");
+    let out = dir.join("p.h5");
+    let in_missing = missing.join("p.h5");
+    let cases: Vec<(&Path, &[&str], Vec<String>)> = vec![
+        (
+            &in_missing,
+            &[],
+            vec!["missing".into(), "does not exist".into()],
+        ),
+        (&dir, &[], vec!["is a directory".into()]),
+        (
+            &fx.teacher_a_onnx,
+            &[],
+            vec!["refusing to overwrite".into(), "teacher_a".into()],
+        ),
+        (
+            &soundscape,
+            &[],
+            vec![
+                "refusing to overwrite".into(),
+                soundscape.display().to_string(),
+            ],
+        ),
+        (&out, &["--batch-size", "0"], vec!["--batch-size".into()]),
+        (&out, &["--threads", "0"], vec!["--threads".into()]),
+    ];
+    for (target, extra, expected) in cases {
+        let (code, err) = pseudo(&fx, &[&fx.teacher_a_onnx], extra, target);
+        assert_eq!(code, 2, "{} {extra:?}: {err}", target.display());
+        for e in &expected {
+            assert!(
+                err.contains(e.as_str()),
+                "{} {extra:?}: {err}",
+                target.display()
+            );
+        }
+        assert!(!err.contains("soundscapes ("), "labelling ran: {err}");
+    }
+    assert!(!missing.exists(), "no directory is created");
+    assert!(!out.exists() && !dir.join("p.h5.parts").exists());
+    assert_eq!(std::fs::read(&fx.teacher_a_onnx).expect("teacher"), teacher);
+    assert_eq!(std::fs::read(&soundscape).expect("soundscape"), audio);
 }
 
 /// `birdclef-train distill` of the fixture's data with configs/debug.toml (3 folds).

@@ -102,6 +102,23 @@ fn gamma(shape: f64, rng: &mut Rng) -> f64 {
     }
 }
 
+/// Shift `clip` circularly by a whole number of samples drawn uniformly from
+/// `-max_shift..=max_shift` (positive: later in time); returns the shift.
+fn time_shift(clip: &mut [f32], max_shift: usize, rng: &mut Rng) -> i64 {
+    let n = clip.len();
+    if max_shift == 0 || n == 0 {
+        return 0;
+    }
+    let shift = rng.below(2 * max_shift + 1) as i64 - max_shift as i64;
+    let by = (shift.unsigned_abs() as usize) % n;
+    if shift >= 0 {
+        clip.rotate_right(by);
+    } else {
+        clip.rotate_left(by);
+    }
+    shift
+}
+
 fn db_to_gain(db: f64) -> f32 {
     10f64.powf(db / 20.0) as f32
 }
@@ -209,10 +226,7 @@ impl<'a> BatchBuilder<'a> {
         }
         let max_shift =
             (self.aug.time_shift_seconds * f64::from(self.frontend.config().sample_rate)) as usize;
-        if max_shift > 0 && n > 0 {
-            let shift = rng.below(2 * max_shift + 1) % n;
-            out.rotate_right(shift);
-        }
+        time_shift(&mut out, max_shift, rng);
         let [lo, hi] = self.aug.gain_db;
         let g = db_to_gain(rng.range(lo, hi.max(lo + f64::EPSILON)));
         out.iter_mut().for_each(|v| *v *= g);
@@ -341,5 +355,82 @@ impl<'a> BatchBuilder<'a> {
             batch_out.w.extend_from_slice(&w);
         }
         Ok(batch_out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use birdclef_models::frontend::Frontend;
+
+    use super::*;
+    use crate::config::TrainConfig;
+    use crate::data::{MemoryStore, Recording, Segments};
+
+    /// `augment.time_shift_seconds` is a circular shift uniform in ±T: an impulse in the middle
+    /// of a crop moves both ways, never further than T, and every shift size is drawn.
+    #[test]
+    fn crops_shift_both_ways_within_the_bound() {
+        let cfg = TrainConfig::from_toml(
+            "",
+            "test",
+            &[
+                "augment.time_shift_seconds=0.001".into(),
+                "augment.gain_db=[0.0, 0.0]".into(),
+            ],
+        )
+        .expect("config");
+        let (fcfg, _) = crate::fit::resolve_frontend(&cfg).expect("frontend");
+        let rate = fcfg.sample_rate as usize;
+        let max = rate / 1000; // 0.001 s
+        let n = (cfg.augment.crop_seconds * rate as f64).round() as usize;
+        let mut head = vec![0.0f32; n];
+        head[n / 2] = 1.0;
+        let ds = Dataset {
+            root: PathBuf::from("/synthetic"),
+            labels: vec!["a".into()],
+            recordings: vec![Recording {
+                filename: "a.ogg".into(),
+                path: PathBuf::from("a.ogg"),
+                primary: 0,
+                secondary: Vec::new(),
+                rating: None,
+                group: None,
+            }],
+        };
+        let store = MemoryStore(vec![Segments {
+            head,
+            tail: Vec::new(),
+        }]);
+        let b = BatchBuilder::new(
+            &ds,
+            &store,
+            Frontend::new(fcfg).expect("frontend"),
+            cfg.augment.clone(),
+            cfg.loss.clone(),
+            &[],
+            1,
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..2000 {
+            let clip = b.clip(Item::Clip(0), &mut Rng::new(seed)).expect("clip");
+            let at = clip
+                .iter()
+                .position(|&v| (v - 1.0).abs() < 1e-4)
+                .expect("the impulse is kept");
+            let shift = at as i64 - (n / 2) as i64;
+            assert!(
+                shift.unsigned_abs() as usize <= max,
+                "shift {shift} samples exceeds ±{max}"
+            );
+            seen.insert(shift);
+        }
+        assert_eq!(
+            seen.len(),
+            2 * max + 1,
+            "every shift in ±{max} is drawn: {seen:?}"
+        );
+        assert!(seen.first() == Some(&-(max as i64)) && seen.last() == Some(&(max as i64)));
     }
 }

@@ -188,7 +188,8 @@ pub struct AugmentConfig {
     /// Probability of taking the crop from the tail segment (when the recording has one).
     /// Default 0.5.
     pub tail_prob: f64,
-    /// Circular time shift of the crop, uniform in ±this many seconds. Default 0.5.
+    /// Circular time shift of the crop, uniform in ±this many seconds (a whole number of
+    /// samples from −T to +T, either way equally likely). Default 0.5.
     pub time_shift_seconds: f64,
     /// Random gain in dB, uniform in `[lo, hi]`. Default [-6, 6].
     pub gain_db: [f64; 2],

@@ -406,6 +406,42 @@ fn existing_dir(dir: &Path) -> Option<PathBuf> {
         })
 }
 
+/// What a fold directory holds, as `fit --resume` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FoldRun {
+    /// No run: no `last/` checkpoint, `best/`, `history.csv` or `config.toml` (or no directory).
+    Nothing,
+    /// A run stopped before its first epoch finished: `config.toml` (perhaps `history.csv` or
+    /// `best/`) but no `last/` checkpoint. Resuming it trains the fold from its beginning.
+    Unfinished,
+    /// A run to continue from this `last/` checkpoint (or its copy moved aside by an interrupted
+    /// write).
+    Resumable(PathBuf),
+}
+
+impl FoldRun {
+    /// What `out_dir` (a fold directory) holds.
+    pub fn of(out_dir: &Path) -> Self {
+        if let Some(last) = existing_dir(&out_dir.join("last")) {
+            return Self::Resumable(last);
+        }
+        let started = ["last", "best", HISTORY_CSV, "config.toml"]
+            .iter()
+            .any(|name| out_dir.join(name).exists());
+        if started {
+            Self::Unfinished
+        } else {
+            Self::Nothing
+        }
+    }
+}
+
+/// Whether `out_dir` holds a run that a fresh (not resumed) [`fit`] refuses to overwrite: a
+/// `last/` checkpoint or a `history.csv`.
+pub fn holds_run(out_dir: &Path) -> bool {
+    out_dir.join("last").exists() || out_dir.join(HISTORY_CSV).exists()
+}
+
 fn write_history(out_dir: &Path, rows: &[EpochRow]) -> Result<()> {
     let mut text = HISTORY_COLUMNS.join(",");
     text.push('\n');
@@ -536,8 +572,10 @@ fn git_commit() -> Option<String> {
 /// `folds` has one entry per recording: its fold, or [`ALWAYS_TRAIN`] for recordings that are
 /// always trained on. Recordings whose fold is `fold` are validated on; all others are trained
 /// on. `backgrounds` are 32 kHz clips for background mixing (may be empty). With `resume`, the run
-/// continues from `out_dir/last` (the epoch that was running when it stopped is redone); without
-/// it, `out_dir` must not already hold a run.
+/// continues from `out_dir/last` (the epoch that was running when it stopped is redone); a run
+/// stopped before its first epoch finished ([`FoldRun::Unfinished`]) is said so on stderr and
+/// trained from its beginning; a directory with no run at all ([`FoldRun::Nothing`]) is an error.
+/// Without `resume`, `out_dir` must not already hold a run ([`holds_run`]).
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     ds: &Dataset,
@@ -609,15 +647,30 @@ pub fn fit_with(
     let seed = cfg.run.seed;
     let amp = o.amp && device.is_cuda();
 
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let last_dir = out_dir.join("last");
     let best_dir = out_dir.join("best");
     let resume_from = if resume {
-        existing_dir(&last_dir)
+        match FoldRun::of(out_dir) {
+            FoldRun::Resumable(dir) => Some(dir),
+            FoldRun::Unfinished => {
+                eprintln!(
+                    "fit: {} has no last/ checkpoint: its run stopped before the first epoch \
+                     finished; training the fold from its beginning",
+                    out_dir.display()
+                );
+                None
+            }
+            FoldRun::Nothing => bail!(
+                "{}: nothing to resume: no run there (no last/ checkpoint, no config.toml); \
+                 leave out --resume to start one",
+                out_dir.display()
+            ),
+        }
     } else {
         None
     };
-    if !resume && (last_dir.exists() || out_dir.join(HISTORY_CSV).exists()) {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    if !resume && holds_run(out_dir) {
         bail!(
             "{} already holds a run; resume it, or choose another output directory",
             out_dir.display()

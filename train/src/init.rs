@@ -112,6 +112,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
 /// Create the checkpoint described by `opts`. See the module documentation.
 pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary, InitError> {
     check_out(&opts.out, opts.force)?;
+    // With --force, `out` is replaced: it must not hold the card or weights read from it.
+    fsio::refuse_dir_holding(
+        &opts.out,
+        opts.card
+            .iter()
+            .chain(&opts.timm_weights)
+            .map(PathBuf::as_path),
+    )?;
 
     let (base, card_origin) = match &opts.card {
         Some(path) => (Card::load(path)?, path.display().to_string()),
@@ -306,12 +314,17 @@ pub fn synthetic_windows(
     })
 }
 
-/// Refuse an `out` that is a file, or a non-empty directory without `force`.
+/// Refuse an `out` that is a file or cannot be created (a file where a parent directory should
+/// be), or a non-empty directory without `force`: before any work.
 fn check_out(out: &Path, force: bool) -> Result<(), InitError> {
     let fail = |reason: &str| InitError::Output {
         path: out.to_path_buf(),
         reason: reason.to_string(),
     };
+    fsio::check_output_dir(out)?;
+    if out.file_name().is_none() {
+        return Err(fail("has no directory name"));
+    }
     match std::fs::metadata(out) {
         Err(_) => Ok(()),
         Ok(m) if !m.is_dir() => Err(fail("exists and is not a directory")),

@@ -101,8 +101,9 @@ const PSEUDO_EXAMPLES: &str = "Examples:
   birdclef-train pseudo-label --teacher runs/mini --soundscapes DATA/unlabeled_soundscapes \\
       --out runs/mini/pseudo.h5
   birdclef-train pseudo-label --teacher fold0.onnx --teacher fold1.onnx ... --shard 3/16 --out p3.h5
-  # Slurm: sbatch --array=0-15 --wrap 'birdclef-train pseudo-label ... --shard auto \\
-  #        --out shards/p$SLURM_ARRAY_TASK_ID.h5'; then
+  # Slurm (--out's directory must exist): mkdir -p shards; sbatch --array=0-15 \\
+  #        --wrap 'birdclef-train pseudo-label ... --shard auto --out shards/p$SLURM_ARRAY_TASK_ID.h5'
+  # then
   birdclef-train pseudo-merge --out pseudo.h5 shards/p*.h5
 
 A killed run started again with the same arguments continues where it stopped (finished
@@ -132,19 +133,20 @@ struct PseudoArgs {
     /// Soundscape files or directories.
     #[arg(long, value_name = "PATH", required = true, num_args = 1..)]
     soundscapes: Vec<PathBuf>,
-    /// The HDF5 file to write.
+    /// The HDF5 file to write; its directory must exist, and it must not be a teacher or a
+    /// soundscape (checked before any work).
     #[arg(long, value_name = "FILE.h5")]
     out: PathBuf,
     /// Label one shard only: K/N, or auto (auto/N) from Slurm's SLURM_ARRAY_TASK_ID/COUNT or a
     /// Kubernetes indexed job's JOB_COMPLETION_INDEX.
     #[arg(long, value_name = "K/N|auto")]
     shard: Option<ShardSpec>,
-    /// Windows per forward pass.
+    /// Windows per forward pass (at least 1).
     #[arg(long, value_name = "N", default_value_t = 64)]
     batch_size: usize,
-    /// Decoding threads (0: one per core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    threads: usize,
+    /// Decoding threads (at least 1) [default: one per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// ONNX Runtime library for ONNX teachers [default: as birdclef-infer finds it].
     #[arg(long, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
@@ -153,7 +155,7 @@ struct PseudoArgs {
 /// `birdclef-train pseudo-merge` options.
 #[derive(Args, Debug)]
 struct MergeArgs {
-    /// The merged file to write.
+    /// The merged file to write (not one of the shards; checked before they are read).
     #[arg(long, value_name = "FILE.h5")]
     out: PathBuf,
     /// The shards' files.
@@ -178,13 +180,18 @@ struct FitArgs {
     /// Experiment config (TOML); every key is documented in train/src/config.rs.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Run directory: fold<N>/ per trained fold.
+    /// Run directory: fold<N>/ per trained fold (created with its parents; checked, like the
+    /// audio cache directory, before any work).
     #[arg(long, value_name = "RUN_DIR")]
     out: PathBuf,
     /// Train only this fold (default: the config's data.folds).
     #[arg(long, value_name = "N")]
     fold: Option<usize>,
-    /// Continue from each fold's last/ checkpoint.
+    /// Continue a killed run: each fold from its last/ checkpoint. A fold whose run stopped
+    /// before its first epoch finished (config.toml, no last/) is trained from its beginning,
+    /// and so is a fold with no run at all when another fold of RUN_DIR has one (the killed run
+    /// had not reached it). When none of the folds has a run there is nothing to resume: an
+    /// error.
     #[arg(long)]
     resume: bool,
     /// Override a config key, e.g. --set optim.lr=3e-4 (repeatable).
@@ -196,7 +203,7 @@ struct FitArgs {
     /// Column of train_metadata.csv whose values must not be split across folds.
     #[arg(long, value_name = "COLUMN")]
     group_column: Option<String>,
-    /// Keep at most this many recordings per species (best rated first).
+    /// Keep at most this many recordings per species (best rated first; at least 1).
     #[arg(long, value_name = "N")]
     cap_per_species: Option<usize>,
     /// Classes with fewer recordings than this are only ever trained on, never validated.
@@ -205,7 +212,8 @@ struct FitArgs {
     /// Seconds of each unlabeled soundscape loaded for background mixing.
     #[arg(long, value_name = "S", default_value_t = 60.0)]
     background_seconds: f64,
-    /// Most unlabeled soundscapes loaded for background mixing.
+    /// Most unlabeled soundscapes loaded for background mixing (at least 1; set
+    /// augment.background_prob=0 to train without background mixing).
     #[arg(long, value_name = "N", default_value_t = 16)]
     backgrounds: usize,
 }
@@ -322,6 +330,10 @@ fn fit(
 
 /// `birdclef-train pseudo-label`.
 fn pseudo_label(request: DeviceRequest, args: PseudoArgs) -> Result<ExitCode> {
+    anyhow::ensure!(
+        args.threads != Some(0),
+        "--threads must be at least 1 (leave it out for one per core)"
+    );
     let chosen = device::choose(request, &CudaProbe::detect())?;
     eprintln!("info: using device {chosen} (requested {request})");
     let s = pseudo::pseudo_label(&PseudoLabelOptions {
@@ -331,7 +343,7 @@ fn pseudo_label(request: DeviceRequest, args: PseudoArgs) -> Result<ExitCode> {
         shard: args.shard,
         batch_size: args.batch_size,
         device: chosen.to_tch(),
-        threads: args.threads,
+        threads: args.threads.unwrap_or(0),
         ort_lib: args.ort_lib,
     })?;
     println!(
@@ -350,8 +362,9 @@ fn pseudo_label(request: DeviceRequest, args: PseudoArgs) -> Result<ExitCode> {
         "warning: {} soundscape(s) could not be read and have no rows:",
         s.failed.len()
     );
-    for (p, why) in &s.failed {
-        eprintln!("  {}: {why}", p.display());
+    // Each reason names its file.
+    for (_, why) in &s.failed {
+        eprintln!("  {why}");
     }
     Ok(ExitCode::from(1))
 }

@@ -39,7 +39,7 @@ use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
 use birdclef_infer::runner::{RunnerConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::score::score;
-use birdclef_models::fsio::write_atomic;
+use birdclef_models::fsio::{self, write_atomic};
 use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
 use birdclef_models::synth::{write_competition, CompetitionSpec};
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ use tch::Device;
 
 use crate::config::TrainConfig;
 use crate::pseudo::{pseudo_label, PseudoLabelOptions};
-use crate::runs::{train_folds, RunOptions};
+use crate::runs::{any_fold_started, fold_dir, train_folds, RunOptions};
 
 /// The embedded default: a pipeline on a synthesised competition (`configs/synthetic.pipeline.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/synthetic.pipeline.toml");
@@ -154,9 +154,20 @@ impl Default for ReportSection {
 }
 
 impl PipelineConfig {
-    /// Parse a pipeline file's text.
+    /// Parse a pipeline file's text (and check the values serde cannot).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))
+        let cfg: Self = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
+        cfg.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Check the values serde cannot, so that a bad one fails before the first stage, not after
+    /// hours of training.
+    pub fn validate(&self) -> Result<()> {
+        if self.pseudo.batch_size == 0 {
+            bail!("[pseudo] batch_size must be at least 1");
+        }
+        Ok(())
     }
 
     /// Read a pipeline file.
@@ -342,6 +353,53 @@ impl Runner<'_> {
     }
 }
 
+/// Check, before any work, that every output the pipeline writes under `out` can be written:
+/// `out` itself, the stages' directories (and their fold directories) and files.
+fn check_outputs(out: &Path, teacher: &TrainConfig, student: &TrainConfig) -> Result<()> {
+    let what = "the pipeline's output directory (--out)";
+    fsio::check_output_dir(out).context(what)?;
+    let mut dirs: Vec<PathBuf> = [
+        "data",
+        "teachers",
+        "teachers-onnx",
+        "baseline",
+        "baseline-onnx",
+        "students",
+        "submission",
+        "scores",
+        ".stamps",
+        ".cache",
+        "pseudo.h5.parts",
+    ]
+    .iter()
+    .map(|d| out.join(d))
+    .collect();
+    for (run, cfg) in [
+        ("teachers", teacher),
+        ("baseline", student),
+        ("students", student),
+    ] {
+        dirs.extend(cfg.data.folds.iter().map(|&f| fold_dir(&out.join(run), f)));
+    }
+    for d in &dirs {
+        fsio::check_output_dir(d).context(what)?;
+    }
+    for f in [
+        "pseudo.h5",
+        "summary.csv",
+        "scores/teachers.csv",
+        "scores/baseline.csv",
+        "scores/students.csv",
+    ] {
+        let path = out.join(f);
+        // Files in directories the pipeline has not made yet cannot be in the way.
+        if path.parent().is_some_and(Path::is_dir) {
+            fsio::check_output_file(&path).context(what)?;
+        }
+    }
+    Ok(())
+}
+
 /// Remove a directory unless resuming into it.
 fn fresh_dir(dir: &Path, resume: bool) -> Result<()> {
     if !resume && dir.exists() {
@@ -359,8 +417,10 @@ fn train_stage(
     resume: bool,
 ) -> Result<(String, f64)> {
     fresh_dir(out, resume)?;
+    // A stage stopped before any fold had started (while the cache was built) has nothing to
+    // resume: it starts afresh.
     let run = RunOptions {
-        resume: true,
+        resume: resume && any_fold_started(out, &cfg.data.folds),
         cache_dir: Some(opts.out.join(".cache")),
         pseudo: pseudo.map(|p| p.0.to_path_buf()),
         soundscapes: pseudo.map(|p| p.1.to_path_buf()),
@@ -451,17 +511,23 @@ fn infer_test(
         eprintln!("warning: {w}");
     }
     if !s.failures.is_empty() {
-        bail!(
-            "{} test soundscape(s) could not be read: {}",
-            s.failures.len(),
-            s.failures
-                .iter()
-                .map(|(p, f)| format!("{}: {f:?}", p.display()))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        bail!("{}", unreadable(&s.failures));
     }
     Ok(s.rows)
+}
+
+/// The error for test soundscapes that could not be read: each failure's reason as it is (it
+/// names the file).
+fn unreadable(failures: &[(PathBuf, birdclef_infer::runner::Failure)]) -> String {
+    format!(
+        "{} test soundscape(s) could not be read: {}",
+        failures.len(),
+        failures
+            .iter()
+            .map(|(_, f)| f.reason.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
 }
 
 fn test_auc(csv: &Path, solution: &Path) -> Result<f64> {
@@ -471,9 +537,11 @@ fn test_auc(csv: &Path, solution: &Path) -> Result<f64> {
 /// Run the pipeline; returns the summary rows (also written to `OUT/summary.csv`).
 pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<StageRow>> {
     let out = &opts.out;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    cfg.validate()?;
     let teacher = resolve_train(&cfg.teacher, &opts.base_dir, "teacher")?;
     let student = resolve_train(&cfg.student, &opts.base_dir, "student")?;
+    check_outputs(out, &teacher, &student)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut r = Runner {
         opts,
         rows: Vec::new(),
@@ -560,8 +628,9 @@ pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<
             threads: 0,
             ort_lib: opts.ort_lib.clone(),
         })?;
-        for (p, why) in &s.failed {
-            eprintln!("warning: {}: {why} (no pseudo-labels)", p.display());
+        // Each reason names its file.
+        for (_, why) in &s.failed {
+            eprintln!("warning: {why} (no pseudo-labels)");
         }
         Ok(("windows".into(), s.windows as f64))
     })?;
@@ -704,6 +773,86 @@ mod tests {
         let bad =
             PipelineConfig::from_toml("[student.train.optim]\nepoks = 3\n", "test").expect("parse");
         assert!(resolve_train(&bad.student, &dir, "student").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unreadable_test_soundscapes_are_each_named_once() {
+        use birdclef_infer::runner::Failure;
+        let failures = vec![
+            (
+                PathBuf::from("test/a.ogg"),
+                Failure {
+                    reason: "test/a.ogg: file is empty (0 bytes)".into(),
+                    decoded_windows: 0,
+                },
+            ),
+            (
+                PathBuf::from("test/b.ogg"),
+                Failure {
+                    reason: "test/b.ogg: corrupt audio data after 5.00 s: bad packet".into(),
+                    decoded_windows: 1,
+                },
+            ),
+        ];
+        let msg = unreadable(&failures);
+        assert_eq!(
+            msg,
+            "2 test soundscape(s) could not be read: test/a.ogg: file is empty (0 bytes); \
+             test/b.ogg: corrupt audio data after 5.00 s: bad packet"
+        );
+    }
+
+    #[test]
+    fn a_zero_pseudo_batch_size_is_refused_when_the_file_is_read() {
+        let err = PipelineConfig::from_toml("[pseudo]\nbatch_size = 0\n", "p.toml")
+            .expect_err("batch_size 0");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("p.toml") && msg.contains("batch_size"),
+            "{msg}"
+        );
+        PipelineConfig::from_toml("[pseudo]\nbatch_size = 1\n", "p.toml").expect("1 is fine");
+    }
+
+    #[test]
+    fn outputs_in_the_way_are_refused_before_any_stage_runs() {
+        let dir = std::env::temp_dir().join(format!("birdclef-pipe-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = dir.join("out");
+        std::fs::create_dir_all(out.join("pseudo.h5")).expect("dir");
+        let cfg = PipelineConfig::from_toml(DEFAULT_CONFIG, "default").expect("parse");
+        let mut opts = PipelineOptions {
+            out: out.clone(),
+            base_dir: PathBuf::from("."),
+            device: Device::Cpu,
+            ort_lib: None,
+        };
+        // pseudo.h5 is written after the teachers are trained: refused before them.
+        let msg = format!("{:#}", run_pipeline(&cfg, &opts).expect_err("a directory"));
+        assert!(
+            msg.contains("pseudo.h5") && msg.contains("is a directory"),
+            "{msg}"
+        );
+        assert!(!out.join("data").exists(), "no stage ran");
+        // A fold directory that is a file.
+        std::fs::remove_dir(out.join("pseudo.h5")).expect("rmdir");
+        std::fs::create_dir_all(out.join("students")).expect("dir");
+        std::fs::write(out.join("students/fold0"), "x").expect("file");
+        let msg = format!("{:#}", run_pipeline(&cfg, &opts).expect_err("a file"));
+        assert!(
+            msg.contains("students/fold0") && msg.contains("not a directory"),
+            "{msg}"
+        );
+        assert!(!out.join("data").exists(), "no stage ran");
+        // --out itself a regular file.
+        std::fs::write(dir.join("plain"), "x").expect("file");
+        opts.out = dir.join("plain");
+        let msg = format!("{:#}", run_pipeline(&cfg, &opts).expect_err("a file"));
+        assert!(
+            msg.contains("plain") && msg.contains("not a directory"),
+            "{msg}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

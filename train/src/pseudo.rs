@@ -60,6 +60,7 @@ use birdclef_models::audio::{self, TARGET_SAMPLE_RATE};
 use birdclef_models::card::Card;
 use birdclef_models::checkpoint::{self, NamedTensor};
 use birdclef_models::frontend::{Frontend, FrontendConfig};
+use birdclef_models::fsio;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tch::Device;
@@ -217,7 +218,7 @@ pub struct PseudoLabelOptions {
     pub out: PathBuf,
     /// Label one shard of the files only.
     pub shard: Option<ShardSpec>,
-    /// Windows per forward pass.
+    /// Windows per forward pass (at least 1).
     pub batch_size: usize,
     /// Device of checkpoint teachers.
     pub device: Device,
@@ -240,7 +241,8 @@ pub struct PseudoSummary {
     pub resumed: usize,
     /// Windows written.
     pub windows: usize,
-    /// Soundscapes that could not be read, with the reason (they have no rows).
+    /// Soundscapes that could not be read, with the reason, which names the file (they have no
+    /// rows).
     pub failed: Vec<(PathBuf, String)>,
     /// Seconds of audio labelled by this call.
     pub audio_seconds: f64,
@@ -328,9 +330,30 @@ enum Piece {
 }
 
 /// Run the teacher ensemble over the soundscapes and write the HDF5 file (see the module docs).
+///
+/// The output file (and its parts directory) are checked before any work: the file's directory
+/// must exist, and the file must not be a directory, a teacher or a soundscape.
 pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
     let t0 = Instant::now();
+    if opts.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let out = &opts.out;
+    fsio::check_output_file(out)?;
+    fsio::check_output_dir(&parts_dir(out))?;
+    fsio::refuse_overwriting(out, opts.soundscapes.iter().map(PathBuf::as_path))?;
     let teacher_paths = expand_teachers(&opts.teachers)?;
+    let teacher_files: Vec<PathBuf> = teacher_paths
+        .iter()
+        .flat_map(|p| {
+            [
+                p.clone(),
+                p.join(checkpoint::CARD_FILE),
+                p.join(checkpoint::WEIGHTS_FILE),
+            ]
+        })
+        .collect();
+    fsio::refuse_overwriting(out, teacher_files.iter().map(PathBuf::as_path))?;
     if teacher_paths.iter().any(|p| p.is_file()) {
         birdclef_infer::ort_env::init(opts.ort_lib.as_deref())?;
     }
@@ -378,12 +401,9 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         Some(spec) => spec.resolve(&ShardEnv::from_process_env())?,
         None => Shard::new(0, 1)?,
     };
+    fsio::refuse_overwriting(out, all.iter().map(PathBuf::as_path))?;
     let files = shard::select(&all, shard);
     let key = resume_key(&teachers, &files)?;
-    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
     let parts = parts_dir(&opts.out);
     let key_file = parts.join("key");
     let same_key = std::fs::read_to_string(&key_file).is_ok_and(|s| s.trim() == key);
@@ -423,7 +443,7 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         .context("building the decoding thread pool")?;
     let mut failed: Vec<(PathBuf, String)> = if shard.k == 0 { unreadable } else { Vec::new() };
     let mut audio_seconds = 0.0;
-    let batch = opts.batch_size.max(1);
+    let batch = opts.batch_size;
     let start = Instant::now();
     let mut labelled = 0usize;
     let mut last_report = f64::NEG_INFINITY;
@@ -459,8 +479,9 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
                     match result {
                         Ok(seconds) => (index, seconds),
                         Err(why) => {
+                            // `why` names the file.
                             partial.remove(&index);
-                            eprintln!("\npseudo-label: {}: {why}; no rows", file.display());
+                            eprintln!("\npseudo-label: {why}; no rows");
                             failed.push((file.clone(), why));
                             continue;
                         }
@@ -536,10 +557,7 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         }
         table.probs.extend_from_slice(&part.probs);
     }
-    table.failed = failed
-        .iter()
-        .map(|(p, why)| format!("{}: {why}", p.display()))
-        .collect();
+    table.failed = failed.iter().map(|(_, why)| why.clone()).collect();
     table.write(&opts.out)?;
     std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
     Ok(PseudoSummary {
@@ -591,7 +609,7 @@ fn window_inputs(frontends: &[Frontend], samples: &[f32], n: usize) -> Vec<Vec<f
 /// Decode `path` as a stream and send its windows in pieces of `chunk` windows, then its end.
 /// The windows are exactly those of the whole decoded file (each window depends on its own
 /// samples only; the last, partial one follows the cards' policy for the file's full length).
-/// Stops early when `send` returns false (the receiver is gone).
+/// Stops early when `send` returns false (the receiver is gone). An error names the file.
 fn stream_windows(
     path: &Path,
     index: usize,
@@ -603,7 +621,7 @@ fn stream_windows(
         let mut stream = audio::AudioStream::open(path).map_err(|e| e.to_string())?;
         let cfg = frontends
             .first()
-            .ok_or_else(|| "no frontend".to_string())?
+            .ok_or_else(|| format!("{}: no frontend", path.display()))?
             .config()
             .clone();
         let w = cfg.window_samples().max(1);
@@ -617,7 +635,7 @@ fn stream_windows(
             }) {
                 Ok(())
             } else {
-                Err("stopped".into())
+                Err(format!("{}: stopped", path.display()))
             }
         };
         let mut buf: Vec<f32> = Vec::new();
@@ -636,7 +654,7 @@ fn stream_windows(
             }
         }
         if total == 0 {
-            return Err("contains no audio samples".into());
+            return Err(format!("{}: contains no audio samples", path.display()));
         }
         let rest = cfg.window_count(total).saturating_sub(sent);
         if rest > 0 {
@@ -810,12 +828,16 @@ impl Table {
 }
 
 /// Join the files of a sharded run into the file one unsharded run writes: same teachers and
-/// labels required, rows sorted by soundscape then window, a soundscape in two inputs refused.
-/// Written atomically. Returns the merged table.
+/// labels required, rows sorted by soundscape then window, a soundscape in two inputs and a row
+/// id given twice (the same shard given twice) refused, naming both files. `out` is checked
+/// before the inputs are read, and must not be one of them. Written atomically. Returns the
+/// merged table.
 pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table> {
     let Some(first_path) = inputs.first() else {
         bail!("no pseudo-label files to merge");
     };
+    fsio::check_output_file(out)?;
+    fsio::refuse_overwriting(out, inputs.iter().map(PathBuf::as_path))?;
     let tables: Vec<Table> = inputs
         .iter()
         .map(|p| Table::read(p))
@@ -853,6 +875,26 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table> {
                         p.display()
                     );
                 }
+            }
+        }
+    }
+    let mut row_owner: HashMap<&str, usize> = HashMap::new();
+    for (ti, t) in tables.iter().enumerate() {
+        for id in &t.row_id {
+            if let Some(other) = row_owner.insert(id, ti) {
+                let (a, b) = (&inputs[other], &inputs[ti]);
+                let note = if other == ti {
+                    " (twice in one file)"
+                } else if fsio::same_file(a, b) {
+                    " (the same file given twice)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "row id {id} is in both {} and {}{note}; every row may be merged once",
+                    a.display(),
+                    b.display()
+                );
             }
         }
     }

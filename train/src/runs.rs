@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, Context, Result};
+use birdclef_models::fsio;
 use tch::Device;
 
 use crate::config::TrainConfig;
@@ -13,7 +14,7 @@ use crate::data::cache::{load_backgrounds, Cache, CacheOptions};
 use crate::data::folds::assign_folds;
 use crate::data::metadata::{load_dataset, DataOptions};
 use crate::distill::load_pseudo;
-use crate::fit::{fit_with, FitSummary};
+use crate::fit::{fit_with, holds_run, FitSummary, FoldRun};
 
 /// Everything a training run needs besides its configuration.
 #[derive(Debug, Clone)]
@@ -24,7 +25,7 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Train only this fold (default: the config's `data.folds`).
     pub fold: Option<usize>,
-    /// Continue each fold from its `last/` checkpoint.
+    /// Continue each fold from its `last/` checkpoint; see [`plan_folds`] for folds without one.
     pub resume: bool,
     /// Audio cache directory (default: `RUN_DIR/../.cache`).
     pub cache_dir: Option<PathBuf>,
@@ -75,11 +76,124 @@ impl RunOptions {
                 .join(".cache")
         })
     }
+
+    /// Check the options that the configuration does not (before any work).
+    pub fn validate(&self, cfg: &TrainConfig) -> Result<()> {
+        if let Some(f) = self.fold {
+            if f >= cfg.data.n_folds {
+                bail!(
+                    "--fold {f}: there are only folds 0 to {} (data.n_folds = {})",
+                    cfg.data.n_folds - 1,
+                    cfg.data.n_folds
+                );
+            }
+        }
+        if self.cap_per_species == Some(0) {
+            bail!("--cap-per-species 0 keeps no recording; it must be at least 1");
+        }
+        if self.backgrounds == 0 {
+            bail!(
+                "--backgrounds 0 loads no background clip; it must be at least 1 (to train \
+                 without background mixing, set augment.background_prob=0)"
+            );
+        }
+        if !(self.background_seconds.is_finite() && self.background_seconds > 0.0) {
+            bail!(
+                "--background-seconds must be a positive number of seconds, not {}",
+                self.background_seconds
+            );
+        }
+        Ok(())
+    }
+
+    /// The folds to train: `--fold`, else the configuration's `data.folds`.
+    pub fn folds(&self, cfg: &TrainConfig) -> Vec<usize> {
+        match self.fold {
+            Some(f) => vec![f],
+            None => cfg.data.folds.clone(),
+        }
+    }
 }
 
-/// Train the folds `opts` and `cfg` name; returns each fold's number and summary.
+/// The directory fold `fold` of a run is trained in.
+pub fn fold_dir(run_dir: &Path, fold: usize) -> PathBuf {
+    run_dir.join(format!("fold{fold}"))
+}
+
+/// Whether any of `folds` of `run_dir` holds something of a run (a checkpoint, or the
+/// `config.toml` of one that stopped before its first epoch finished): what `--resume` needs.
+pub fn any_fold_started(run_dir: &Path, folds: &[usize]) -> bool {
+    folds
+        .iter()
+        .any(|&f| FoldRun::of(&fold_dir(run_dir, f)) != FoldRun::Nothing)
+}
+
+/// Check the run directory and decide how each fold starts, before any work; returns each fold
+/// with the `resume` flag for [`fit_with`].
+///
+/// The run directory, every fold directory and the audio cache directory must be directories or
+/// creatable ones. Without `resume`, a fold directory that already holds a run is refused. With
+/// `resume`: a fold with a `last/` checkpoint continues from it; one whose run stopped before
+/// its first epoch finished (`config.toml`, no `last/`) is trained from its beginning (said so by
+/// [`fit_with`]); a fold with nothing at all is trained from its beginning when another of the
+/// folds holds a run (a killed multi-fold run had not reached it), and when none does, there is
+/// nothing to resume and it is an error.
+pub fn plan_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, bool)>> {
+    opts.validate(cfg)?;
+    fsio::check_output_dir(&opts.out).context("the run directory (--out)")?;
+    let folds = opts.folds(cfg);
+    for &f in &folds {
+        fsio::check_output_dir(&fold_dir(&opts.out, f)).context("the run directory (--out)")?;
+    }
+    let cache_dir = opts.cache_dir();
+    fsio::check_output_dir(&cache_dir).context("the audio cache directory")?;
+    if !opts.resume {
+        for &f in &folds {
+            let dir = fold_dir(&opts.out, f);
+            if holds_run(&dir) {
+                bail!(
+                    "{} already holds a run; resume it (--resume), or choose another output \
+                     directory",
+                    dir.display()
+                );
+            }
+        }
+        return Ok(folds.into_iter().map(|f| (f, false)).collect());
+    }
+    if !any_fold_started(&opts.out, &folds) {
+        bail!(
+            "{}: nothing to resume: none of {} holds a run (a last/ checkpoint or config.toml); \
+             leave out --resume to start one",
+            opts.out.display(),
+            folds
+                .iter()
+                .map(|&f| format!("fold{f}/"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(folds
+        .into_iter()
+        .map(|f| {
+            let dir = fold_dir(&opts.out, f);
+            let started = FoldRun::of(&dir) != FoldRun::Nothing;
+            if !started {
+                eprintln!(
+                    "fit: fold {f}: no run in {} to resume (the run stopped before it); training \
+                     it from its beginning",
+                    dir.display()
+                );
+            }
+            (f, started)
+        })
+        .collect())
+}
+
+/// Train the folds `opts` and `cfg` name; returns each fold's number and summary. Every output
+/// path and the resume state are checked first ([`plan_folds`]), before the dataset is read.
 pub fn train_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, FitSummary)>> {
     cfg.validate()?;
+    let plan = plan_folds(opts, cfg)?;
     let loaded = load_dataset(
         &opts.data,
         &DataOptions {
@@ -157,18 +271,9 @@ pub fn train_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, F
         cache.path().display()
     );
     let folds = assign_folds(&ds, cfg.data.n_folds, cfg.run.seed, opts.min_count_for_val);
-    let which = match opts.fold {
-        Some(f) => vec![f],
-        None => cfg.data.folds.clone(),
-    };
     let mut out = Vec::new();
-    for fold in which {
-        ensure!(
-            fold < cfg.data.n_folds,
-            "fold {fold} is not below data.n_folds = {}",
-            cfg.data.n_folds
-        );
-        let dir = opts.out.join(format!("fold{fold}"));
+    for (fold, resume) in plan {
+        let dir = fold_dir(&opts.out, fold);
         let s = fit_with(
             &ds,
             &cache,
@@ -179,10 +284,159 @@ pub fn train_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, F
             pseudo.as_ref(),
             &dir,
             opts.device,
-            opts.resume,
+            resume,
         )
         .with_context(|| format!("fold {fold}"))?;
         out.push((fold, s));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("birdclef-runs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch");
+        d
+    }
+
+    fn cfg(folds: &str) -> TrainConfig {
+        TrainConfig::from_toml(&format!("[data]\nn_folds = 3\nfolds = {folds}\n"), "t", &[])
+            .expect("config")
+    }
+
+    /// A fold directory as a run leaves it: `last/` (epoch done) or only config.toml (killed
+    /// in its first epoch).
+    fn fold(run: &Path, f: usize, last: bool) {
+        let dir = fold_dir(run, f);
+        std::fs::create_dir_all(&dir).expect("fold dir");
+        std::fs::write(dir.join("config.toml"), "").expect("config");
+        if last {
+            std::fs::create_dir_all(dir.join("last")).expect("last");
+            std::fs::write(dir.join("last").join(crate::fit::STATE_JSON), "{}").expect("state");
+        }
+    }
+
+    fn resume(run: &Path) -> RunOptions {
+        RunOptions {
+            resume: true,
+            ..RunOptions::new(Path::new("data"), run)
+        }
+    }
+
+    #[test]
+    fn resuming_needs_a_run_and_starts_the_folds_it_had_not_reached() {
+        let d = scratch("plan");
+        let run = d.join("run");
+        // Nothing there (no directory, or an empty one): nothing to resume, said so.
+        for _ in 0..2 {
+            let msg = format!(
+                "{:#}",
+                plan_folds(&resume(&run), &cfg("[0, 1]")).unwrap_err()
+            );
+            assert!(
+                msg.contains(&run.display().to_string()) && msg.contains("nothing to resume"),
+                "{msg}"
+            );
+            std::fs::create_dir_all(&run).expect("empty run dir");
+        }
+        // Killed in fold 1's first epoch: fold 0 resumes, fold 1 (config.toml only) starts
+        // from its beginning with resume set (fit says so), fold 2 was never reached.
+        fold(&run, 0, true);
+        fold(&run, 1, false);
+        assert_eq!(
+            plan_folds(&resume(&run), &cfg("[0, 1, 2]")).expect("plan"),
+            [(0, true), (1, true), (2, false)]
+        );
+        assert_eq!(FoldRun::of(&fold_dir(&run, 1)), FoldRun::Unfinished);
+        // --fold 2 alone: that fold has no run.
+        let only2 = RunOptions {
+            fold: Some(2),
+            ..resume(&run)
+        };
+        assert!(plan_folds(&only2, &cfg("[0, 1, 2]")).is_err());
+        // Without --resume a fold that holds a run is refused before any work.
+        std::fs::write(fold_dir(&run, 1).join(crate::fit::HISTORY_CSV), "").expect("history");
+        let fresh = RunOptions::new(Path::new("data"), &run);
+        let msg = format!("{:#}", plan_folds(&fresh, &cfg("[1]")).unwrap_err());
+        assert!(
+            msg.contains("fold1") && msg.contains("already holds a run"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn outputs_and_options_are_checked_before_any_work() {
+        let d = scratch("checks");
+        std::fs::write(d.join("file"), "x").expect("file");
+        let c = cfg("[0]");
+        let msg = format!(
+            "{:#}",
+            plan_folds(&RunOptions::new(Path::new("data"), &d.join("file")), &c).unwrap_err()
+        );
+        assert!(
+            msg.contains("file") && msg.contains("not a directory"),
+            "{msg}"
+        );
+        std::fs::create_dir_all(d.join("run")).expect("run");
+        std::fs::write(d.join("run/fold0"), "x").expect("fold file");
+        let msg = format!(
+            "{:#}",
+            plan_folds(&RunOptions::new(Path::new("data"), &d.join("run")), &c).unwrap_err()
+        );
+        assert!(
+            msg.contains("fold0") && msg.contains("not a directory"),
+            "{msg}"
+        );
+        let ok = RunOptions::new(Path::new("data"), &d.join("new/run"));
+        assert_eq!(
+            plan_folds(&ok, &c).expect("a missing parent is fine"),
+            [(0, false)]
+        );
+        for (opts, flag) in [
+            (
+                RunOptions {
+                    cache_dir: Some(d.join("file")),
+                    ..ok.clone()
+                },
+                "not a directory",
+            ),
+            (
+                RunOptions {
+                    fold: Some(3),
+                    ..ok.clone()
+                },
+                "--fold 3",
+            ),
+            (
+                RunOptions {
+                    cap_per_species: Some(0),
+                    ..ok.clone()
+                },
+                "--cap-per-species",
+            ),
+            (
+                RunOptions {
+                    backgrounds: 0,
+                    ..ok.clone()
+                },
+                "--backgrounds",
+            ),
+            (
+                RunOptions {
+                    background_seconds: 0.0,
+                    ..ok.clone()
+                },
+                "--background-seconds",
+            ),
+        ] {
+            let msg = format!("{:#}", plan_folds(&opts, &c).unwrap_err());
+            assert!(msg.contains(flag), "{msg}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

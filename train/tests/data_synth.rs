@@ -573,6 +573,14 @@ fn backgrounds_are_cut_and_counted() {
     let err = load_backgrounds(&root, 1.0, 100).unwrap_err();
     assert!(err.to_string().contains("broken.wav"), "{err}");
     assert!(load_backgrounds(&root.join("nowhere"), 1.0, 1).is_err());
+    // A length of 0 s is refused as such, not as a soundscape with no samples.
+    for seconds in [0.0, -1.0, f64::NAN] {
+        let err = load_backgrounds(&root, seconds, 2).unwrap_err().to_string();
+        assert!(
+            err.contains("positive number of seconds") && !err.contains("no audio samples"),
+            "{err}"
+        );
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -601,5 +609,19 @@ fn an_empty_dataset_gives_an_empty_cache() {
         ..opts
     };
     assert!(Cache::build_or_open(&ds, &root, &bad).is_err());
+    // A cache file that cannot be written (a link into a missing directory): the error names it
+    // once.
+    let file = Cache::build_or_open(&ds, &root, &opts)
+        .unwrap()
+        .path()
+        .to_path_buf();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(root.join("missing/cache.h5"), &file).unwrap();
+    let err = Cache::build_or_open(&ds, &root, &opts)
+        .unwrap_err()
+        .to_string();
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(err.matches(name.as_str()).count(), 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }

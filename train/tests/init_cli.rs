@@ -420,6 +420,49 @@ fn existing_output_is_refused_unless_forced() {
     ]);
     assert!(o.status.success());
     assert!(Checkpoint::open(&empty).is_ok());
+
+    // A regular file where a parent directory should be: refused as such.
+    std::fs::write(dir.join("plain"), "x").expect("file");
+    let o = run(&[
+        "init",
+        "--arch",
+        "mnasnet_100",
+        "--classes",
+        "2",
+        "--out",
+        s(&dir.join("plain/ckpt")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("plain/ckpt") && err.contains("is not a directory"),
+        "{err}"
+    );
+
+    // --force must not replace the directory that holds the card it reads.
+    let card = empty.join("card.json");
+    let before = std::fs::read(&card).expect("card");
+    let o = run(&[
+        "init",
+        "--arch",
+        "mnasnet_100",
+        "--card",
+        s(&card),
+        "--out",
+        s(&empty),
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("empty/card.json") && err.contains("refusing to overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&card).expect("card"),
+        before,
+        "the card is kept"
+    );
 }
 
 #[test]

@@ -160,17 +160,12 @@ impl Cache {
                 }
             }
         }
-        let tmp = birdclef_models::fsio::AtomicFile::new(&path).map_err(|e| DataError::Io {
-            path: path.clone(),
-            cause: std::io::Error::other(e.to_string()),
-        })?;
+        // The error names the file (once).
+        let tmp = birdclef_models::fsio::AtomicFile::new(&path)?;
         let built = build(tmp.path(), &params, &key, &entries, opts);
         match built {
             Ok(decoded) => {
-                tmp.commit().map_err(|e| DataError::Io {
-                    path: path.clone(),
-                    cause: std::io::Error::other(e.to_string()),
-                })?;
+                tmp.commit()?;
                 let mut cache =
                     Self::open(&path, &key, &entries, rows).map_err(|why| DataError::Hdf5 {
                         path: path.clone(),
@@ -559,6 +554,14 @@ pub fn load_backgrounds(
     max_files: usize,
 ) -> Result<Vec<Vec<f32>>, DataError> {
     let dir = root.join("unlabeled_soundscapes");
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(DataError::Invalid {
+            root: dir,
+            problems: vec![format!(
+                "background clips must be a positive number of seconds long, not {seconds}"
+            )],
+        });
+    }
     let read = std::fs::read_dir(&dir).map_err(|cause| DataError::Io {
         path: dir.clone(),
         cause,

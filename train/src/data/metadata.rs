@@ -46,6 +46,9 @@ pub enum DataError {
         /// What the library said.
         cause: String,
     },
+    /// An output file could not be written (the error names it).
+    #[error(transparent)]
+    Output(#[from] birdclef_models::fsio::OutputError),
     /// Recordings could not be decoded (training data must be clean; see `skip_bad`).
     #[error("{} recording(s) could not be decoded:\n  {}", failures.len(), failures.join("\n  "))]
     Decode {
@@ -103,9 +106,10 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
     let meta_path = root.join("train_metadata.csv");
     let mut recordings = Vec::new();
     let mut unknown_secondary: HashMap<String, usize> = HashMap::new();
-    match csv::ReaderBuilder::new().from_path(&meta_path) {
+    match std::fs::read(&meta_path) {
         Err(e) => problems.push(format!("{}: cannot read: {e}", meta_path.display())),
-        Ok(mut reader) => {
+        Ok(text) => {
+            let mut reader = csv::ReaderBuilder::new().from_reader(text.as_slice());
             let header = reader.headers().cloned().unwrap_or_default();
             let col = |name: &str| header.iter().position(|h| h.trim() == name);
             let primary_col = col("primary_label");
@@ -140,7 +144,7 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
                     let record = match record {
                         Ok(r) => r,
                         Err(e) => {
-                            let line = e.position().map(|p| p.line()).unwrap_or(0);
+                            let line = e.position().map_or(0, |p| line_of(&text, p));
                             problems.push(format!(
                                 "{}:{line}: malformed row: {e}",
                                 meta_path.display()
@@ -148,7 +152,7 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
                             continue;
                         }
                     };
-                    let line = record.position().map(|p| p.line()).unwrap_or(0);
+                    let line = record.position().map_or(0, |p| line_of(&text, p));
                     let at = format!("{}:{line}", meta_path.display());
                     let field = |c: usize| record.get(c).unwrap_or("").trim();
                     let primary_name = field(pc);
@@ -271,6 +275,19 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
     })
 }
 
+/// The 1-based line of `text` on which the record at `pos` begins.
+///
+/// The csv crate's own [`csv::Position::line`] counts the line ends it has consumed when the
+/// record's read starts, before the end of the previous line when that is `\r\n` or followed by
+/// blank lines: one too low for every row of a CRLF file. The record's first byte is past those.
+fn line_of(text: &[u8], pos: &csv::Position) -> u64 {
+    let mut at = usize::try_from(pos.byte()).map_or(text.len(), |b| b.min(text.len()));
+    while at < text.len() && matches!(text[at], b'\r' | b'\n') {
+        at += 1;
+    }
+    1 + text[..at].iter().filter(|&&c| c == b'\n').count() as u64
+}
+
 /// Keep at most `cap` recordings per primary label, chosen by `order`, in their original order.
 fn apply_cap(recordings: Vec<Recording>, cap: usize, order: CapOrder) -> Vec<Recording> {
     let mut by_label: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -353,9 +370,8 @@ fn read_labels(root: &Path, problems: &mut Vec<String>) -> Vec<String> {
 
 /// One column of a CSV file, by header name.
 fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .from_path(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut reader = csv::ReaderBuilder::new().from_reader(text.as_slice());
     let header = reader
         .headers()
         .map_err(|e| format!("{}: cannot read the header: {e}", path.display()))?;
@@ -365,7 +381,10 @@ fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
         .ok_or_else(|| format!("{}: no `{name}` column", path.display()))?;
     let mut out = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| format!("{}: malformed row: {e}", path.display()))?;
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| line_of(&text, p));
+            format!("{}:{line}: malformed row: {e}", path.display())
+        })?;
         out.push(record.get(c).unwrap_or("").trim().to_string());
     }
     Ok(out)
@@ -404,6 +423,92 @@ pub fn parse_label_list(s: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A competition directory with `metadata` as train_metadata.csv (species a and b; audio
+    /// files a/1.ogg and a/2.ogg).
+    fn competition(tag: &str, metadata: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("birdclef-meta-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("train_audio/a")).expect("dir");
+        for f in ["1.ogg", "2.ogg"] {
+            std::fs::write(root.join("train_audio/a").join(f), b"x").expect("audio");
+        }
+        std::fs::write(root.join("taxonomy.csv"), "primary_label\na\nb\n").expect("taxonomy");
+        std::fs::write(root.join("train_metadata.csv"), metadata).expect("metadata");
+        root
+    }
+
+    fn problems(root: &Path) -> Vec<String> {
+        match load_dataset(root, &DataOptions::default()) {
+            Err(DataError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn problems_are_reported_at_their_line_of_the_file() {
+        let header = "primary_label,secondary_labels,filename";
+        let root = competition("lines", "");
+        let meta = root.join("train_metadata.csv").display().to_string();
+        let unknown = |line: usize, label: &str| {
+            format!("{meta}:{line}: unknown primary label `{label}` (not in the label list)")
+        };
+        for (what, text, expected) in [
+            (
+                "a bad first data row (LF)",
+                format!("{header}\nzz,[],a/1.ogg\na,[],a/2.ogg\n"),
+                vec![unknown(2, "zz")],
+            ),
+            (
+                "a bad first data row (CRLF, as written on Windows)",
+                format!("{header}\r\nzz,[],a/1.ogg\r\na,[],a/2.ogg\r\nyy,[],a/1.ogg\r\n"),
+                vec![unknown(2, "zz"), unknown(4, "yy")],
+            ),
+            (
+                "after a blank line",
+                format!("{header}\n\nzz,[],a/1.ogg\n"),
+                vec![unknown(3, "zz")],
+            ),
+            (
+                "after a quoted field spanning two lines",
+                format!("{header}\na,\"['b',\n'b']\",a/1.ogg\nyy,[],a/1.ogg"),
+                vec![unknown(4, "yy")],
+            ),
+        ] {
+            std::fs::write(root.join("train_metadata.csv"), &text).expect("metadata");
+            assert_eq!(problems(&root), expected, "{what}");
+        }
+        // A row with too few fields.
+        std::fs::write(
+            root.join("train_metadata.csv"),
+            format!("{header}\r\na,[]\r\n"),
+        )
+        .expect("metadata");
+        let found = problems(&root);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(&format!("{meta}:2: malformed row")),
+            "{found:?}"
+        );
+        // A malformed row of taxonomy.csv, at its line.
+        std::fs::write(
+            root.join("train_metadata.csv"),
+            format!("{header}\na,[],a/1.ogg\n"),
+        )
+        .expect("metadata");
+        std::fs::write(
+            root.join("taxonomy.csv"),
+            "primary_label\r\na\r\nb,extra\r\n",
+        )
+        .expect("taxonomy");
+        let found = problems(&root);
+        let taxonomy = root.join("taxonomy.csv").display().to_string();
+        assert!(
+            found[0].starts_with(&format!("{taxonomy}:3: malformed row")),
+            "{found:?}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn label_lists() {
