@@ -1,5 +1,6 @@
 //! `birdclef-infer features` and `demo`, run as a user runs them. The synthetic-audio tests need
 //! nothing outside the repository; the real-recording checks use ../shared when it is there.
+use birdclef_models::rng::Rng;
 use std::process::Command;
 
 use birdclef::{bin, run, scratch_dir, shared_data};
@@ -16,8 +17,7 @@ const CARD: &str = concat!(
 #[test]
 fn features_npy_equals_the_library_frontend() {
     let dir = scratch_dir("features-synth");
-    let (samples, _) =
-        synth::soundscape(13.0, 32_000, &synth::species(4), 6, &mut synth::Rng::new(3));
+    let (samples, _) = synth::soundscape(13.0, 32_000, &synth::species(4), 6, &mut Rng::new(3));
     // 22.05 kHz input: the CLI must resample exactly as the library does.
     let at22 = birdclef_models::audio::resample(&samples, 32_000, 22_050).expect("resample");
     let wav = dir.join("synth.wav");

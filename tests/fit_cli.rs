@@ -1,5 +1,6 @@
 //! `birdclef-train fit` from the command line on a synthesised BirdCLEF-layout directory (nothing
 //! from ../shared): it trains, writes history.csv/history.png and checkpoints, and best/ exports.
+use birdclef_models::rng::Rng;
 use std::path::Path;
 use std::process::Command;
 
@@ -10,7 +11,7 @@ use birdclef_models::synth;
 fn competition(root: &Path) {
     let species = synth::species(4);
     let mut meta = String::from("primary_label,secondary_labels,type,rating,filename\n");
-    let mut rng = synth::Rng::new(5);
+    let mut rng = Rng::new(5);
     for (s, sp) in species.iter().enumerate() {
         std::fs::create_dir_all(root.join("train_audio").join(&sp.label)).expect("dir");
         for r in 0..4 {

@@ -1,6 +1,7 @@
 //! `birdclef-infer` as a Kaggle submission tool, end to end on synthesised audio: models made by
 //! `birdclef-train init` + `birdclef-export`, soundscapes written as WAV files, broken files among
 //! them. Nothing here needs ../shared.
+use birdclef_models::rng::Rng;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,13 +39,7 @@ fn model(dir: &Path, name: &str, arch: &str, seed: u64, card: &Path) -> PathBuf 
 }
 
 fn soundscape(dir: &Path, name: &str, seconds: f64, seed: u64) -> PathBuf {
-    let (x, _) = synth::soundscape(
-        seconds,
-        32_000,
-        &synth::species(5),
-        4,
-        &mut synth::Rng::new(seed),
-    );
+    let (x, _) = synth::soundscape(seconds, 32_000, &synth::species(5), 4, &mut Rng::new(seed));
     std::fs::create_dir_all(dir).expect("soundscape dir");
     let path = dir.join(name);
     write_wav_f32(&path, &x, 32_000).expect("wav");

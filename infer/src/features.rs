@@ -1,4 +1,5 @@
 //! `features` and `demo`: audio → model-input tensors through the shared frontend.
+use birdclef_models::rng::Rng;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -112,7 +113,7 @@ pub fn demo(out_dir: &Path, seconds: f64, seed: u64) -> Result<()> {
         TARGET_SAMPLE_RATE,
         &species,
         calls,
-        &mut synth::Rng::new(seed),
+        &mut Rng::new(seed),
     );
     write_wav_f32(&wav, &samples, TARGET_SAMPLE_RATE)
         .with_context(|| format!("{}: cannot write", wav.display()))?;

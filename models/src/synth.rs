@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// The generator synthetic audio is drawn from (re-exported here for the callers of this module).
-pub use crate::rng::Rng;
+use crate::rng::Rng;
 
 /// The shape of a synthetic call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

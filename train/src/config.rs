@@ -111,6 +111,9 @@ pub struct OptimConfig {
     pub loss_scale_backoff: f64,
     /// Finite steps between loss-scale growths. Default 2000.
     pub loss_scale_growth_interval: usize,
+    /// Scale the loss dynamically even without fp16 autocast (on the CPU too): a check of the
+    /// loss-scale machinery, which only fp16 needs. Default false.
+    pub force_loss_scale: bool,
 }
 
 impl Default for OptimConfig {
@@ -133,6 +136,7 @@ impl Default for OptimConfig {
             loss_scale_growth: 2.0,
             loss_scale_backoff: 0.5,
             loss_scale_growth_interval: 2000,
+            force_loss_scale: false,
         }
     }
 }

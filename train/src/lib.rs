@@ -1,20 +1,24 @@
-//! `birdclef-train` as a library: the tch interpreter of the layer-graph IR ([`net`]), checkpoint
-//! creation ([`init`]) and the choice of compute device ([`device`]). The binary in `main.rs` is a
-//! thin command-line layer over these.
+//! `birdclef-train` as a library, one folder per stage of the work:
+//!
+//! - [`data`]: a competition directory read as it is, folds, the audio cache, soft-labelled
+//!   windows and augmented batches;
+//! - [`model`]: the tch interpreter of the layer-graph IR, checkpoint creation, the device;
+//! - [`training`]: the training loop of one fold (trainer, optimiser, state, history,
+//!   validation) and the folds of a run;
+//! - [`pseudo`]: teacher ensembles labelling soundscapes into an HDF5 file, and reading it back
+//!   for distillation;
+//! - [`pipeline`]: all of it from one TOML file, then export, inference and scoring.
+//!
+//! [`config`] is the experiment configuration they share. The binary in `main.rs` is a thin
+//! command-line layer over these.
 #![deny(unsafe_code)]
 
-pub mod batch;
 pub mod config;
 pub mod data;
-pub mod device;
-pub mod distill;
-pub mod fit;
-pub mod h5;
-pub mod init;
-pub mod net;
+pub mod model;
 pub mod pipeline;
 pub mod pseudo;
-pub mod runs;
+pub mod training;
 
 /// Lower-case hexadecimal of `bytes` (the hash keys of caches, runs and stages).
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -11,10 +11,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use birdclef_infer::shard::ShardSpec;
 use birdclef_train::config::TrainConfig;
-use birdclef_train::device::{self, CudaProbe, DeviceRequest};
-use birdclef_train::init::{init_checkpoint, InitOptions};
+use birdclef_train::model::device::{self, CudaProbe, DeviceRequest};
+use birdclef_train::model::init::{init_checkpoint, InitOptions};
 use birdclef_train::pseudo::{self, PseudoLabelOptions};
-use birdclef_train::runs::{train_folds, RunOptions};
+use birdclef_train::training::runs::{train_folds, RunOptions};
 use clap::{Args, Parser, Subcommand};
 
 /// Train BirdCLEF models with libtorch.

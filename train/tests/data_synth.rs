@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use birdclef_models::audio::{decode_file, write_wav_f32};
-use birdclef_models::synth::{self, Rng};
+use birdclef_models::rng::Rng;
+use birdclef_models::synth;
 use birdclef_train::data::cache::{load_backgrounds, Cache, CacheOptions};
 use birdclef_train::data::folds::{assign_folds, split, ALWAYS_TRAIN};
 use birdclef_train::data::metadata::{load_dataset, CapOrder, DataError, DataOptions};

@@ -1,14 +1,15 @@
 //! The batch pipeline alone: determinism, shapes, targets, and its throughput (printed).
 
+use birdclef_models::rng::Rng;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use birdclef_models::frontend::Frontend;
 use birdclef_models::synth;
-use birdclef_train::batch::BatchBuilder;
 use birdclef_train::config::TrainConfig;
+use birdclef_train::data::batch::BatchBuilder;
 use birdclef_train::data::{Dataset, MemoryStore, Recording, Segments};
-use birdclef_train::fit::resolve_frontend;
+use birdclef_train::training::resolve_frontend;
 
 fn dataset(n: usize, seconds: f64) -> (Dataset, MemoryStore) {
     let species = synth::species(4);
@@ -20,7 +21,7 @@ fn dataset(n: usize, seconds: f64) -> (Dataset, MemoryStore) {
             32_000,
             &species[i % 4..i % 4 + 1],
             6,
-            &mut synth::Rng::new(i as u64),
+            &mut Rng::new(i as u64),
         );
         let tail = audio[audio.len() / 2..].to_vec();
         recordings.push(Recording {
@@ -63,7 +64,7 @@ fn fit_batches_are_deterministic_with_targets() {
     ]);
     let (f, _) = resolve_frontend(&c).expect("frontend");
     let fe = Frontend::new(f).expect("frontend");
-    let bgs = vec![synth::background(32_000 * 3, 0.05, &mut synth::Rng::new(5))];
+    let bgs = vec![synth::background(32_000 * 3, 0.05, &mut Rng::new(5))];
     let b = BatchBuilder::new(&ds, &store, fe, c.augment.clone(), c.loss.clone(), &bgs, 3);
     let order: Vec<usize> = (0..12).collect();
     let x1 = b.build(&order, 6, 0, 1).expect("batch");
@@ -128,11 +129,7 @@ fn fit_batch_pipeline_throughput() {
     .expect("config");
     let (f, _) = resolve_frontend(&c).expect("frontend");
     let shape = f.input_shape();
-    let bgs = vec![synth::background(
-        32_000 * 10,
-        0.05,
-        &mut synth::Rng::new(5),
-    )];
+    let bgs = vec![synth::background(32_000 * 10, 0.05, &mut Rng::new(5))];
     let b = BatchBuilder::new(
         &ds,
         &store,

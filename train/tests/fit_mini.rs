@@ -9,7 +9,7 @@ use birdclef_train::config::TrainConfig;
 use birdclef_train::data::cache::{load_backgrounds, Cache, CacheOptions};
 use birdclef_train::data::folds::assign_folds;
 use birdclef_train::data::metadata::{load_dataset, DataOptions};
-use birdclef_train::fit::fit;
+use birdclef_train::training::fit;
 use tch::Device;
 
 #[test]

@@ -1,6 +1,7 @@
 //! `fit` end to end on a synthesised BirdCLEF-like dataset (models::synth, in memory): learning,
 //! history files, exportable checkpoints, determinism, and resume after a kill.
 
+use birdclef_models::rng::Rng;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use birdclef_models::checkpoint::Checkpoint;
 use birdclef_models::synth;
 use birdclef_train::config::TrainConfig;
 use birdclef_train::data::{Dataset, MemoryStore, Recording, Segments};
-use birdclef_train::fit::{fit, EpochRow, FitSummary, HISTORY_COLUMNS};
+use birdclef_train::training::{fit, EpochRow, FitSummary, HISTORY_COLUMNS};
 use tch::Device;
 
 const SPECIES: usize = 4;
@@ -26,7 +27,7 @@ fn dataset() -> (Dataset, MemoryStore, Vec<usize>) {
     let mut folds = Vec::new();
     for s in 0..SPECIES {
         for r in 0..PER_SPECIES {
-            let mut rng = synth::Rng::new((s * 100 + r) as u64);
+            let mut rng = Rng::new((s * 100 + r) as u64);
             let seconds = rng.range(8.0, 12.0);
             let n = (seconds * f64::from(sr)) as usize;
             let mut audio = synth::background(n, 0.01, &mut rng);
@@ -111,11 +112,7 @@ fn scratch(name: &str) -> PathBuf {
 
 fn run(out: &Path, epochs: usize, resume: bool) -> FitSummary {
     let (ds, store, folds) = dataset();
-    let backgrounds = vec![synth::background(
-        32_000 * 6,
-        0.02,
-        &mut synth::Rng::new(99),
-    )];
+    let backgrounds = vec![synth::background(32_000 * 6, 0.02, &mut Rng::new(99))];
     fit(
         &ds,
         &store,
@@ -184,12 +181,12 @@ fn fit_learns_writes_history_and_exportable_checkpoints() {
         assert_eq!(input.shape, vec![2, 1, 64, 101]);
         assert_eq!(output.shape, vec![2, SPECIES]);
         // The stored reference logits are what the saved weights compute.
-        let net =
-            birdclef_train::net::Net::from_checkpoint(&out.join(dir), Device::Cpu).expect("reload");
-        let x = birdclef_train::net::tensor_from(&input.data, &input.shape, Device::Cpu)
+        let net = birdclef_train::model::net::Net::from_checkpoint(&out.join(dir), Device::Cpu)
+            .expect("reload");
+        let x = birdclef_train::model::net::tensor_from(&input.data, &input.shape, Device::Cpu)
             .expect("tensor");
         let y = tch::no_grad(|| net.forward(&x, false));
-        let y = birdclef_train::net::to_vec_f32(&y).expect("vec");
+        let y = birdclef_train::model::net::to_vec_f32(&y).expect("vec");
         let diff = y
             .iter()
             .zip(&output.data)

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use birdclef_models::card::Card;
 use birdclef_models::checkpoint::{read_tensors, write_tensors, Checkpoint, NamedTensor};
 use birdclef_models::nets;
-use birdclef_train::net::{self, Net};
+use birdclef_train::model::net::{self, Net};
 use tch::Device;
 
 fn bin() -> Command {
@@ -139,8 +139,7 @@ fn fresh_init_writes_a_checkpoint_that_reproduces_its_reference() {
 #[test]
 fn sed_head_and_card_labels() {
     let dir = scratch("sed");
-    let mut card: Card =
-        Card::from_json(birdclef_train::init::NVBIRD224_CARD).expect("nvbird card");
+    let mut card: Card = Card::nvbird224();
     card.labels = vec!["asbfly".into(), "ashdro1".into(), "ashpri1".into()];
     let card_path = dir.join("labels.card.json");
     card.save(&card_path).expect("save card");

@@ -15,7 +15,7 @@ use birdclef_models::ir::{Graph, Op};
 use birdclef_models::nets::efficientnet::{efficientnet, EfficientNetConfig};
 use birdclef_models::nets::efficientvit::{efficientvit, EfficientVitConfig};
 use birdclef_models::nets::{self, Head};
-use birdclef_train::net::{self, Net};
+use birdclef_train::model::net::{self, Net};
 use serde_json::Value;
 use tch::Device;
 

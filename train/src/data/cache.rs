@@ -54,9 +54,9 @@ use birdclef_models::audio::{self, TARGET_SAMPLE_RATE};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use super::h5;
 use super::metadata::DataError;
 use super::{AudioStore, Dataset, Segments};
-use crate::h5;
 
 /// Version of the file layout described in the module documentation.
 pub const FORMAT_VERSION: u32 = 1;

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 
-use birdclef_models::synth::Rng;
+use birdclef_models::rng::Rng;
 
 use super::Dataset;
 

@@ -4,7 +4,9 @@
 //! - [`Dataset`]: the label order and one [`Recording`] per row of `train_metadata.csv`;
 //! - [`AudioStore`]: decoded 32 kHz mono audio per recording — the first and the last N seconds
 //!   ([`Segments`]), which is where random 5-s training crops are taken from;
-//! - fold assignment: `Vec<usize>` (fold of each recording).
+//! - fold assignment: `Vec<usize>` (fold of each recording);
+//! - [`soft`]: soft-labelled soundscape windows (pseudo-labels) with their audio;
+//! - [`batch`]: augmented training batches of either kind of sample.
 
 use std::path::PathBuf;
 
@@ -86,6 +88,9 @@ impl AudioStore for MemoryStore {
             .ok_or_else(|| anyhow::anyhow!("no recording {index} in a store of {}", self.0.len()))
     }
 }
+pub mod batch;
 pub mod cache;
 pub mod folds;
+pub mod h5;
 pub mod metadata;
+pub mod soft;

@@ -18,10 +18,7 @@ use birdclef_models::{nets, synth};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::net::{self, ImportReport, Net, NetError};
-
-/// The NVBird 2024 student frontend card, used when `--card` is not given.
-pub const NVBIRD224_CARD: &str = include_str!("../../models/cards/nvbird224.card.json");
+use super::net::{self, ImportReport, Net, NetError};
 
 /// Windows in the reference batch.
 pub const REFERENCE_BATCH: usize = 2;
@@ -126,7 +123,7 @@ pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary, InitError> {
         None => {
             // The reference frontend, standardised per image: raw dB values (mean about -35)
             // condition a network badly, in training and in the export check alike.
-            let mut card = Card::from_json(NVBIRD224_CARD)?;
+            let mut card = Card::nvbird224();
             card.frontend.normalize = birdclef_models::frontend::Normalize::ImageStandard;
             (
                 card,
@@ -297,7 +294,7 @@ pub fn synthetic_windows(
         cfg.sample_rate,
         &species,
         calls,
-        &mut synth::Rng::new(seed),
+        &mut birdclef_models::rng::Rng::new(seed),
     );
     let images = frontend.compute(&audio);
     let shape = images.shape().to_vec();

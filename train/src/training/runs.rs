@@ -9,12 +9,12 @@ use anyhow::{bail, Context, Result};
 use birdclef_models::fsio;
 use tch::Device;
 
+use super::{fit_with, holds_run, FitSummary, FoldRun};
 use crate::config::TrainConfig;
 use crate::data::cache::{load_backgrounds, Cache, CacheOptions};
 use crate::data::folds::assign_folds;
 use crate::data::metadata::{load_dataset, DataOptions};
-use crate::distill::load_pseudo;
-use crate::fit::{fit_with, holds_run, FitSummary, FoldRun};
+use crate::pseudo::load::load_pseudo;
 
 /// Everything a training run needs besides its configuration.
 #[derive(Debug, Clone)]
@@ -316,7 +316,8 @@ mod tests {
         std::fs::write(dir.join("config.toml"), "").expect("config");
         if last {
             std::fs::create_dir_all(dir.join("last")).expect("last");
-            std::fs::write(dir.join("last").join(crate::fit::STATE_JSON), "{}").expect("state");
+            std::fs::write(dir.join("last").join(crate::training::STATE_JSON), "{}")
+                .expect("state");
         }
     }
 
@@ -359,7 +360,7 @@ mod tests {
         };
         assert!(plan_folds(&only2, &cfg("[0, 1, 2]")).is_err());
         // Without --resume a fold that holds a run is refused before any work.
-        std::fs::write(fold_dir(&run, 1).join(crate::fit::HISTORY_CSV), "").expect("history");
+        std::fs::write(fold_dir(&run, 1).join(crate::training::HISTORY_CSV), "").expect("history");
         let fresh = RunOptions::new(Path::new("data"), &run);
         let msg = format!("{:#}", plan_folds(&fresh, &cfg("[1]")).unwrap_err());
         assert!(

@@ -29,9 +29,7 @@
 //! (training from each fold's `last/`, pseudo-labelling from its parts) when its key matches,
 //! and started afresh otherwise.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use birdclef_export::export::{export_checkpoint, ExportOptions};
@@ -39,235 +37,26 @@ use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
 use birdclef_infer::runner::{RunnerConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::score::score;
-use birdclef_models::fsio::{self, write_atomic};
+use birdclef_models::fsio;
 use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
 use birdclef_models::synth::{write_competition, CompetitionSpec};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::config::TrainConfig;
+
+mod config;
+mod stages;
+mod summary;
+
 use crate::pseudo::{pseudo_label, PseudoLabelOptions};
-use crate::runs::{any_fold_started, fold_dir, train_folds, RunOptions};
-
-/// The embedded default: a pipeline on a synthesised competition (`configs/synthetic.pipeline.toml`).
-pub const DEFAULT_CONFIG: &str = include_str!("../../configs/synthetic.pipeline.toml");
-
-/// A pipeline configuration. Relative paths are relative to the file's directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// The competition.
-    pub data: DataSection,
-    /// First-level models.
-    pub teacher: ModelSection,
-    /// Pseudo-labelling of the unlabeled soundscapes.
-    pub pseudo: PseudoSection,
-    /// Students (distilled).
-    pub student: ModelSection,
-    /// Inference on the test soundscapes.
-    pub infer: InferSection,
-    /// What else to train and score for comparison.
-    pub report: ReportSection,
-}
-
-/// `[data]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataSection {
-    /// The competition directory. Default: none (then `synthetic` must be true).
-    pub dir: Option<PathBuf>,
-    /// Synthesise the embedded default competition into `OUT/data` instead. Default false.
-    pub synthetic: bool,
-    /// Test soundscapes, relative to the competition. Default `test_soundscapes`.
-    pub test_soundscapes: PathBuf,
-    /// Their solution (row_id + 0/1 per species). Default `test_solution.csv`.
-    pub test_solution: PathBuf,
-    /// Soundscapes to pseudo-label. Default `unlabeled_soundscapes`.
-    pub unlabeled: PathBuf,
-}
-
-impl Default for DataSection {
-    fn default() -> Self {
-        Self {
-            dir: None,
-            synthetic: false,
-            test_soundscapes: "test_soundscapes".into(),
-            test_solution: "test_solution.csv".into(),
-            unlabeled: "unlabeled_soundscapes".into(),
-        }
-    }
-}
-
-/// `[teacher]` and `[student]`: a training configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelSection {
-    /// A `birdclef-train fit` config file as the base. Default: none (the built-in defaults).
-    pub config: Option<PathBuf>,
-    /// Keys merged over the base, as in a fit config (`[student.train.optim]` …).
-    pub train: toml::Table,
-    /// `key=value` overrides applied last.
-    pub set: Vec<String>,
-}
-
-/// `[pseudo]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PseudoSection {
-    /// Windows per teacher forward pass. Default 64.
-    pub batch_size: usize,
-}
-
-impl Default for PseudoSection {
-    fn default() -> Self {
-        Self { batch_size: 64 }
-    }
-}
-
-/// `[infer]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct InferSection {
-    /// Smoothing kernel over neighbouring windows, e.g. `[0.1, 0.2, 0.4, 0.2, 0.1]`. Default off.
-    pub smooth: Option<Vec<f32>>,
-}
-
-/// `[report]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReportSection {
-    /// Export and score the teacher ensemble on the test soundscapes. Default true.
-    pub teachers: bool,
-    /// Also train students without pseudo-labels (same config, seeds and steps) and score them.
-    /// Default false.
-    pub baseline: bool,
-}
-
-impl Default for ReportSection {
-    fn default() -> Self {
-        Self {
-            teachers: true,
-            baseline: false,
-        }
-    }
-}
-
-impl PipelineConfig {
-    /// Parse a pipeline file's text (and check the values serde cannot).
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
-        cfg.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
-        Ok(cfg)
-    }
-
-    /// Check the values serde cannot, so that a bad one fails before the first stage, not after
-    /// hours of training.
-    pub fn validate(&self) -> Result<()> {
-        if self.pseudo.batch_size == 0 {
-            bail!("[pseudo] batch_size must be at least 1");
-        }
-        Ok(())
-    }
-
-    /// Read a pipeline file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::from_toml(&text, &path.display().to_string())
-    }
-}
-
-/// Merge `over` into `base`, tables recursively, other values replaced.
-fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
-            _ => {
-                base.insert(k.clone(), v.clone());
-            }
-        }
-    }
-}
-
-/// The training configuration a `[teacher]` or `[student]` section describes.
-pub fn resolve_train(section: &ModelSection, base_dir: &Path, what: &str) -> Result<TrainConfig> {
-    let mut table = match &section.config {
-        Some(p) => {
-            let path = base_dir.join(p);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{what}.config {}", path.display()))?;
-            toml::from_str::<toml::Table>(&text)
-                .map_err(|e| anyhow!("{what}.config {}: {e}", path.display()))?
-        }
-        None => toml::Table::new(),
-    };
-    merge_tables(&mut table, &section.train);
-    let text = toml::to_string(&table).map_err(|e| anyhow!("[{what}]: {e}"))?;
-    let mut cfg = TrainConfig::from_toml(&text, &format!("[{what}]"), &section.set)?;
-    for p in [&mut cfg.model.card, &mut cfg.model.init]
-        .into_iter()
-        .flatten()
-    {
-        if p.is_relative() {
-            *p = base_dir.join(&*p);
-        }
-    }
-    Ok(cfg)
-}
-
-/// One row of the summary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageRow {
-    /// Stage name.
-    pub stage: String,
-    /// `ran` or `up to date`.
-    pub status: String,
-    /// Seconds it took when it ran.
-    pub seconds: f64,
-    /// What `value` measures.
-    pub metric: String,
-    /// The stage's number.
-    pub value: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stamp {
-    key: String,
-    seconds: f64,
-    metric: String,
-    value: f64,
-}
-
-fn hash(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    crate::hex(&h.finalize()[..16])
-}
-
-/// Names, sizes and modification times of a directory's files (a cheap content key).
-fn dir_identity(dir: &Path) -> String {
-    let mut lines: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let m = e.metadata().ok()?;
-                    Some(format!(
-                        "{}\t{}\t{}",
-                        e.file_name().to_string_lossy(),
-                        m.len(),
-                        crate::modified_ns(&m)
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    lines.sort();
-    format!("{}\n{}", dir.display(), lines.join("\n"))
-}
+use crate::training::runs::{any_fold_started, fold_dir, train_folds, RunOptions};
+pub use config::{
+    resolve_train, DataSection, InferSection, ModelSection, PipelineConfig, PseudoSection,
+    ReportSection, DEFAULT_CONFIG,
+};
+pub use stages::StageRow;
+use stages::{dir_identity, hash, Runner};
+pub use summary::{by_stage, format_summary, write_summary};
 
 /// Options of [`run_pipeline`] besides the configuration.
 #[derive(Debug, Clone)]
@@ -280,77 +69,6 @@ pub struct PipelineOptions {
     pub device: Device,
     /// ONNX Runtime library (export checks, inference).
     pub ort_lib: Option<PathBuf>,
-}
-
-struct Runner<'a> {
-    opts: &'a PipelineOptions,
-    rows: Vec<StageRow>,
-}
-
-impl Runner<'_> {
-    fn stamp_path(&self, stage: &str, ext: &str) -> PathBuf {
-        self.opts.out.join(".stamps").join(format!("{stage}.{ext}"))
-    }
-
-    /// Run `stage` unless its done-stamp has `key` and `outputs_ok`; `run(resume)` returns
-    /// (metric name, value).
-    fn stage(
-        &mut self,
-        stage: &str,
-        key: &str,
-        outputs_ok: bool,
-        run: impl FnOnce(bool) -> Result<(String, f64)>,
-    ) -> Result<f64> {
-        let done = self.stamp_path(stage, "done");
-        let started = self.stamp_path(stage, "started");
-        let stamp: Option<Stamp> = std::fs::read_to_string(&done)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-        if let Some(s) = stamp.filter(|s| s.key == key && outputs_ok) {
-            eprintln!("pipeline: {stage}: up to date");
-            self.rows.push(StageRow {
-                stage: stage.into(),
-                status: "up to date".into(),
-                seconds: s.seconds,
-                metric: s.metric,
-                value: s.value,
-            });
-            return Ok(s.value);
-        }
-        let _ = std::fs::remove_file(&done);
-        let resume = std::fs::read_to_string(&started).is_ok_and(|k| k.trim() == key);
-        if let Some(dir) = started.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        write_atomic(&started, key.as_bytes())?;
-        eprintln!(
-            "pipeline: {stage}: {}",
-            if resume { "resuming" } else { "running" }
-        );
-        let t0 = Instant::now();
-        let (metric, value) = run(resume).with_context(|| format!("pipeline stage {stage}"))?;
-        let seconds = t0.elapsed().as_secs_f64();
-        let s = Stamp {
-            key: key.into(),
-            seconds,
-            metric: metric.clone(),
-            value,
-        };
-        write_atomic(&done, serde_json::to_string_pretty(&s)?.as_bytes())?;
-        let _ = std::fs::remove_file(&started);
-        eprintln!(
-            "pipeline: {stage}: {metric} = {} ({seconds:.1} s)",
-            fmt_value(value)
-        );
-        self.rows.push(StageRow {
-            stage: stage.into(),
-            status: "ran".into(),
-            seconds,
-            metric,
-            value,
-        });
-        Ok(value)
-    }
 }
 
 /// Check, before any work, that every output the pipeline writes under `out` can be written:
@@ -543,7 +261,7 @@ pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<
     check_outputs(out, &teacher, &student)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut r = Runner {
-        opts,
+        out: opts.out.clone(),
         rows: Vec::new(),
     };
 
@@ -698,51 +416,6 @@ pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<
     }
     write_summary(&out.join("summary.csv"), &r.rows)?;
     Ok(r.rows)
-}
-
-/// Write `summary.csv` atomically.
-pub fn write_summary(path: &Path, rows: &[StageRow]) -> Result<()> {
-    let mut text = String::from("stage,status,seconds,metric,value\n");
-    for row in rows {
-        text.push_str(&format!(
-            "{},{},{:.2},{},{}\n",
-            row.stage, row.status, row.seconds, row.metric, row.value
-        ));
-    }
-    Ok(birdclef_models::fsio::write_atomic(path, text.as_bytes())?)
-}
-
-/// A metric for people: 4 decimals, or 3 significant digits when it is tiny (export differences).
-fn fmt_value(v: f64) -> String {
-    if v != 0.0 && v.abs() < 1e-3 {
-        format!("{v:.2e}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
-/// The summary as an aligned text table.
-pub fn format_summary(rows: &[StageRow]) -> String {
-    let mut out = format!(
-        "{:<14} {:<11} {:>9}  {:<30} {:>10}\n",
-        "stage", "status", "seconds", "metric", "value"
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "{:<14} {:<11} {:>9.1}  {:<30} {:>10}\n",
-            r.stage,
-            r.status,
-            r.seconds,
-            r.metric,
-            fmt_value(r.value)
-        ));
-    }
-    out
-}
-
-/// Summary rows by stage (for tests and callers that want one number).
-pub fn by_stage(rows: &[StageRow]) -> BTreeMap<&str, &StageRow> {
-    rows.iter().map(|r| (r.stage.as_str(), r)).collect()
 }
 
 #[cfg(test)]

@@ -15,12 +15,12 @@
 //! epoch)`, so a batch is the same whatever the thread count or the order the workers ran in.
 
 use birdclef_models::frontend::Frontend;
-use birdclef_models::synth::Rng;
+use birdclef_models::rng::Rng;
 use rayon::prelude::*;
 
+use super::soft::PseudoSet;
+use super::{AudioStore, Dataset};
 use crate::config::{AugmentConfig, LossConfig};
-use crate::data::{AudioStore, Dataset};
-use crate::distill::PseudoSet;
 
 /// One training sample's source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,44 +62,6 @@ pub fn sample_seed(seed: u64, epoch: u64, index: u64) -> u64 {
     let a = r.next_u64();
     let mut r = Rng::new(a ^ index.wrapping_mul(0xA076_1D64_78BD_642F));
     r.next_u64()
-}
-
-/// One sample of Beta(alpha, alpha) (via two Gamma draws, Marsaglia–Tsang).
-fn beta(alpha: f64, rng: &mut Rng) -> f64 {
-    let a = gamma(alpha, rng);
-    let b = gamma(alpha, rng);
-    if a + b > 0.0 {
-        a / (a + b)
-    } else {
-        0.5
-    }
-}
-
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(1e-300);
-    let u2 = rng.uniform();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
-fn gamma(shape: f64, rng: &mut Rng) -> f64 {
-    if shape < 1.0 {
-        // Gamma(a) = Gamma(a + 1) · U^(1/a).
-        let u = rng.uniform().max(1e-300);
-        return gamma(shape + 1.0, rng) * u.powf(1.0 / shape);
-    }
-    let d = shape - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let x = normal(rng);
-        let v = (1.0 + c * x).powi(3);
-        if v <= 0.0 {
-            continue;
-        }
-        let u = rng.uniform();
-        if u.max(1e-300).ln() < 0.5 * x * x + d - d * v + d * v.ln() {
-            return d * v;
-        }
-    }
 }
 
 /// Shift `clip` circularly by a whole number of samples drawn uniformly from
@@ -264,7 +226,7 @@ impl<'a> BatchBuilder<'a> {
             let clip2 = self.clip(other, &mut rng)?;
             let (y2, w2) = self.item_targets(other)?;
             let (a, b) = if self.aug.mixup_alpha > 0.0 {
-                let lam = beta(self.aug.mixup_alpha, &mut rng) as f32;
+                let lam = rng.beta(self.aug.mixup_alpha) as f32;
                 (lam, 1.0 - lam)
             } else {
                 (1.0, 1.0)
@@ -358,6 +320,48 @@ impl<'a> BatchBuilder<'a> {
     }
 }
 
+/// The samples of one epoch when a share of every batch is pseudo-labelled: `steps` batches of
+/// `batch` items, each with `n_pseudo` pseudo-labelled windows after `batch - n_pseudo` labelled
+/// items taken in turn from `labelled` (an epoch's shuffled order). The windows come from
+/// successive random permutations of `0..pseudo_len`, so each is used about equally often.
+pub fn epoch_items(
+    labelled: &[usize],
+    pseudo_len: usize,
+    n_pseudo: usize,
+    batch: usize,
+    steps: usize,
+    rng: &mut Rng,
+) -> Vec<Item> {
+    let n_pseudo = if pseudo_len == 0 {
+        0
+    } else {
+        n_pseudo.min(batch)
+    };
+    let n_lab = batch - n_pseudo;
+    let mut stream: Vec<usize> = Vec::new();
+    let mut next_pseudo = move |rng: &mut Rng| {
+        if stream.is_empty() {
+            stream = (0..pseudo_len).collect();
+            rng.shuffle(&mut stream);
+            stream.reverse();
+        }
+        stream.pop().unwrap_or(0)
+    };
+    let mut items = Vec::with_capacity(steps * batch);
+    let mut lab = labelled.iter().cycle();
+    for _ in 0..steps {
+        for _ in 0..n_lab {
+            if let Some(&r) = lab.next() {
+                items.push(Item::Clip(r));
+            }
+        }
+        for _ in 0..n_pseudo {
+            items.push(Item::Pseudo(next_pseudo(rng)));
+        }
+    }
+    items
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -381,7 +385,7 @@ mod tests {
             ],
         )
         .expect("config");
-        let (fcfg, _) = crate::fit::resolve_frontend(&cfg).expect("frontend");
+        let (fcfg, _) = crate::training::resolve_frontend(&cfg).expect("frontend");
         let rate = fcfg.sample_rate as usize;
         let max = rate / 1000; // 0.001 s
         let n = (cfg.augment.crop_seconds * rate as f64).round() as usize;
@@ -432,5 +436,41 @@ mod tests {
             "every shift in ±{max} is drawn: {seen:?}"
         );
         assert!(seen.first() == Some(&-(max as i64)) && seen.last() == Some(&(max as i64)));
+    }
+
+    #[test]
+    fn every_batch_has_its_share_of_pseudo_labelled_windows() {
+        let labelled: Vec<usize> = (0..40).collect();
+        let mut rng = Rng::new(1);
+        let items = epoch_items(&labelled, 7, 3, 8, 5, &mut rng);
+        assert_eq!(items.len(), 40);
+        let mut uses = [0usize; 7];
+        for b in items.chunks(8) {
+            let p: Vec<usize> = b
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Pseudo(j) => Some(*j),
+                    Item::Clip(_) => None,
+                })
+                .collect();
+            assert_eq!(p.len(), 3, "{b:?}");
+            for j in p {
+                uses[j] += 1;
+            }
+        }
+        // 15 draws over 7 windows from permutations: each used 2 or 3 times.
+        assert!(uses.iter().all(|&u| (2..=3).contains(&u)), "{uses:?}");
+        // The labelled items are the order's first 25, in order.
+        let lab: Vec<usize> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Clip(r) => Some(*r),
+                Item::Pseudo(_) => None,
+            })
+            .collect();
+        assert_eq!(lab, (0..25).collect::<Vec<_>>());
+        // No pseudo-labelled windows: all labelled.
+        let items = epoch_items(&labelled, 0, 3, 8, 5, &mut rng);
+        assert!(items.iter().all(|i| matches!(i, Item::Clip(_))));
     }
 }

@@ -1,0 +1,130 @@
+//! Soft-labelled training windows: soundscape windows with target probabilities (pseudo-labels
+//! made by a teacher ensemble, [`crate::pseudo`]) and the audio they come from. Batches draw
+//! from them as [`Item::Pseudo`](super::batch::Item::Pseudo).
+
+use anyhow::{bail, Context, Result};
+
+use super::AudioStore;
+
+/// A pseudo-labelled window: a stored soundscape and the sample its window starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PseudoWindow {
+    /// Index of the soundscape in the audio store.
+    pub rec: usize,
+    /// First sample (32 kHz).
+    pub start: usize,
+}
+
+/// Pseudo-labelled windows with their soft targets and their audio.
+pub struct PseudoSet {
+    store: Box<dyn AudioStore>,
+    windows: Vec<PseudoWindow>,
+    targets: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+impl std::fmt::Debug for PseudoSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PseudoSet")
+            .field("windows", &self.windows.len())
+            .field("classes", &self.weights.len())
+            .finish()
+    }
+}
+
+impl PseudoSet {
+    /// `targets` is `[windows, classes]`; `weights` (one per class) are the loss weights of
+    /// every pseudo-labelled sample.
+    pub fn new(
+        store: Box<dyn AudioStore>,
+        windows: Vec<PseudoWindow>,
+        targets: Vec<f32>,
+        weights: Vec<f32>,
+    ) -> Result<Self> {
+        if targets.len() != windows.len() * weights.len() {
+            bail!(
+                "{} pseudo-label targets for {} windows of {} classes",
+                targets.len(),
+                windows.len(),
+                weights.len()
+            );
+        }
+        if let Some(w) = windows.iter().find(|w| w.rec >= store.len()) {
+            bail!(
+                "a pseudo-labelled window refers to soundscape {} of {}",
+                w.rec,
+                store.len()
+            );
+        }
+        Ok(Self {
+            store,
+            windows,
+            targets,
+            weights,
+        })
+    }
+
+    /// Number of windows.
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// Soft targets of window `i`.
+    pub fn targets(&self, i: usize) -> &[f32] {
+        let k = self.weights.len();
+        &self.targets[i * k..(i + 1) * k]
+    }
+
+    /// Loss weights of a pseudo-labelled sample, per class.
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// `n` samples of window `i` (zero-padded past the soundscape's end).
+    pub fn audio(&self, i: usize, n: usize) -> Result<Vec<f32>> {
+        let w = self
+            .windows
+            .get(i)
+            .with_context(|| format!("no pseudo-labelled window {i} of {}", self.len()))?;
+        self.store.head_range(w.rec, w.start, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{MemoryStore, Segments};
+
+    #[test]
+    fn windows_read_their_audio_zero_padded() {
+        let store = MemoryStore(vec![Segments {
+            head: (0..10).map(|v| v as f32).collect(),
+            tail: Vec::new(),
+        }]);
+        let set = PseudoSet::new(
+            Box::new(store),
+            vec![
+                PseudoWindow { rec: 0, start: 2 },
+                PseudoWindow { rec: 0, start: 8 },
+            ],
+            vec![0.1, 0.9, 0.5, 0.5],
+            vec![1.0, 0.0],
+        )
+        .expect("set");
+        assert_eq!(set.audio(0, 3).expect("audio"), vec![2.0, 3.0, 4.0]);
+        assert_eq!(set.audio(1, 4).expect("audio"), vec![8.0, 9.0, 0.0, 0.0]);
+        assert_eq!(set.targets(1), &[0.5, 0.5]);
+        assert!(PseudoSet::new(
+            Box::new(MemoryStore::default()),
+            vec![PseudoWindow { rec: 0, start: 0 }],
+            vec![0.0],
+            vec![1.0],
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The pipeline's TOML file: the competition, the teacher and student training configurations,
+//! pseudo-labelling, inference and what to report.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+
+/// The embedded default: a pipeline on a synthesised competition (`configs/synthetic.pipeline.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/synthetic.pipeline.toml");
+
+/// A pipeline configuration. Relative paths are relative to the file's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The competition.
+    pub data: DataSection,
+    /// First-level models.
+    pub teacher: ModelSection,
+    /// Pseudo-labelling of the unlabeled soundscapes.
+    pub pseudo: PseudoSection,
+    /// Students (distilled).
+    pub student: ModelSection,
+    /// Inference on the test soundscapes.
+    pub infer: InferSection,
+    /// What else to train and score for comparison.
+    pub report: ReportSection,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// The competition directory. Default: none (then `synthetic` must be true).
+    pub dir: Option<PathBuf>,
+    /// Synthesise the embedded default competition into `OUT/data` instead. Default false.
+    pub synthetic: bool,
+    /// Test soundscapes, relative to the competition. Default `test_soundscapes`.
+    pub test_soundscapes: PathBuf,
+    /// Their solution (row_id + 0/1 per species). Default `test_solution.csv`.
+    pub test_solution: PathBuf,
+    /// Soundscapes to pseudo-label. Default `unlabeled_soundscapes`.
+    pub unlabeled: PathBuf,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            synthetic: false,
+            test_soundscapes: "test_soundscapes".into(),
+            test_solution: "test_solution.csv".into(),
+            unlabeled: "unlabeled_soundscapes".into(),
+        }
+    }
+}
+
+/// `[teacher]` and `[student]`: a training configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A `birdclef-train fit` config file as the base. Default: none (the built-in defaults).
+    pub config: Option<PathBuf>,
+    /// Keys merged over the base, as in a fit config (`[student.train.optim]` …).
+    pub train: toml::Table,
+    /// `key=value` overrides applied last.
+    pub set: Vec<String>,
+}
+
+/// `[pseudo]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PseudoSection {
+    /// Windows per teacher forward pass. Default 64.
+    pub batch_size: usize,
+}
+
+impl Default for PseudoSection {
+    fn default() -> Self {
+        Self { batch_size: 64 }
+    }
+}
+
+/// `[infer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferSection {
+    /// Smoothing kernel over neighbouring windows, e.g. `[0.1, 0.2, 0.4, 0.2, 0.1]`. Default off.
+    pub smooth: Option<Vec<f32>>,
+}
+
+/// `[report]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportSection {
+    /// Export and score the teacher ensemble on the test soundscapes. Default true.
+    pub teachers: bool,
+    /// Also train students without pseudo-labels (same config, seeds and steps) and score them.
+    /// Default false.
+    pub baseline: bool,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self {
+            teachers: true,
+            baseline: false,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Parse a pipeline file's text (and check the values serde cannot).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
+        cfg.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Check the values serde cannot, so that a bad one fails before the first stage, not after
+    /// hours of training.
+    pub fn validate(&self) -> Result<()> {
+        if self.pseudo.batch_size == 0 {
+            bail!("[pseudo] batch_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Read a pipeline file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+}
+
+/// Merge `over` into `base`, tables recursively, other values replaced.
+fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// The training configuration a `[teacher]` or `[student]` section describes.
+pub fn resolve_train(section: &ModelSection, base_dir: &Path, what: &str) -> Result<TrainConfig> {
+    let mut table = match &section.config {
+        Some(p) => {
+            let path = base_dir.join(p);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{what}.config {}", path.display()))?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| anyhow!("{what}.config {}: {e}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    merge_tables(&mut table, &section.train);
+    let text = toml::to_string(&table).map_err(|e| anyhow!("[{what}]: {e}"))?;
+    let mut cfg = TrainConfig::from_toml(&text, &format!("[{what}]"), &section.set)?;
+    for p in [&mut cfg.model.card, &mut cfg.model.init]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = base_dir.join(&*p);
+        }
+    }
+    Ok(cfg)
+}

@@ -1,0 +1,137 @@
+//! Validation on the held-out fold: the first [`DataConfig::val_max_windows`] 5-s windows of each
+//! held-out recording's head, computed once per run, positives = primary and secondary labels;
+//! scored every epoch with the validation loss, macro ROC-AUC and padded cmAP
+//! ([`birdclef_models::metrics`]).
+//!
+//! [`DataConfig::val_max_windows`]: crate::config::DataConfig::val_max_windows
+
+use anyhow::{anyhow, Result};
+use birdclef_models::frontend::Frontend;
+use birdclef_models::metrics;
+use ndarray::Array2;
+use tch::{Kind, Tensor};
+
+use super::loss;
+use crate::config::LossConfig;
+use crate::data::{AudioStore, Dataset};
+use crate::model::net::{self, Net};
+
+/// Held-out windows: inputs and 0/1 labels.
+#[derive(Debug)]
+pub struct ValSet {
+    x: Vec<f32>,
+    shape: [usize; 3],
+    y: Vec<f32>,
+    /// Number of windows.
+    pub n: usize,
+    k: usize,
+}
+
+/// One epoch's validation numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    /// The training loss (BCE or focal, without label smoothing or masks) averaged over windows
+    /// and classes.
+    pub loss: f64,
+    /// Macro ROC-AUC (NaN when no class has a positive and a negative).
+    pub macro_roc_auc: f64,
+    /// Padded cmAP.
+    pub cmap: f64,
+}
+
+impl ValSet {
+    /// The windows of recordings `val_idx`: at most `max_windows` per recording, at most `cap`
+    /// in all.
+    pub fn build(
+        ds: &Dataset,
+        store: &dyn AudioStore,
+        val_idx: &[usize],
+        frontend: &Frontend,
+        max_windows: usize,
+        cap: Option<usize>,
+    ) -> Result<Self> {
+        let k = ds.labels.len();
+        let shape = frontend.config().input_shape();
+        let per: usize = shape.iter().product();
+        let mut out = Self {
+            x: Vec::new(),
+            shape,
+            y: Vec::new(),
+            n: 0,
+            k,
+        };
+        for &i in val_idx {
+            let seg = store.segments(i)?;
+            let images = frontend.compute(&seg.head);
+            let windows = images.shape()[0].min(max_windows);
+            let r = &ds.recordings[i];
+            let mut row = vec![0.0f32; k];
+            for &s in std::iter::once(&r.primary).chain(&r.secondary) {
+                if s < k {
+                    row[s] = 1.0;
+                }
+            }
+            let flat = images
+                .as_slice()
+                .ok_or_else(|| anyhow!("non-contiguous frontend output"))?;
+            for w in 0..windows {
+                if cap.is_some_and(|c| out.n >= c) {
+                    return Ok(out);
+                }
+                out.x.extend_from_slice(&flat[w * per..(w + 1) * per]);
+                out.y.extend_from_slice(&row);
+                out.n += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Score `net` in eval mode, `batch` windows per forward pass (fp16 autocast with
+    /// `autocast`). The second value says why the ROC-AUC is undefined, when it is.
+    pub fn score(
+        &self,
+        net: &Net,
+        batch: usize,
+        autocast: bool,
+        loss_cfg: &LossConfig,
+    ) -> Result<(Validation, Option<String>)> {
+        let (k, per) = (self.k, self.shape.iter().product::<usize>());
+        let mut probs = Vec::with_capacity(self.n * k);
+        let mut loss_sum = 0.0;
+        let dev = net.device();
+        for start in (0..self.n).step_by(batch.max(1)) {
+            let end = (start + batch).min(self.n);
+            let m = end - start;
+            let x = net::tensor_from(
+                &self.x[start * per..end * per],
+                &[m, self.shape[0], self.shape[1], self.shape[2]],
+                dev,
+            )?;
+            let y = net::tensor_from(&self.y[start * k..end * k], &[m, k], dev)?;
+            let logits = tch::no_grad(|| tch::autocast(autocast, || net.f_forward(&x, false)))?
+                .to_kind(Kind::Float);
+            let w = Tensor::ones_like(&y);
+            loss_sum += loss(&logits, &y, &w, loss_cfg).double_value(&[]) * (m * k) as f64;
+            probs.extend(net::to_vec_f32(&logits.sigmoid())?);
+        }
+        let sol = Array2::from_shape_vec((self.n, k), self.y.clone())?;
+        let sub = Array2::from_shape_vec((self.n, k), probs)?;
+        let mut note = None;
+        let macro_roc_auc = match metrics::macro_roc_auc(sol.view(), sub.view()) {
+            Ok(r) => r.macro_auc,
+            Err(e) => {
+                note = Some(format!("macro ROC-AUC undefined: {e}"));
+                f64::NAN
+            }
+        };
+        let cmap = metrics::padded_cmap(sol.view(), sub.view(), metrics::DEFAULT_PADDING_FACTOR)
+            .map(|r| r.cmap)
+            .unwrap_or(f64::NAN);
+        let validation = Validation {
+            loss: loss_sum / (self.n * k).max(1) as f64,
+            macro_roc_auc,
+            cmap,
+        };
+        Ok((validation, note))
+    }
+}
