@@ -36,9 +36,9 @@ pub struct ModelConfig {
     /// Architecture spec: `efficientvit_b0`, `efficientnet_b0` or `mnasnet_100`, optionally with
     /// `+sed`. Default `efficientvit_b0`.
     pub arch: String,
-    /// Frontend card (JSON) giving the log-mel parameters; default: the built-in nvbird224 card
-    /// with per-image standardisation (as `birdclef-train init`). Relative paths are relative to
-    /// the config file.
+    /// Frontend card (JSON) giving the log-mel parameters; a relative path is relative to the
+    /// config file. Default: the built-in nvbird224 card with per-image standardisation (as
+    /// `birdclef-train init`).
     pub card: Option<PathBuf>,
     /// Start from this checkpoint directory's weights (e.g. one made by `birdclef-train init
     /// --timm-weights`); its architecture and class count must match. Default: fresh weights.
@@ -600,5 +600,78 @@ mod tests {
         for name in ["birdclef-mini.toml", "debug.toml"] {
             TrainConfig::load(&dir.join(name), &[]).expect(name);
         }
+    }
+
+    #[test]
+    fn every_documented_default_is_the_default() {
+        use crate::doc_defaults::{agrees, documented_defaults};
+        let all = toml::Value::try_from(TrainConfig::default()).expect("toml");
+        let sections = [
+            ("ModelConfig", "model"),
+            ("OptimConfig", "optim"),
+            ("LossConfig", "loss"),
+            ("AugmentConfig", "augment"),
+            ("DataConfig", "data"),
+            ("RunConfig", "run"),
+            ("DistillConfig", "distill"),
+        ];
+        let docs = documented_defaults(include_str!("config.rs"));
+        let mut checked = 0;
+        for (st, field, text) in &docs {
+            let Some((_, key)) = sections.iter().find(|(s, _)| s == st) else {
+                continue;
+            };
+            let value = all.get(key).and_then(|t| t.get(field));
+            assert!(
+                agrees(text, value),
+                "{key}.{field}: documented default {text:?}, Default gives {value:?}"
+            );
+            checked += 1;
+        }
+        // Every field of every section has a documented default that was checked.
+        let fields: usize = sections
+            .iter()
+            .map(|(_, key)| {
+                let section = all
+                    .get(key)
+                    .and_then(toml::Value::as_table)
+                    .map_or(0, |t| t.len());
+                let unset = docs
+                    .iter()
+                    .filter(|(s, f, _)| {
+                        sections.iter().any(|(st, k)| st == s && k == key)
+                            && all.get(key).and_then(|t| t.get(f)).is_none()
+                    })
+                    .count();
+                section + unset
+            })
+            .sum();
+        assert_eq!(checked, fields, "{docs:#?}");
+        assert!(checked > 50, "only {checked} defaults found");
+    }
+
+    #[test]
+    fn a_wrong_documented_default_is_noticed() {
+        use crate::doc_defaults::agrees;
+        let v = toml::Value::Float(0.5);
+        assert!(agrees("0.5", Some(&v)));
+        assert!(!agrees("0.25", Some(&v)));
+        assert!(agrees(
+            "[-6, 6]",
+            Some(&toml::Value::Array(vec![
+                toml::Value::Float(-6.0),
+                toml::Value::Float(6.0)
+            ]))
+        ));
+        assert!(!agrees(
+            "[-6, 0]",
+            Some(&toml::Value::Array(vec![
+                toml::Value::Float(-6.0),
+                toml::Value::Float(6.0)
+            ]))
+        ));
+        assert!(agrees("`bce`", Some(&toml::Value::String("bce".into()))));
+        assert!(agrees("none", None));
+        assert!(!agrees("5", None));
     }
 }

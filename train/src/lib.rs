@@ -15,6 +15,8 @@
 
 pub mod config;
 pub mod data;
+#[cfg(test)]
+mod doc_defaults;
 pub mod model;
 pub mod pipeline;
 pub mod pseudo;

@@ -63,9 +63,9 @@ impl Default for DataSection {
 pub struct ModelSection {
     /// A `birdclef-train fit` config file as the base. Default: none (the built-in defaults).
     pub config: Option<PathBuf>,
-    /// Keys merged over the base, as in a fit config (`[student.train.optim]` …).
+    /// Keys merged over the base, as in a fit config (`[student.train.optim]` …). Default: empty.
     pub train: toml::Table,
-    /// `key=value` overrides applied last.
+    /// `key=value` overrides applied last. Default: empty.
     pub set: Vec<String>,
 }
 
@@ -172,4 +172,35 @@ pub fn resolve_train(section: &ModelSection, base_dir: &Path, what: &str) -> Res
         }
     }
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc_defaults::{agrees, documented_defaults};
+
+    #[test]
+    fn every_documented_default_is_the_default() {
+        let all = toml::Value::try_from(PipelineConfig::default()).expect("toml");
+        let sections = [
+            ("DataSection", "data"),
+            ("ModelSection", "teacher"),
+            ("PseudoSection", "pseudo"),
+            ("InferSection", "infer"),
+            ("ReportSection", "report"),
+        ];
+        let mut checked = 0;
+        for (st, field, text) in documented_defaults(include_str!("config.rs")) {
+            let Some((_, key)) = sections.iter().find(|(s, _)| *s == st) else {
+                continue;
+            };
+            let value = all.get(key).and_then(|t| t.get(&field));
+            assert!(
+                agrees(&text, value),
+                "[{key}] {field}: documented default {text:?}, Default gives {value:?}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 12);
+    }
 }
