@@ -78,7 +78,7 @@ interrupted resumes.";
 /// `birdclef-train pipeline` options.
 #[derive(Args, Debug)]
 struct PipelineArgs {
-    /// Pipeline config (TOML); documented in train/src/pipeline.rs [default: the embedded
+    /// Pipeline config (TOML); documented in train/src/pipeline/config.rs [default: the embedded
     /// synthetic competition, configs/synthetic.pipeline.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
