@@ -118,24 +118,19 @@ fn broken_link(path: &Path, cause: &std::io::Error) -> String {
 
 /// Add the audio files under `dir` (links followed, each directory listed once) to `found`.
 fn walk(dir: &Path, found: &mut Discovered, seen: &mut HashSet<(u64, u64)>) {
+    let unlistable = |found: &mut Discovered, e: std::io::Error| {
+        found
+            .unreadable
+            .push((dir.to_path_buf(), format!("cannot list the directory: {e}")));
+    };
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) => {
-            found
-                .unreadable
-                .push((dir.to_path_buf(), format!("cannot list the directory: {e}")));
-            return;
-        }
+        Err(e) => return unlistable(found, e),
     };
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => {
-                found
-                    .unreadable
-                    .push((dir.to_path_buf(), format!("cannot list the directory: {e}")));
-                return;
-            }
+            Err(e) => return unlistable(found, e),
         };
         let path = entry.path();
         // Links are followed; one that leads nowhere is reported, not skipped.
