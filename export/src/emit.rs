@@ -29,7 +29,7 @@
 //! | `Linear` | `Gemm(transB = 1)` |
 //! | `LayerNorm` | `LayerNormalization(axis = -1, epsilon)` |
 //! | `Concat` | `Concat(axis)` |
-//! | `Dropout` | nothing (identity at inference) |
+//! | `Dropout`, `DropPath` | nothing (identity at inference) |
 //! | `LinearAttention` | `Reshape`, `Transpose`, `Slice`, `Relu`, `Pad` (a column of ones on v), `MatMul`, `Add` (eps), `Div`, then `Reshape` back to `[N, C, H, W]` (a constant shape when the card fixes H, W; else `Shape`/`Concat` build it); all fp32 |
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -610,7 +610,7 @@ impl Emitter {
                 let attrs = vec![attr_int("axis", *axis as i64)];
                 self.op(scope, "Concat", inputs, attrs, target)
             }
-            Op::Dropout { .. } => match target {
+            Op::Dropout { .. } | Op::DropPath { .. } => match target {
                 // The graph output must be a node output: keep the name with an Identity.
                 Some(t) => self.op(scope, "Identity", vec![x], vec![], Some(t)),
                 None => x,

@@ -183,3 +183,20 @@ fn every_architecture_spec_emits_checks_and_runs() {
         }
     }
 }
+
+#[test]
+fn stochastic_depth_leaves_the_exported_model_unchanged() {
+    for name in ARCHITECTURES {
+        let plain = nets::build_spec(name, 1, 3).expect("plain");
+        let deep = nets::build_spec_with(name, 1, 3, 0.3).expect("drop path");
+        assert_ne!(
+            plain.nodes.len(),
+            deep.nodes.len(),
+            "{name}: DropPath nodes"
+        );
+        let w = weights(&plain);
+        let a = emit(&plain, &w, None).expect("plain emits");
+        let b = emit(&deep, &w, None).expect("drop path emits");
+        assert_eq!(a, b, "{name}: the ONNX bytes differ");
+    }
+}

@@ -216,6 +216,12 @@ pub enum Op {
         /// Added to the normaliser.
         eps: f64,
     },
+    /// Stochastic depth on a residual branch: in training each sample's value is zeroed with
+    /// probability `p` and the others scaled by `1 / (1 - p)`; identity in eval and in ONNX.
+    DropPath {
+        /// Drop probability of a sample.
+        p: f64,
+    },
     /// Dropout with probability `p` in training; identity in eval and in ONNX.
     Dropout {
         /// Drop probability.
@@ -430,7 +436,8 @@ impl Graph {
                 | Op::ReduceSum { .. }
                 | Op::Flatten
                 | Op::Concat { .. }
-                | Op::Dropout { .. } => stack.extend(node.inputs.iter().copied()),
+                | Op::Dropout { .. }
+                | Op::DropPath { .. } => stack.extend(node.inputs.iter().copied()),
                 Op::BatchNorm { .. }
                 | Op::LayerNorm { .. }
                 | Op::GlobalAvgPool
@@ -470,6 +477,7 @@ impl Op {
             Op::Concat { .. } => "Concat",
             Op::LinearAttention { .. } => "LinearAttention",
             Op::Dropout { .. } => "Dropout",
+            Op::DropPath { .. } => "DropPath",
         }
     }
 
@@ -562,7 +570,7 @@ impl Op {
                 same("channels", x[1], numel(*weight)?)?;
                 Ok(x.to_vec())
             }
-            Op::Act(_) | Op::Dropout { .. } => {
+            Op::Act(_) | Op::Dropout { .. } | Op::DropPath { .. } => {
                 arity(1)?;
                 Ok(ins[0].to_vec())
             }
@@ -742,6 +750,9 @@ pub struct GraphBuilder {
     error: Option<String>,
     /// The first node that cannot take its inputs: index, name, why.
     shape_error: Option<(usize, String, String)>,
+    /// Largest stochastic-depth rate, and the DropPath nodes whose rate `finish` sets.
+    drop_path_rate: f64,
+    drop_paths: Vec<usize>,
 }
 
 /// How a builder initialises conv and linear weights when training from scratch.
@@ -780,6 +791,8 @@ impl GraphBuilder {
             init: InitScheme::Torch,
             error: None,
             shape_error: None,
+            drop_path_rate: 0.0,
+            drop_paths: Vec::new(),
         }
     }
 
@@ -1117,6 +1130,36 @@ impl GraphBuilder {
         self.node(scope, Op::LinearAttention { dim, eps }, vec![x])
     }
 
+    /// `branch + shortcut`, a residual connection: with stochastic depth on
+    /// ([`with_drop_path`](Self::with_drop_path)), the branch first goes through a
+    /// [`Op::DropPath`] whose rate rises linearly with the residual's depth in the network.
+    pub fn residual(&mut self, scope: &str, branch: ValueId, shortcut: ValueId) -> ValueId {
+        let branch = if self.drop_path_rate > 0.0 {
+            let v = self.node(
+                &format!("{scope}.drop_path"),
+                Op::DropPath { p: 0.0 },
+                vec![branch],
+            );
+            self.drop_paths.push(v - 1);
+            v
+        } else {
+            branch
+        };
+        self.add(scope, branch, shortcut)
+    }
+
+    /// Stochastic depth of rate `rate` on every [`residual`](Self::residual) added from now on:
+    /// the `i`-th of `n` residual branches is dropped with probability `rate * (i + 1) / n`
+    /// (timm's linear rule), set by [`finish`](Self::finish). 0 adds no node at all, so the
+    /// graph (and its ONNX export) is the plain one.
+    pub fn with_drop_path(mut self, rate: f64) -> Self {
+        if !(0.0..1.0).contains(&rate) {
+            self.fail(format!("drop path rate {rate} is not in [0, 1)"));
+        }
+        self.drop_path_rate = rate;
+        self
+    }
+
     /// Dropout (identity at inference).
     pub fn dropout(&mut self, scope: &str, x: ValueId, p: f64) -> ValueId {
         self.node(scope, Op::Dropout { p }, vec![x])
@@ -1137,6 +1180,11 @@ impl GraphBuilder {
                 node,
                 reason,
             });
+        }
+        let n = self.drop_paths.len();
+        for (i, &node) in self.drop_paths.iter().enumerate() {
+            let p = self.drop_path_rate * (i + 1) as f64 / n as f64;
+            self.graph.nodes[node].op = Op::DropPath { p };
         }
         self.graph.output = output;
         self.graph.validate()?;

@@ -14,7 +14,7 @@ use birdclef_models::checkpoint::{read_tensors, NamedTensor};
 use birdclef_models::ir::{Graph, Op};
 use birdclef_models::nets::efficientnet::{efficientnet, EfficientNetConfig};
 use birdclef_models::nets::efficientvit::{efficientvit, EfficientVitConfig};
-use birdclef_models::nets::{self, Head};
+use birdclef_models::nets::{self, ArchOptions, Head};
 use birdclef_train::model::net::{self, Net};
 use serde_json::Value;
 use tch::Device;
@@ -61,11 +61,18 @@ fn small_graph(case: &str, json: &Value, in_chans: usize) -> Graph {
             head_widths: arr(&kw["head_widths"]),
             dropout: kw["drop_rate"].as_f64().unwrap_or(0.0),
         };
-        efficientvit("efficientvit_b0", &cfg, in_chans, classes, Head::Classifier).expect("graph")
+        efficientvit(
+            "efficientvit_b0",
+            &cfg,
+            in_chans,
+            classes,
+            &ArchOptions::default(),
+        )
+        .expect("graph")
     } else {
         let cfg = efficientnet_config(kw);
         let variant = kw["variant"].as_str().expect("variant");
-        efficientnet(variant, &cfg, in_chans, classes, Head::Classifier).expect("graph")
+        efficientnet(variant, &cfg, in_chans, classes, &ArchOptions::default()).expect("graph")
     }
 }
 
@@ -339,7 +346,17 @@ fn import_into_sed_head_ignores_the_reference_head() {
     let case = "efficientnet_b0_small";
     let json = case_json(&dir, case);
     let cfg = efficientnet_config(&json["kwargs"]);
-    let graph = efficientnet("efficientnet_b0", &cfg, 1, 7, Head::Sed).expect("graph");
+    let graph = efficientnet(
+        "efficientnet_b0",
+        &cfg,
+        1,
+        7,
+        &ArchOptions {
+            head: Head::Sed,
+            ..ArchOptions::default()
+        },
+    )
+    .expect("graph");
     let mut model = Net::new(graph, Device::Cpu, 0).expect("net");
     let report = model
         .import_timm(&dir.join(format!("{case}.weights.safetensors")))

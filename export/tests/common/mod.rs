@@ -12,7 +12,7 @@ use birdclef_models::frontend::FrontendConfig;
 use birdclef_models::ir::Graph;
 use birdclef_models::nets::efficientnet::{efficientnet, EfficientNetConfig};
 use birdclef_models::nets::efficientvit::{efficientvit, EfficientVitConfig};
-use birdclef_models::nets::Head;
+use birdclef_models::nets::ArchOptions;
 use serde_json::Value;
 
 /// The workspace root.
@@ -129,7 +129,13 @@ impl Case {
             if d.len() == 5 {
                 cfg.depths.copy_from_slice(&d);
             }
-            efficientvit("efficientvit_b0", &cfg, chans, classes, Head::Classifier)
+            efficientvit(
+                "efficientvit_b0",
+                &cfg,
+                chans,
+                classes,
+                &ArchOptions::default(),
+            )
         } else {
             let (base, name) = if n.starts_with("mnasnet_100") {
                 (EfficientNetConfig::mnasnet_100(), "mnasnet_100")
@@ -141,7 +147,7 @@ impl Case {
                 depth_multiplier: self.kwarg_f64("depth_multiplier").unwrap_or(1.0),
                 ..base
             };
-            efficientnet(name, &cfg, chans, classes, Head::Classifier)
+            efficientnet(name, &cfg, chans, classes, &ArchOptions::default())
         };
         built.unwrap_or_else(|e| panic!("{n}: {e}"))
     }

@@ -14,7 +14,7 @@
 //! Channels are scaled by a width multiplier and rounded to multiples of 8; repeats by a depth
 //! multiplier (rounded up), as timm does.
 
-use super::{ArchError, Head};
+use super::{ArchError, ArchOptions, Head};
 use crate::ir::{Activation, Graph, GraphBuilder, InitScheme, ValueId};
 
 /// One stage of blocks.
@@ -222,7 +222,7 @@ pub fn efficientnet(
     cfg: &EfficientNetConfig,
     in_chans: usize,
     num_classes: usize,
-    head: Head,
+    opts: &ArchOptions,
 ) -> Result<Graph, ArchError> {
     let defs = cfg
         .stages
@@ -231,7 +231,9 @@ pub fn efficientnet(
         .collect::<Result<Vec<_>, _>>()?;
     let act = cfg.act;
     // timm initialises this family with _init_weight_goog.
-    let mut b = GraphBuilder::new(name, in_chans).with_init(InitScheme::Goog);
+    let mut b = GraphBuilder::new(name, in_chans)
+        .with_init(InitScheme::Goog)
+        .with_drop_path(opts.drop_path_rate);
     let x = b.input();
     let stem = cfg.round_channels(cfg.stem);
     let x = b.conv("conv_stem", x, stem, 3, 2, 1, false);
@@ -285,7 +287,7 @@ pub fn efficientnet(
                 bn_act(&mut b, &format!("{scope}.bn2"), y, cfg.bn_eps, None)
             };
             x = if def.skip && stride == 1 && cin == out {
-                b.add(&scope, y, x)
+                b.residual(&scope, y, x)
             } else {
                 y
             };
@@ -298,7 +300,7 @@ pub fn efficientnet(
     };
     let x = b.conv("conv_head", x, features, 1, 1, 1, false);
     let x = bn_act(&mut b, "bn2", x, cfg.bn_eps, Some(act));
-    let out = match head {
+    let out = match opts.head {
         Head::Classifier => {
             let x = b.global_avg_pool(x);
             let x = b.dropout("classifier.dropout", x, cfg.dropout);

@@ -11,7 +11,7 @@
 //! head (1×1 conv, global average pool, Linear–LayerNorm–Hardswish, Linear). The last two stages
 //! use "fewer norm" MBConvs (biased convs without BatchNorm, BatchNorm only after the projection).
 
-use super::{ArchError, Head};
+use super::{ArchError, ArchOptions, Head};
 use crate::ir::{Activation, ConvSpec, Graph, GraphBuilder, ValueId};
 
 const ACT: Activation = Activation::Hardswish;
@@ -151,15 +151,15 @@ pub fn efficientvit(
     cfg: &EfficientVitConfig,
     in_chans: usize,
     num_classes: usize,
-    head: Head,
+    opts: &ArchOptions,
 ) -> Result<Graph, ArchError> {
-    let mut b = GraphBuilder::new(name, in_chans);
+    let mut b = GraphBuilder::new(name, in_chans).with_drop_path(opts.drop_path_rate);
     let x = b.input();
     let w = cfg.widths;
     let mut x = b.conv_bn_act("stem.in_conv", x, w[0], 3, 2, 1, Some(ACT));
     for r in 0..cfg.depths[0] {
         let y = dsconv(&mut b, &format!("stem.res{r}.main"), x, w[0]);
-        x = b.add(&format!("stem.res{r}"), y, x);
+        x = b.residual(&format!("stem.res{r}"), y, x);
     }
     for stage in 0..4 {
         let (width, depth) = (w[stage + 1], cfg.depths[stage + 1]);
@@ -182,7 +182,7 @@ pub fn efficientvit(
                     x,
                     cfg.head_dim,
                 );
-                x = b.add(&format!("{s}.{blk}.context_module"), y, x);
+                x = b.residual(&format!("{s}.{blk}.context_module"), y, x);
                 let y = mbconv(
                     &mut b,
                     &format!("{s}.{blk}.local_module.main"),
@@ -192,7 +192,7 @@ pub fn efficientvit(
                     cfg.expand_ratio,
                     true,
                 );
-                x = b.add(&format!("{s}.{blk}.local_module"), y, x);
+                x = b.residual(&format!("{s}.{blk}.local_module"), y, x);
             }
         } else {
             for blk in 1..depth {
@@ -205,12 +205,12 @@ pub fn efficientvit(
                     cfg.expand_ratio,
                     false,
                 );
-                x = b.add(&format!("{s}.{blk}"), y, x);
+                x = b.residual(&format!("{s}.{blk}"), y, x);
             }
         }
     }
     let x = b.conv_bn_act("head.in_conv", x, cfg.head_widths[0], 1, 1, 1, Some(ACT));
-    let out = match head {
+    let out = match opts.head {
         Head::Classifier => {
             let x = b.global_avg_pool(x);
             let x = b.linear("head.classifier.0", x, cfg.head_widths[1], false);

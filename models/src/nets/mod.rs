@@ -90,12 +90,41 @@ pub fn replaced_head_params(graph: &Graph) -> std::collections::HashSet<String> 
         .collect()
 }
 
+/// How to build an architecture, besides its name and sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ArchOptions {
+    /// The network's top.
+    pub head: Head,
+    /// Stochastic depth on every residual branch, rising linearly to this rate (0: none, and no
+    /// node for it in the graph). Training only: parameters, eval outputs and exported ONNX are
+    /// the same as without.
+    pub drop_path_rate: f64,
+}
+
 /// Build a named architecture for `in_chans` input channels and `num_classes` outputs.
 pub fn build(
     name: &str,
     in_chans: usize,
     num_classes: usize,
     head: Head,
+) -> Result<Graph, ArchError> {
+    build_with(
+        name,
+        in_chans,
+        num_classes,
+        &ArchOptions {
+            head,
+            ..ArchOptions::default()
+        },
+    )
+}
+
+/// [`build`] with all the options.
+pub fn build_with(
+    name: &str,
+    in_chans: usize,
+    num_classes: usize,
+    opts: &ArchOptions,
 ) -> Result<Graph, ArchError> {
     if in_chans == 0 || num_classes == 0 {
         return Err(ArchError::Size {
@@ -110,21 +139,21 @@ pub fn build(
             &efficientvit::EfficientVitConfig::b0(),
             in_chans,
             num_classes,
-            head,
+            opts,
         ),
         "efficientnet_b0" => efficientnet::efficientnet(
             name,
             &efficientnet::EfficientNetConfig::b0(),
             in_chans,
             num_classes,
-            head,
+            opts,
         ),
         "mnasnet_100" => efficientnet::efficientnet(
             name,
             &efficientnet::EfficientNetConfig::mnasnet_100(),
             in_chans,
             num_classes,
-            head,
+            opts,
         ),
         other => Err(ArchError::Unknown {
             name: other.to_string(),
@@ -135,8 +164,26 @@ pub fn build(
 /// Build from an architecture spec as stored in model cards: a name from [`ARCHITECTURES`],
 /// optionally followed by `+sed` for the SED head (e.g. `efficientnet_b0+sed`).
 pub fn build_spec(spec: &str, in_chans: usize, num_classes: usize) -> Result<Graph, ArchError> {
+    build_spec_with(spec, in_chans, num_classes, 0.0)
+}
+
+/// [`build_spec`] with stochastic depth ([`ArchOptions::drop_path_rate`]).
+pub fn build_spec_with(
+    spec: &str,
+    in_chans: usize,
+    num_classes: usize,
+    drop_path_rate: f64,
+) -> Result<Graph, ArchError> {
     let (name, head) = parse_spec(spec)?;
-    build(name, in_chans, num_classes, head)
+    build_with(
+        name,
+        in_chans,
+        num_classes,
+        &ArchOptions {
+            head,
+            drop_path_rate,
+        },
+    )
 }
 
 /// Split an architecture spec into its name and head.
@@ -202,6 +249,38 @@ mod tests {
         assert!(build_spec("mnasnet_100+crnn", 3, 5).is_err());
         assert_eq!(spec_string("mnasnet_100", Head::Sed), "mnasnet_100+sed");
         assert!(build("efficientvit_b0", 1, 0, Head::Classifier).is_err());
+    }
+
+    #[test]
+    fn stochastic_depth_adds_nodes_but_no_parameters() {
+        for name in ARCHITECTURES {
+            let plain = build_spec(name, 1, 5).expect("plain");
+            let deep = build_spec_with(name, 1, 5, 0.2).expect("drop path");
+            assert_eq!(plain.params, deep.params, "{name}");
+            assert!(plain
+                .nodes
+                .iter()
+                .all(|n| !matches!(n.op, crate::ir::Op::DropPath { .. })));
+            let rates: Vec<f64> = deep
+                .nodes
+                .iter()
+                .filter_map(|n| match n.op {
+                    crate::ir::Op::DropPath { p } => Some(p),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                rates.len() >= 5,
+                "{name}: {} residual branches",
+                rates.len()
+            );
+            assert!(rates.windows(2).all(|w| w[0] < w[1]), "{name}: {rates:?}");
+            assert!(
+                (rates[rates.len() - 1] - 0.2).abs() < 1e-12,
+                "{name}: {rates:?}"
+            );
+        }
+        assert!(build_spec_with("mnasnet_100", 1, 5, 1.0).is_err());
     }
 
     #[test]

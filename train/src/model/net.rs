@@ -419,6 +419,13 @@ impl Net {
                     Ok(x.shallow_clone())
                 }
             }
+            Op::DropPath { p } => {
+                if mode == Mode::Train && *p > 0.0 {
+                    drop_path(x, *p)
+                } else {
+                    Ok(x.shallow_clone())
+                }
+            }
         }
     }
 
@@ -615,6 +622,17 @@ fn linear_attention(x: &Tensor, dim: i64, eps: f64) -> Result<Tensor, TchError> 
     out.f_to_kind(kind)?
         .f_transpose(-1, -2)?
         .f_reshape([n, c / 3, h, w])
+}
+
+/// Stochastic depth: each sample of `x` zeroed with probability `p`, the others scaled by
+/// `1 / (1 - p)` (one Bernoulli draw per sample from libtorch's generator).
+fn drop_path(x: &Tensor, p: f64) -> Result<Tensor, TchError> {
+    let mut shape = vec![1i64; x.dim()];
+    shape[0] = x.size()[0];
+    let keep = Tensor::f_rand(shape.as_slice(), (Kind::Float, x.device()))?
+        .f_ge(p)?
+        .f_to_kind(x.kind())?;
+    x.f_mul(&keep)?.f_div_scalar(1.0 - p)
 }
 
 /// timm's `adapt_input_conv` for a weight `[O, 3, kh, kw]` and a graph that needs `[O, C, kh, kw]`:
@@ -972,5 +990,40 @@ mod tests {
                 .collect();
             assert_eq!(names, want, "{spec}");
         }
+    }
+
+    #[test]
+    fn stochastic_depth_acts_only_in_training() {
+        for name in birdclef_models::nets::ARCHITECTURES {
+            let plain = birdclef_models::nets::build_spec(name, 1, 3).expect("plain");
+            let deep = birdclef_models::nets::build_spec_with(name, 1, 3, 0.5).expect("deep");
+            let a = Net::new(plain, Device::Cpu, 4).expect("net");
+            let b = Net::new(deep, Device::Cpu, 4).expect("net");
+            let x = input(&[4, 1, 32, 48], 3);
+            let (ea, eb) = tch::no_grad(|| (a.forward(&x, false), b.forward(&x, false)));
+            assert_eq!(max_diff(&ea, &eb), 0.0, "{name}: eval outputs differ");
+            tch::manual_seed(11);
+            let ta = tch::no_grad(|| a.forward(&x, true));
+            tch::manual_seed(11);
+            let tb = tch::no_grad(|| b.forward(&x, true));
+            assert!(max_diff(&ta, &tb) > 1e-4, "{name}: training outputs equal");
+        }
+        // One sample dropped whole, the others scaled by 1 / (1 - p).
+        let x = Tensor::ones([64, 2, 3, 3], (Kind::Float, Device::Cpu));
+        tch::manual_seed(5);
+        let y = drop_path(&x, 0.25).expect("drop path");
+        let per: Vec<f32> =
+            Vec::try_from(&y.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float))
+                .expect("sums");
+        assert!(
+            per.iter()
+                .all(|&s| s == 0.0 || (s - 18.0 / 0.75).abs() < 1e-4),
+            "{per:?}"
+        );
+        let dropped = per.iter().filter(|&&s| s == 0.0).count();
+        assert!(
+            (4..=28).contains(&dropped),
+            "{dropped} of 64 dropped at p = 0.25"
+        );
     }
 }
