@@ -57,7 +57,8 @@ pub const INPUT: &str = "input";
 pub const OUTPUT: &str = "logits";
 
 /// Why a graph could not be emitted or a model's metadata not read.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EmitError {
     /// The graph breaks the IR's rules.
     #[error(transparent)]
@@ -92,9 +93,12 @@ pub enum EmitError {
         /// What differs.
         reason: String,
     },
-    /// Bytes that are not an ONNX model, or metadata that cannot be read back.
-    #[error("{0}")]
-    Model(String),
+    /// Bytes that are not an ONNX model.
+    #[error("not an ONNX model")]
+    NotOnnx(#[source] prost::DecodeError),
+    /// The model card in the metadata cannot be read back.
+    #[error("metadata_props[{ONNX_CARD_KEY:?}]")]
+    CardMetadata(#[source] Box<birdclef_models::card::CardError>),
 }
 
 /// Emit `graph` with `weights` (exactly the graph's parameters, by name and shape) as an ONNX
@@ -239,7 +243,7 @@ pub fn emit(
 
 /// Decode ONNX bytes.
 pub fn decode(bytes: &[u8]) -> Result<ModelProto, EmitError> {
-    ModelProto::decode(bytes).map_err(|e| EmitError::Model(format!("not an ONNX model: {e}")))
+    ModelProto::decode(bytes).map_err(EmitError::NotOnnx)
 }
 
 /// The value of `metadata_props[key]`, if present.
@@ -257,7 +261,7 @@ pub fn read_card(model: &ModelProto) -> Result<Option<Card>, EmitError> {
         None => Ok(None),
         Some(json) => Card::from_json(json)
             .map(Some)
-            .map_err(|e| EmitError::Model(format!("metadata_props[{ONNX_CARD_KEY:?}]: {e}"))),
+            .map_err(|e| EmitError::CardMetadata(Box::new(e))),
     }
 }
 

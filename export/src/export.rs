@@ -70,11 +70,12 @@ pub enum ExportError {
         dir: PathBuf,
     },
     /// The checkpoint cannot be read (card, weights, architecture).
-    #[error("checkpoint {dir}: {cause}")]
+    #[error("checkpoint {dir}")]
     Checkpoint {
         /// The checkpoint directory.
         dir: PathBuf,
         /// The cause, naming the file.
+        #[source]
         cause: CheckpointError,
     },
     /// The reference batch is unusable.
@@ -86,19 +87,21 @@ pub enum ExportError {
         reason: String,
     },
     /// The graph could not be emitted.
-    #[error("checkpoint {dir}: cannot write ONNX: {cause}")]
+    #[error("checkpoint {dir}: cannot write ONNX")]
     Emit {
         /// The checkpoint directory.
         dir: PathBuf,
         /// The cause.
+        #[source]
         cause: EmitError,
     },
     /// ONNX Runtime could not be loaded or refused the model.
-    #[error("checkpoint {dir}: {cause}")]
+    #[error("checkpoint {dir}")]
     Run {
         /// The checkpoint directory.
         dir: PathBuf,
         /// The cause.
+        #[source]
         cause: RunError,
     },
     /// The exported model does not reproduce the reference output.
@@ -129,26 +132,62 @@ pub enum ExportError {
         want: f32,
     },
     /// Writing or renaming the file failed.
-    #[error("checkpoint {dir}: {path}: {cause}")]
+    #[error("checkpoint {dir}: {path}")]
     Io {
         /// The checkpoint directory.
         dir: PathBuf,
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// The output file cannot be written (a directory, a missing directory, an input).
-    #[error("checkpoint {dir}: {cause}")]
+    #[error("checkpoint {dir}")]
     Output {
         /// The checkpoint directory.
         dir: PathBuf,
         /// The cause, naming the output.
+        #[source]
         cause: birdclef_models::fsio::OutputError,
     },
-    /// The command itself is inconsistent (e.g. two checkpoints would write the same file).
-    #[error("{0}")]
-    Usage(String),
+    /// A run directory ([`checkpoints_in_run`]) cannot be listed.
+    #[error("run directory {dir}")]
+    RunDirectory {
+        /// The run directory.
+        dir: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// A run directory holds no checkpoint.
+    #[error(
+        "run directory {dir}: no subdirectory holds a {CARD_FILE} (expected one checkpoint \
+         directory per fold, e.g. {dir}/fold0/{CARD_FILE} or fold0/best/{CARD_FILE})"
+    )]
+    NoCheckpoints {
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// No output file name can be made from a checkpoint path ([`output_path`]).
+    #[error("{checkpoint}: cannot name an output after this checkpoint path")]
+    Unnamed {
+        /// The checkpoint path.
+        checkpoint: PathBuf,
+    },
+    /// Two checkpoints would be written to the same file ([`plan_outputs`]).
+    #[error(
+        "checkpoints {first} and {second} would both be written to {out}; export them into \
+         different --out-dir directories"
+    )]
+    SameOutput {
+        /// The first checkpoint.
+        first: PathBuf,
+        /// The other one.
+        second: PathBuf,
+        /// The file both would write.
+        out: PathBuf,
+    },
 }
 
 /// The largest `|a − b| / max(1, |b|)` and where; NaN anywhere counts as infinite.
@@ -341,11 +380,8 @@ pub fn output_path(checkpoint: &Path, out_dir: &Path) -> Result<PathBuf, ExportE
         [.., last] => Some(last.clone()),
         [] => None,
     }
-    .ok_or_else(|| {
-        ExportError::Usage(format!(
-            "{}: cannot name an output after this checkpoint path",
-            checkpoint.display()
-        ))
+    .ok_or_else(|| ExportError::Unnamed {
+        checkpoint: checkpoint.to_path_buf(),
     })?;
     Ok(out_dir.join(format!("{name}.onnx")))
 }
@@ -353,8 +389,9 @@ pub fn output_path(checkpoint: &Path, out_dir: &Path) -> Result<PathBuf, ExportE
 /// The checkpoints of a run, sorted: each subdirectory of `run_dir` that holds a `card.json`, or
 /// whose `best/` does (the layout `birdclef-train fit` writes: `<run>/fold<N>/best`).
 pub fn checkpoints_in_run(run_dir: &Path) -> Result<Vec<PathBuf>, ExportError> {
-    let entries = std::fs::read_dir(run_dir).map_err(|cause| {
-        ExportError::Usage(format!("run directory {}: {cause}", run_dir.display()))
+    let entries = std::fs::read_dir(run_dir).map_err(|cause| ExportError::RunDirectory {
+        dir: run_dir.to_path_buf(),
+        cause,
     })?;
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -370,12 +407,9 @@ pub fn checkpoints_in_run(run_dir: &Path) -> Result<Vec<PathBuf>, ExportError> {
         .collect();
     dirs.sort();
     if dirs.is_empty() {
-        return Err(ExportError::Usage(format!(
-            "run directory {}: no subdirectory holds a {CARD_FILE} (expected one checkpoint \
-             directory per fold, e.g. {}/fold0/{CARD_FILE} or fold0/best/{CARD_FILE})",
-            run_dir.display(),
-            run_dir.display()
-        )));
+        return Err(ExportError::NoCheckpoints {
+            dir: run_dir.to_path_buf(),
+        });
     }
     Ok(dirs)
 }
@@ -390,13 +424,11 @@ pub fn plan_outputs(
     for c in checkpoints {
         let out = output_path(c, out_dir)?;
         if let Some((other, _)) = plan.iter().find(|(_, o)| *o == out) {
-            return Err(ExportError::Usage(format!(
-                "checkpoints {} and {} would both be written to {}; export them into \
-                 different --out-dir directories",
-                other.display(),
-                c.display(),
-                out.display()
-            )));
+            return Err(ExportError::SameOutput {
+                first: other.clone(),
+                second: c.clone(),
+                out,
+            });
         }
         plan.push((c.clone(), out));
     }

@@ -102,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(done) => println!("{}", report(&done)),
             Err(e) if total == 1 => return Err(e.into()),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {:#}", anyhow::Error::from(e));
                 failed += 1;
             }
         }

@@ -7,7 +7,8 @@
 
 use std::path::Path;
 
-use birdclef_infer::session::{build_session, run_f32, ModelSource};
+use birdclef_infer::ort_env::OrtError;
+use birdclef_infer::session::{build_session, run_f32, ModelSource, SessionError};
 use birdclef_models::checkpoint::NamedTensor;
 use ort::session::Session;
 
@@ -15,25 +16,28 @@ use crate::emit::{INPUT, OUTPUT};
 
 /// Why a model could not be run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunError {
-    /// ONNX Runtime could not be found or loaded (the message lists where it looked).
-    #[error("{0}")]
-    Runtime(String),
+    /// ONNX Runtime could not be found or loaded (the error lists where it looked).
+    #[error(transparent)]
+    Runtime(#[from] OrtError),
     /// ONNX Runtime refused the model.
-    #[error("ONNX Runtime cannot load {origin}: {message}")]
+    #[error("ONNX Runtime cannot load {origin}")]
     Load {
         /// The file, or `<memory>`.
         origin: String,
-        /// ONNX Runtime's message.
-        message: String,
+        /// ONNX Runtime's error (boxed: it is large, and rare).
+        #[source]
+        cause: Box<SessionError>,
     },
     /// The run failed or gave something other than one float tensor.
-    #[error("running {origin} in ONNX Runtime failed: {message}")]
+    #[error("running {origin} in ONNX Runtime failed")]
     Run {
         /// The file, or `<memory>`.
         origin: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (boxed: it is large, and rare).
+        #[source]
+        cause: Box<SessionError>,
     },
 }
 
@@ -57,11 +61,11 @@ impl OrtModel {
         origin: String,
         ort_lib: Option<&Path>,
     ) -> Result<Self, RunError> {
-        birdclef_infer::ort_env::init(ort_lib).map_err(|e| RunError::Runtime(format!("{e:#}")))?;
+        birdclef_infer::ort_env::init(ort_lib)?;
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let session = build_session(source, threads).map_err(|e| RunError::Load {
             origin: origin.clone(),
-            message: e.to_string(),
+            cause: Box::new(e),
         })?;
         Ok(Self { session, origin })
     }
@@ -89,7 +93,7 @@ impl OrtModel {
         )
         .map_err(|e| RunError::Run {
             origin: self.origin.clone(),
-            message: e.to_string(),
+            cause: Box::new(e),
         })?;
         Ok(NamedTensor {
             name: OUTPUT.to_string(),

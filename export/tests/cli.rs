@@ -432,6 +432,20 @@ fn folds_mode_exports_every_checkpoint_of_a_run() {
     );
     assert!(stderr.contains("1 of 3 checkpoints failed"), "{stderr}");
     assert_eq!(listing(&d), ["fold0.onnx", "fold2.onnx"]);
+
+    // A fold that cannot be read: among the others, its error still says which file and why.
+    std::fs::remove_file(run_dir.join("fold2/weights.safetensors")).expect("remove weights");
+    let d = t.path().join("one-unreadable");
+    let o = run(&[&"--run", &run_dir, &"--out-dir", &d]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stdout}{stderr}");
+    let weights = run_dir.join("fold2/weights.safetensors");
+    assert!(
+        stderr.contains(&format!("{}: No such file", weights.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 of 3 checkpoints failed"), "{stderr}");
+    assert_eq!(listing(&d), ["fold0.onnx"]);
 }
 
 #[test]

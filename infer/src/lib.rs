@@ -4,6 +4,7 @@
 //! run the ONNX files it writes before it accepts them.
 
 pub mod detections;
+pub mod error_chain;
 pub mod files;
 pub mod model;
 pub mod ort_env;

@@ -1,11 +1,162 @@
 //! An exported model: its ONNX Runtime session and the model card stored in its metadata.
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use birdclef_models::card::{Card, ONNX_CARD_KEY};
+use birdclef_models::card::{Card, CardError, CardProblem, ONNX_CARD_KEY};
+use birdclef_models::frontend::WindowPolicy;
 use ort::session::Session;
 
-use crate::session::{build_session, run_f32, ModelSource};
+use crate::session::{build_session, run_f32, ModelSource, SessionError};
+
+/// Why a model could not be loaded or run. Every variant names the model file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// A directory was given (a checkpoint directory, say) instead of an ONNX file.
+    #[error(
+        "{path}: is a directory, not an ONNX model file (export a checkpoint directory with \
+         birdclef-export)"
+    )]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Nothing is there.
+    #[error("{path}: no such model file")]
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// ONNX Runtime could not build a session of it (not ONNX, an operator it lacks, ONNX
+    /// Runtime not loaded).
+    #[error("{path}: ONNX Runtime cannot load it")]
+    Load {
+        /// The model file.
+        path: PathBuf,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        cause: Box<SessionError>,
+    },
+    /// The ONNX metadata holds no model card: not a file written by birdclef-export.
+    #[error(
+        "{path}: no model card in the ONNX metadata (key {ONNX_CARD_KEY:?}); was it written by \
+         birdclef-export?"
+    )]
+    NoCard {
+        /// The model file.
+        path: PathBuf,
+    },
+    /// The model card in the metadata is not a valid card.
+    #[error("{path}: model card")]
+    Card {
+        /// The model file.
+        path: PathBuf,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        cause: Box<CardError>,
+    },
+    /// The card is valid but cannot describe a model (no labels, no architecture).
+    #[error("{path}: model card")]
+    CardProblem {
+        /// The model file.
+        path: PathBuf,
+        /// What is missing.
+        #[source]
+        problem: CardProblem,
+    },
+    /// The graph has no input.
+    #[error("{path}: the model has no input")]
+    NoInput {
+        /// The model file.
+        path: PathBuf,
+    },
+    /// [`OnnxModel::run`] was given a batch of the wrong size.
+    #[error("{path}: batch of {values} values is not {windows} windows of {}x{}x{}", .shape[0], .shape[1], .shape[2])]
+    BatchSize {
+        /// The model file.
+        path: PathBuf,
+        /// Values given.
+        values: usize,
+        /// Windows asked for.
+        windows: usize,
+        /// The card's input shape of one window.
+        shape: [usize; 3],
+    },
+    /// Running the session failed.
+    #[error("{path}: inference failed")]
+    Inference {
+        /// The model file.
+        path: PathBuf,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        cause: Box<SessionError>,
+    },
+    /// The output does not have one value per window and label.
+    #[error("{path}: output shape {shape:?} is not [{windows}, {classes}] (the card lists {classes} labels)")]
+    OutputShape {
+        /// The model file.
+        path: PathBuf,
+        /// The output's shape.
+        shape: Vec<usize>,
+        /// Windows in the batch.
+        windows: usize,
+        /// Labels in the card.
+        classes: usize,
+    },
+}
+
+/// Why models cannot be ensembled ([`check_ensemble`], [`check_cards`]). Every variant but
+/// [`EnsembleError::NoModels`] names both files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnsembleError {
+    /// No model was given.
+    #[error("no models given")]
+    NoModels,
+    /// Different labels, or the same labels in another order.
+    #[error("{first} and {second} cannot be ensembled: {difference}")]
+    Labels {
+        /// The first model.
+        first: PathBuf,
+        /// The model that differs from it.
+        second: PathBuf,
+        /// Where the labels differ.
+        difference: String,
+    },
+    /// Frontends that cut the audio into different windows.
+    #[error(
+        "{first} and {second} cannot be ensembled: they cut audio into different windows \
+         ({first_rate} Hz, {first_windows:?} vs {second_rate} Hz, {second_windows:?})"
+    )]
+    Windows {
+        /// The first model.
+        first: PathBuf,
+        /// The model that differs from it.
+        second: PathBuf,
+        /// The first model's sample rate.
+        first_rate: u32,
+        /// The first model's window policy.
+        first_windows: WindowPolicy,
+        /// The other model's sample rate.
+        second_rate: u32,
+        /// The other model's window policy.
+        second_windows: WindowPolicy,
+    },
+    /// The same frontend but different input shapes.
+    #[error(
+        "{first} and {second} have the same frontend but different input shapes {first_shape:?} \
+         vs {second_shape:?}"
+    )]
+    InputShapes {
+        /// The first model.
+        first: PathBuf,
+        /// The model that differs from it.
+        second: PathBuf,
+        /// The first model's input shape.
+        first_shape: [usize; 3],
+        /// The other model's input shape.
+        second_shape: [usize; 3],
+    },
+}
 
 /// An ONNX model ready to run on the CPU.
 pub struct OnnxModel {
@@ -29,39 +180,38 @@ impl std::fmt::Debug for OnnxModel {
 impl OnnxModel {
     /// Load a model written by `birdclef-export`; `threads` is ONNX Runtime's intra-op pool.
     /// [`crate::ort_env::init`] must have been called.
-    pub fn load(path: &Path, threads: usize) -> Result<Self> {
+    pub fn load(path: &Path, threads: usize) -> Result<Self, ModelError> {
+        let path_buf = || path.to_path_buf();
         if path.is_dir() {
-            bail!(
-                "{}: is a directory, not an ONNX model file (export a checkpoint directory \
-                 with birdclef-export)",
-                path.display()
-            );
+            return Err(ModelError::Directory { path: path_buf() });
         }
         if !path.is_file() {
-            bail!("{}: no such model file", path.display());
+            return Err(ModelError::Missing { path: path_buf() });
         }
-        let session = build_session(ModelSource::File(path), threads)
-            .map_err(|e| anyhow!("{}: ONNX Runtime cannot load it: {e}", path.display()))?;
+        let session =
+            build_session(ModelSource::File(path), threads).map_err(|e| ModelError::Load {
+                path: path_buf(),
+                cause: Box::new(e),
+            })?;
         let json = session
             .metadata()
             .ok()
             .and_then(|m| m.custom(ONNX_CARD_KEY))
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}: no model card in the ONNX metadata (key {ONNX_CARD_KEY:?}); \
-                     was it written by birdclef-export?",
-                    path.display()
-                )
-            })?;
-        let card =
-            Card::from_json(&json).with_context(|| format!("{}: model card", path.display()))?;
+            .ok_or_else(|| ModelError::NoCard { path: path_buf() })?;
+        let card = Card::from_json(&json).map_err(|e| ModelError::Card {
+            path: path_buf(),
+            cause: Box::new(e),
+        })?;
         card.validate_for_model()
-            .map_err(|e| anyhow!("{}: model card: {e}", path.display()))?;
+            .map_err(|problem| ModelError::CardProblem {
+                path: path_buf(),
+                problem,
+            })?;
         let input_name = session
             .inputs()
             .first()
             .map(|i| i.name().to_string())
-            .ok_or_else(|| anyhow!("{}: the model has no input", path.display()))?;
+            .ok_or_else(|| ModelError::NoInput { path: path_buf() })?;
         Ok(Self {
             path: path.to_path_buf(),
             card,
@@ -77,14 +227,15 @@ impl OnnxModel {
 
     /// Run a batch: `input` holds `n` windows of the card's input shape, row-major; returns
     /// `n × classes` logits.
-    pub fn run(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+    pub fn run(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
         let [c, h, w] = self.card.input_shape;
         if input.len() != n * c * h * w {
-            bail!(
-                "{}: batch of {} values is not {n} windows of {c}x{h}x{w}",
-                self.path.display(),
-                input.len()
-            );
+            return Err(ModelError::BatchSize {
+                path: self.path.clone(),
+                values: input.len(),
+                windows: n,
+                shape: self.card.input_shape,
+            });
         }
         let k = self.classes();
         let (shape, values) = run_f32(
@@ -94,13 +245,17 @@ impl OnnxModel {
             input,
             None,
         )
-        .map_err(|e| anyhow!("{}: inference failed: {e}", self.path.display()))?;
+        .map_err(|e| ModelError::Inference {
+            path: self.path.clone(),
+            cause: Box::new(e),
+        })?;
         if values.len() != n * k {
-            bail!(
-                "{}: output shape {:?} is not [{n}, {k}] (the card lists {k} labels)",
-                self.path.display(),
-                shape
-            );
+            return Err(ModelError::OutputShape {
+                path: self.path.clone(),
+                shape,
+                windows: n,
+                classes: k,
+            });
         }
         Ok(values)
     }
@@ -109,50 +264,114 @@ impl OnnxModel {
 /// Check that models can be ensembled: identical labels in the same order, and frontends that cut
 /// soundscapes into the same windows (sample rate and window policy). Different frontends are
 /// otherwise allowed. The error names both files and the difference.
-pub fn check_ensemble(models: &[OnnxModel]) -> Result<()> {
+pub fn check_ensemble(models: &[OnnxModel]) -> Result<(), EnsembleError> {
     let cards: Vec<(&Path, &Card)> = models.iter().map(|m| (m.path.as_path(), &m.card)).collect();
     check_cards(&cards)
 }
 
 /// [`check_ensemble`] for any models given as (file, card), e.g. ONNX files and checkpoint
 /// directories together.
-pub fn check_cards(models: &[(&Path, &Card)]) -> Result<()> {
+pub fn check_cards(models: &[(&Path, &Card)]) -> Result<(), EnsembleError> {
     let Some(&(first_path, first)) = models.first() else {
-        bail!("no models given");
+        return Err(EnsembleError::NoModels);
     };
     for &(path, card) in &models[1..] {
+        let (first_path, second) = (first_path.to_path_buf(), path.to_path_buf());
         if first.labels != card.labels {
-            let diff = first
+            let difference = first
                 .ensemble_mismatch(card)
                 .unwrap_or_else(|| "labels differ".into());
-            bail!(
-                "{} and {} cannot be ensembled: {diff}",
-                first_path.display(),
-                path.display()
-            );
+            return Err(EnsembleError::Labels {
+                first: first_path,
+                second,
+                difference,
+            });
         }
         let (a, b) = (&first.frontend, &card.frontend);
         if a.sample_rate != b.sample_rate || a.windows != b.windows {
-            bail!(
-                "{} and {} cannot be ensembled: they cut audio into different windows \
-                 ({} Hz, {:?} vs {} Hz, {:?})",
-                first_path.display(),
-                path.display(),
-                a.sample_rate,
-                a.windows,
-                b.sample_rate,
-                b.windows
-            );
+            return Err(EnsembleError::Windows {
+                first: first_path,
+                second,
+                first_rate: a.sample_rate,
+                first_windows: a.windows,
+                second_rate: b.sample_rate,
+                second_windows: b.windows,
+            });
         }
         if a == b && first.input_shape != card.input_shape {
-            bail!(
-                "{} and {} have the same frontend but different input shapes {:?} vs {:?}",
-                first_path.display(),
-                path.display(),
-                first.input_shape,
-                card.input_shape
-            );
+            return Err(EnsembleError::InputShapes {
+                first: first_path,
+                second,
+                first_shape: first.input_shape,
+                second_shape: card.input_shape,
+            });
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_chain::error_chain;
+    use birdclef_models::frontend::FrontendConfig;
+
+    #[test]
+    fn errors_can_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<ModelError>();
+        send_sync::<EnsembleError>();
+        send_sync::<crate::runner::RunnerError>();
+        send_sync::<crate::predict::PredictError>();
+        send_sync::<crate::predict::DiscoverError>();
+    }
+
+    #[test]
+    fn a_directory_or_a_missing_file_is_named_before_onnx_runtime_is_needed() {
+        let dir = std::env::temp_dir();
+        let e = OnnxModel::load(&dir, 1).expect_err("a directory");
+        assert!(matches!(e, ModelError::Directory { .. }), "{e:?}");
+        assert!(e.to_string().contains("birdclef-export"), "{e}");
+        let gone = dir.join(format!("no-such-model-{}.onnx", std::process::id()));
+        let e = OnnxModel::load(&gone, 1).expect_err("missing");
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no such model file", gone.display())
+        );
+    }
+
+    #[test]
+    fn a_bad_card_is_named_with_its_file_and_its_problem_once() {
+        let mut card = Card::frontend_only("m", FrontendConfig::nvbird224());
+        card.frontend.n_mels = 0;
+        let e = ModelError::Card {
+            path: PathBuf::from("m.onnx"),
+            cause: Box::new(Card::from_json(&card.to_json()).expect_err("invalid")),
+        };
+        let text = error_chain(&e);
+        assert!(text.starts_with("m.onnx: model card: "), "{text}");
+        assert_eq!(text.matches("n_mels must be").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn ensembles_are_refused_naming_both_files() {
+        assert!(matches!(check_cards(&[]), Err(EnsembleError::NoModels)));
+        let mut a = Card::frontend_only("a", FrontendConfig::nvbird224());
+        a.labels = vec!["x".into(), "y".into()];
+        let mut b = a.clone();
+        b.labels.reverse();
+        let (pa, pb) = (Path::new("a.onnx"), Path::new("b.onnx"));
+        let e = check_cards(&[(pa, &a), (pb, &b)]).expect_err("labels");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("a.onnx and b.onnx cannot be ensembled: "),
+            "{text}"
+        );
+        let mut c = a.clone();
+        c.frontend.sample_rate = 16_000;
+        let e = check_cards(&[(pa, &a), (pb, &c)]).expect_err("windows");
+        assert!(matches!(e, EnsembleError::Windows { .. }), "{e:?}");
+        assert!(e.to_string().contains("32000 Hz"), "{e}");
+        check_cards(&[(pa, &a), (pb, &a)]).expect("the same card ensembles");
+    }
 }

@@ -13,7 +13,8 @@
 //!
 //! An explicit choice (1 or 2) that does not exist is an error naming it: we never silently fall
 //! through to another library. [`init`] loads the library and creates the process-wide ORT
-//! environment once; [`doctor`] describes what was found.
+//! environment once; [`doctor`] describes what was found. Failures are an [`OrtError`]; one that
+//! concerns the library file itself wraps a [`LibraryError`] naming it.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -21,8 +22,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, PoisonError};
-
-use anyhow::{anyhow, bail, Context, Result};
 
 /// File name of the library in the project-local environment (a symlink made by setup.sh).
 const PROJECT_LIB: &str = ".env/libonnxruntime.so";
@@ -32,6 +31,132 @@ const HOW_TO_FIX: &str = "To fix: run scripts/setup.sh in the workspace (it crea
 .env/libonnxruntime.so), or pass --ort-lib /path/to/libonnxruntime.so.1.31.1, or set \
 ORT_DYLIB_PATH to that file (pip's onnxruntime==1.31.1 ships it as \
 onnxruntime/capi/libonnxruntime.so.1.31.1).";
+
+/// Why ONNX Runtime could not be found, loaded or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OrtError {
+    /// `--ort-lib` or `ORT_DYLIB_PATH` names nothing; we do not fall through to another library.
+    #[error(
+        "{via} names {path}, which does not exist. Point it at libonnxruntime.so* (pip's \
+         onnxruntime==1.31.1 ships onnxruntime/capi/libonnxruntime.so.1.31.1), or drop it to \
+         use .env/libonnxruntime.so made by scripts/setup.sh"
+    )]
+    Missing {
+        /// The rule that named it ([`Source::CliFlag`] or [`Source::EnvVar`]).
+        via: Source,
+        /// The path it names (absolute).
+        path: PathBuf,
+    },
+    /// `--ort-lib` or `ORT_DYLIB_PATH` names a symbolic link whose target does not exist.
+    #[error("{via} names {path}, a symlink whose target does not exist (fix or remove {via})")]
+    DanglingLink {
+        /// The rule that named it ([`Source::CliFlag`] or [`Source::EnvVar`]).
+        via: Source,
+        /// The link (absolute).
+        path: PathBuf,
+    },
+    /// No rule of the search order found a library.
+    #[error(
+        "ONNX Runtime (libonnxruntime.so) not found. Looked at, in order:{}\n{HOW_TO_FIX}",
+        numbered(.looked)
+    )]
+    NotFound {
+        /// Each place looked at and what was there, in search order.
+        looked: Vec<String>,
+    },
+    /// A library was found but could not be loaded.
+    #[error("ONNX Runtime found via {via} could not be used")]
+    Unusable {
+        /// The rule that found it.
+        via: Source,
+        /// Why (it names the file; boxed: it is large, and rare).
+        #[source]
+        cause: Box<LibraryError>,
+    },
+    /// [`environment`] was called before a successful [`init`].
+    #[error("ONNX Runtime is not initialised: call ort_env::init first")]
+    NotInitialised,
+}
+
+/// Why one ONNX Runtime library file could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LibraryError {
+    /// The file cannot be read.
+    #[error("cannot read ONNX Runtime library {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// A directory was given.
+    #[error(
+        "{path} is a directory, not the ONNX Runtime library (pass the libonnxruntime.so* file)"
+    )]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The file has no ELF header (checked before the dynamic loader sees it, on Linux).
+    #[error(
+        "{path} is not a shared library (no ELF header); expected libonnxruntime.so from ONNX \
+         Runtime 1.{}",
+        ort::MINOR_VERSION
+    )]
+    NotElf {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `ort` could not load it: `dlopen` failed (a library for another architecture, missing
+    /// dependencies), no `OrtGetApiBase` symbol, or a runtime older than `ort` needs. The
+    /// message includes the loader's own reason, which `ort`'s error keeps out of its message
+    /// and does not return as a source.
+    #[error("cannot load ONNX Runtime from {path}: {}", load_error_text(.cause))]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// `ort`'s error.
+        cause: ort::LoadDynamicError,
+    },
+    /// The library loaded but its environment could not be created. `ort`'s message (which
+    /// already holds any cause it wraps, so it is not also a source).
+    #[error("cannot load ONNX Runtime from {path}: {cause}")]
+    Environment {
+        /// The file.
+        path: PathBuf,
+        /// `ort`'s error.
+        cause: ort::Error,
+    },
+    /// `ort` panicked while loading it (an `assert!` or `expect` inside `ort`, caught).
+    #[error("cannot load ONNX Runtime from {path}")]
+    Panicked {
+        /// The file.
+        path: PathBuf,
+        /// The panic.
+        #[source]
+        panic: Panic,
+    },
+}
+
+/// A panic inside `ort`, caught (see [`LibraryError::Panicked`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ort panicked: {message}")]
+pub struct Panic {
+    /// The panic's message (`"unknown panic"` when it carried none).
+    pub message: String,
+}
+
+/// The places of [`OrtError::NotFound`], one numbered line each.
+fn numbered(looked: &[String]) -> String {
+    looked
+        .iter()
+        .enumerate()
+        .map(|(i, place)| format!("\n  {}. {place}", i + 1))
+        .collect()
+}
 
 /// Which rule of the search order found the library.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +216,7 @@ pub struct Found {
 }
 
 /// Find the ONNX Runtime library without loading it; see the module docs for the order.
-pub fn locate(cli_path: Option<&Path>) -> Result<Found> {
+pub fn locate(cli_path: Option<&Path>) -> Result<Found, OrtError> {
     let env = std::env::var_os("ORT_DYLIB_PATH");
     let roots = project_roots();
     resolve(cli_path, env.as_deref(), &roots, || {
@@ -111,14 +236,16 @@ static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
 ///
 /// Idempotent: later calls return what the first successful call found and ignore `cli_path`
 /// (ONNX Runtime cannot be unloaded or swapped within a process). A failed call may be retried.
-pub fn init(cli_path: Option<&Path>) -> Result<Found> {
+pub fn init(cli_path: Option<&Path>) -> Result<Found, OrtError> {
     let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(l) = loaded.as_ref() {
         return Ok(l.found.clone());
     }
     let found = locate(cli_path)?;
-    let environment = load(&found.path)
-        .with_context(|| format!("ONNX Runtime found via {} could not be used", found.source))?;
+    let environment = load(&found.path).map_err(|cause| OrtError::Unusable {
+        via: found.source.clone(),
+        cause: Box::new(cause),
+    })?;
     *loaded = Some(Loaded {
         found: found.clone(),
         environment,
@@ -127,17 +254,17 @@ pub fn init(cli_path: Option<&Path>) -> Result<Found> {
 }
 
 /// The ORT environment created by [`init`], for `Session::builder(&env)`.
-pub fn environment() -> Result<ort::environment::Environment> {
+pub fn environment() -> Result<ort::environment::Environment, OrtError> {
     LOADED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .as_ref()
         .map(|l| l.environment.clone())
-        .ok_or_else(|| anyhow!("ONNX Runtime is not initialised: call ort_env::init first"))
+        .ok_or(OrtError::NotInitialised)
 }
 
 /// Locate ONNX Runtime, initialise it and describe what was found.
-pub fn doctor(cli_path: Option<&Path>) -> Result<String> {
+pub fn doctor(cli_path: Option<&Path>) -> Result<String, OrtError> {
     let found = init(cli_path)?;
     let resolved = std::fs::canonicalize(&found.path).unwrap_or_else(|_| found.path.clone());
     // `ort` keeps the runtime's full version string (OrtApiBase::GetVersionString) private in
@@ -146,8 +273,8 @@ pub fn doctor(cli_path: Option<&Path>) -> Result<String> {
     let probed_minor = catch_panic(|| ort::util::probe(&found.path)).ok().flatten();
     let file_version = version_from_file_name(&resolved);
     let version = describe_version(probed_minor, file_version.as_deref());
-    let build_info =
-        catch_panic(|| ort::info().to_string()).unwrap_or_else(|e| format!("unavailable ({e})"));
+    let build_info = catch_panic(|| ort::info().to_string())
+        .unwrap_or_else(|p| format!("unavailable ({})", p.message));
 
     let mut out = String::new();
     let mut row = |label: &str, value: &dyn fmt::Display| {
@@ -198,29 +325,33 @@ fn version_from_file_name(path: &Path) -> Option<String> {
 }
 
 /// Load `path` with `ort` and build the environment; every failure becomes an error naming the file.
-fn load(path: &Path) -> Result<ort::environment::Environment> {
+fn load(path: &Path) -> Result<ort::environment::Environment, LibraryError> {
     check_shared_library(path)?;
     // `ort::init_from` returns errors for the usual failures (dlopen fails — e.g. a text file or a
     // library for another architecture —, no `OrtGetApiBase` symbol, a runtime older than 1.31).
     // It still panics in a few places: an `assert!` when `OrtGetApiBase` returns null, and
     // `setup_api`'s `expect("Failed to initialize ORT API")` when the library reports a suitable
     // version but cannot provide API level 31. Those are caught here and reported as errors.
-    let built = catch_panic(|| -> std::result::Result<_, String> {
+    let built = catch_panic(|| {
         ort::init_from(path)
-            .map_err(|e| load_error_text(&e))?
+            .map_err(|cause| LibraryError::Open {
+                path: path.to_path_buf(),
+                cause,
+            })?
             .with_name("birdclef-infer")
             .with_telemetry(false)
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(|cause| LibraryError::Environment {
+                path: path.to_path_buf(),
+                cause,
+            })
     });
-    match built {
-        Ok(Ok(env)) => Ok(env),
-        Ok(Err(e)) => bail!("cannot load ONNX Runtime from {}: {e}", path.display()),
-        Err(panic) => bail!(
-            "cannot load ONNX Runtime from {}: ort panicked: {panic}",
-            path.display()
-        ),
-    }
+    built.unwrap_or_else(|panic| {
+        Err(LibraryError::Panicked {
+            path: path.to_path_buf(),
+            panic,
+        })
+    })
 }
 
 /// `ort`'s load error with the loader's own reason: its `Display` for a failed `dlopen` says only
@@ -242,49 +373,48 @@ fn load_error_text(e: &ort::LoadDynamicError) -> String {
 
 /// Reject what is certainly not a shared library before handing it to the dynamic loader, with a
 /// message that says what the file is.
-fn check_shared_library(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read ONNX Runtime library {}", path.display()))?;
+fn check_shared_library(path: &Path) -> Result<(), LibraryError> {
+    let read = |cause| LibraryError::Read {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
     if meta.is_dir() {
-        bail!(
-            "{} is a directory, not the ONNX Runtime library (pass the libonnxruntime.so* file)",
-            path.display()
-        );
+        return Err(LibraryError::Directory {
+            path: path.to_path_buf(),
+        });
     }
     if cfg!(target_os = "linux") {
         let mut magic = [0u8; 4];
         let n = std::fs::File::open(path)
             .and_then(|mut f| f.read(&mut magic))
-            .with_context(|| format!("cannot read ONNX Runtime library {}", path.display()))?;
+            .map_err(read)?;
         if magic[..n] != *b"\x7fELF" {
-            bail!(
-                "{} is not a shared library (no ELF header); expected libonnxruntime.so from \
-                 ONNX Runtime 1.{}",
-                path.display(),
-                ort::MINOR_VERSION
-            );
+            return Err(LibraryError::NotElf {
+                path: path.to_path_buf(),
+            });
         }
     }
     Ok(())
 }
 
-/// Run `f`, turning a panic into `Err(message)` without the default hook printing it to stderr.
+/// Run `f`, turning a panic into a [`Panic`] without the default hook printing it to stderr.
 ///
 /// The panic hook is process-global; it is swapped only here, under a lock, and only during
 /// start-up (init and doctor), before scoring threads exist.
-fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
     static HOOK: Mutex<()> = Mutex::new(());
     let _guard = HOOK.lock().unwrap_or_else(PoisonError::into_inner);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(previous);
-    result.map_err(|payload| {
-        payload
+    result.map_err(|payload| Panic {
+        message: payload
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".to_string())
+            .unwrap_or_else(|| "unknown panic".to_string()),
     })
 }
 
@@ -314,7 +444,8 @@ fn roots_from(exe: Option<&Path>, build_workspace: Option<PathBuf>) -> Vec<(Path
 }
 
 /// Ask `python` (normally `python3` on PATH) where its onnxruntime package keeps the library.
-fn python_candidates(python: &OsStr) -> std::result::Result<Vec<PathBuf>, String> {
+/// The error is a line of [`OrtError::NotFound`]'s list, so it is text.
+fn python_candidates(python: &OsStr) -> Result<Vec<PathBuf>, String> {
     const SCRIPT: &str = "import onnxruntime, os, glob\n\
         capi = os.path.join(os.path.dirname(onnxruntime.__file__), 'capi')\n\
         print('\\n'.join(sorted(glob.glob(os.path.join(capi, 'libonnxruntime.so*')))))";
@@ -344,13 +475,13 @@ fn resolve(
     cli: Option<&Path>,
     env: Option<&OsStr>,
     roots: &[(PathBuf, RootVia)],
-    python: impl FnOnce() -> std::result::Result<Vec<PathBuf>, String>,
-) -> Result<Found> {
+    python: impl FnOnce() -> Result<Vec<PathBuf>, String>,
+) -> Result<Found, OrtError> {
     if let Some(p) = cli {
-        return explicit(p, Source::CliFlag, "--ort-lib");
+        return explicit(p, Source::CliFlag);
     }
     if let Some(v) = env.filter(|v| !v.is_empty()) {
-        return explicit(Path::new(v), Source::EnvVar, "ORT_DYLIB_PATH");
+        return explicit(Path::new(v), Source::EnvVar);
     }
 
     let mut looked = vec![
@@ -395,31 +526,17 @@ fn resolve(
         Err(e) => looked.push(format!("python3 -c 'import onnxruntime': {e}")),
     }
 
-    let mut msg = String::from("ONNX Runtime (libonnxruntime.so) not found. Looked at, in order:");
-    for (i, place) in looked.iter().enumerate() {
-        msg.push_str(&format!("\n  {}. {place}", i + 1));
-    }
-    msg.push('\n');
-    msg.push_str(HOW_TO_FIX);
-    Err(anyhow!(msg))
+    Err(OrtError::NotFound { looked })
 }
 
 /// An explicitly named library must exist; never fall through to another one.
-fn explicit(path: &Path, source: Source, what: &str) -> Result<Found> {
+fn explicit(path: &Path, source: Source) -> Result<Found, OrtError> {
     let path = absolute(path);
     if path.symlink_metadata().is_err() {
-        bail!(
-            "{what} names {}, which does not exist. Point it at libonnxruntime.so* (pip's \
-             onnxruntime==1.31.1 ships onnxruntime/capi/libonnxruntime.so.1.31.1), or drop it to \
-             use .env/libonnxruntime.so made by scripts/setup.sh",
-            path.display()
-        );
+        return Err(OrtError::Missing { via: source, path });
     }
     if !path.exists() {
-        bail!(
-            "{what} names {}, a symlink whose target does not exist (fix or remove {what})",
-            path.display()
-        );
+        return Err(OrtError::DanglingLink { via: source, path });
     }
     Ok(Found { path, source })
 }
@@ -466,11 +583,11 @@ mod tests {
         }
     }
 
-    fn no_python() -> std::result::Result<Vec<PathBuf>, String> {
+    fn no_python() -> Result<Vec<PathBuf>, String> {
         Err("No module named 'onnxruntime'".to_string())
     }
 
-    fn python_must_not_run() -> std::result::Result<Vec<PathBuf>, String> {
+    fn python_must_not_run() -> Result<Vec<PathBuf>, String> {
         panic!("python fallback consulted although an earlier rule matched")
     }
 
@@ -701,9 +818,43 @@ mod tests {
     }
 
     #[test]
+    fn errors_can_cross_threads_and_print_each_cause_once() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<OrtError>();
+        send_sync::<LibraryError>();
+
+        let e = OrtError::Unusable {
+            via: Source::CliFlag,
+            cause: Box::new(LibraryError::Panicked {
+                path: PathBuf::from("/x/libonnxruntime.so"),
+                panic: Panic {
+                    message: "boom".into(),
+                },
+            }),
+        };
+        assert_eq!(
+            crate::error_chain::error_chain(&e),
+            "ONNX Runtime found via --ort-lib could not be used: cannot load ONNX Runtime from \
+             /x/libonnxruntime.so: ort panicked: boom"
+        );
+        let t = TempDir::new();
+        let txt = t.file("libonnxruntime.so");
+        let e = load(&txt).expect_err("a text file");
+        assert!(matches!(e, LibraryError::NotElf { .. }), "{e:?}");
+        let e = load(&t.0.join("gone.so")).expect_err("no file");
+        let text = crate::error_chain::error_chain(&e);
+        assert!(
+            text.starts_with("cannot read ONNX Runtime library ")
+                && text.contains("gone.so: No such file"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn panics_become_errors() {
         assert_eq!(catch_panic(|| 7), Ok(7));
         let err = catch_panic(|| -> u8 { panic!("boom {}", 1) }).expect_err("panic");
-        assert_eq!(err, "boom 1");
+        assert_eq!(err.message, "boom 1");
+        assert_eq!(err.to_string(), "ort panicked: boom 1");
     }
 }

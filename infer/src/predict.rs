@@ -9,18 +9,109 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use birdclef_models::fsio::{self, Target};
+use birdclef_models::fsio::{self, OutputError, Target};
 use ndarray::{s, Array2};
 use rayon::prelude::*;
 
 use crate::detections;
-use crate::model::{check_ensemble, OnnxModel};
-use crate::ort_env;
+use crate::error_chain::error_chain;
+use crate::model::{check_ensemble, EnsembleError, ModelError, OnnxModel};
+use crate::ort_env::{self, OrtError};
 use crate::postprocess::{ensemble, smooth, Ensemble, Kernel, PostprocessError};
-use crate::runner::{self, Failure, FileScores, RunnerConfig, FALLBACK_PROBABILITY};
-use crate::shard::{self, ShardEnv, ShardSpec};
-use crate::submission::{column_order, write_submission, FileRows};
+use crate::runner::{self, Failure, FileScores, RunnerConfig, RunnerError, FALLBACK_PROBABILITY};
+use crate::shard::{self, ShardEnv, ShardError, ShardSpec};
+use crate::submission::{column_order, write_submission, FileRows, SubmissionError};
+
+/// Why the soundscapes could not be listed ([`discover`]). Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoverError {
+    /// An input does not exist.
+    #[error("{path}: no such file or directory")]
+    Missing {
+        /// The input.
+        path: PathBuf,
+    },
+    /// An input is a symbolic link that cannot be followed.
+    #[error("{path}: {why}")]
+    BrokenLink {
+        /// The link.
+        path: PathBuf,
+        /// Where it points and why that cannot be read.
+        why: String,
+    },
+    /// A directory given as an input cannot be listed.
+    #[error("{path}: cannot list the directory")]
+    ListDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// Two files have the same stem, so their row ids would collide.
+    #[error(
+        "{first} and {second} have the same stem {stem:?}, so their row ids would collide; \
+         rename one or score them in separate runs"
+    )]
+    SameStem {
+        /// The file found first (in name order).
+        first: PathBuf,
+        /// The other one.
+        second: PathBuf,
+        /// Their stem.
+        stem: String,
+    },
+}
+
+/// Why the submission command failed; nothing was written. The cause names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PredictError {
+    /// The soundscapes could not be listed.
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    /// The shard could not be resolved.
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// An output cannot be written; `flag` is the option that names it.
+    #[error("{flag}")]
+    Output {
+        /// `--out`, `--detections` or `--raven-dir`.
+        flag: &'static str,
+        /// Why (it names the file).
+        #[source]
+        cause: OutputError,
+    },
+    /// `--detections` and `--out` name the same file.
+    #[error(
+        "--detections {detections} and --out {out} are the same file; give them different names"
+    )]
+    SameOutput {
+        /// `--detections`.
+        detections: PathBuf,
+        /// `--out`.
+        out: PathBuf,
+    },
+    /// ONNX Runtime could not be found or loaded.
+    #[error(transparent)]
+    Runtime(#[from] OrtError),
+    /// A model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The models cannot be ensembled.
+    #[error(transparent)]
+    Ensemble(#[from] EnsembleError),
+    /// The columns could not be decided or the submission not written.
+    #[error(transparent)]
+    Submission(#[from] SubmissionError),
+    /// The scoring run stopped.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    /// The predictions could not be combined.
+    #[error(transparent)]
+    Postprocess(#[from] PostprocessError),
+}
 
 /// Audio file extensions taken from a soundscape directory.
 pub const AUDIO_EXTENSIONS: [&str; 5] = ["ogg", "oga", "mp3", "flac", "wav"];
@@ -174,14 +265,16 @@ fn walk(dir: &Path, found: &mut Discovered, seen: &mut HashSet<(u64, u64)>) {
 ///
 /// An input that does not exist (or is a dangling link) or a directory given as an input that
 /// cannot be listed; two files with the same stem.
-pub fn discover(inputs: &[PathBuf]) -> Result<Discovered> {
+pub fn discover(inputs: &[PathBuf]) -> Result<Discovered, DiscoverError> {
     let mut found = Discovered::default();
     let mut seen = HashSet::new();
     for input in inputs {
         match std::fs::metadata(input) {
             Ok(m) if m.is_dir() => {
-                std::fs::read_dir(input)
-                    .with_context(|| format!("{}: cannot list the directory", input.display()))?;
+                std::fs::read_dir(input).map_err(|cause| DiscoverError::ListDirectory {
+                    path: input.clone(),
+                    cause,
+                })?;
                 if seen.insert((m.dev(), m.ino())) {
                     walk(input, &mut found, &mut seen);
                 }
@@ -189,9 +282,14 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Discovered> {
             Ok(_) => found.files.push(input.clone()),
             Err(e) => {
                 if std::fs::symlink_metadata(input).is_ok_and(|m| m.file_type().is_symlink()) {
-                    bail!("{}: {}", input.display(), broken_link(input, &e));
+                    return Err(DiscoverError::BrokenLink {
+                        path: input.clone(),
+                        why: broken_link(input, &e),
+                    });
                 }
-                bail!("{}: no such file or directory", input.display());
+                return Err(DiscoverError::Missing {
+                    path: input.clone(),
+                });
             }
         }
     }
@@ -202,12 +300,11 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Discovered> {
     for f in &files {
         let stem = stem_of(f);
         if let Some(other) = seen_stems.insert(stem.clone(), f) {
-            bail!(
-                "{} and {} have the same stem {stem:?}, so their row ids would collide; \
-                 rename one or score them in separate runs",
-                other.display(),
-                f.display()
-            );
+            return Err(DiscoverError::SameStem {
+                first: other.to_path_buf(),
+                second: f.clone(),
+                stem,
+            });
         }
     }
     found.unreadable.sort();
@@ -239,27 +336,32 @@ fn same_target(a: &Target, b: &Target) -> bool {
 /// Check every output of the run before any work: each can be written, none is one of the
 /// run's inputs (`inputs`), no two are the same file. The Raven tables of `stems` are checked
 /// where `--raven-dir` already exists.
-fn check_outputs(opts: &PredictOptions, inputs: &[&Path], stems: &[String]) -> Result<()> {
-    let out = fsio::check_output_file(&opts.out).context("--out")?;
-    fsio::refuse_overwriting(&opts.out, inputs.iter().copied()).context("--out")?;
+fn check_outputs(
+    opts: &PredictOptions,
+    inputs: &[&Path],
+    stems: &[String],
+) -> Result<(), PredictError> {
+    let flagged = |flag| move |cause| PredictError::Output { flag, cause };
+    let out = fsio::check_output_file(&opts.out).map_err(flagged("--out"))?;
+    fsio::refuse_overwriting(&opts.out, inputs.iter().copied()).map_err(flagged("--out"))?;
     if let Some(det) = &opts.detections {
-        let target = fsio::check_output_file(det).context("--detections")?;
-        fsio::refuse_overwriting(det, inputs.iter().copied()).context("--detections")?;
+        let target = fsio::check_output_file(det).map_err(flagged("--detections"))?;
+        fsio::refuse_overwriting(det, inputs.iter().copied()).map_err(flagged("--detections"))?;
         if same_target(&out, &target) {
-            bail!(
-                "--detections {} and --out {} are the same file; give them different names",
-                det.display(),
-                opts.out.display()
-            );
+            return Err(PredictError::SameOutput {
+                detections: det.clone(),
+                out: opts.out.clone(),
+            });
         }
     }
     if let Some(dir) = &opts.raven_dir {
-        fsio::check_output_dir(dir).context("--raven-dir")?;
+        fsio::check_output_dir(dir).map_err(flagged("--raven-dir"))?;
         if dir.is_dir() {
             for stem in stems {
                 let table = dir.join(format!("{stem}{}", detections::RAVEN_SUFFIX));
-                fsio::check_output_file(&table).context("--raven-dir")?;
-                fsio::refuse_overwriting(&table, inputs.iter().copied()).context("--raven-dir")?;
+                fsio::check_output_file(&table).map_err(flagged("--raven-dir"))?;
+                fsio::refuse_overwriting(&table, inputs.iter().copied())
+                    .map_err(flagged("--raven-dir"))?;
             }
         }
     }
@@ -338,7 +440,7 @@ pub fn combine(
 /// Every output is checked before any work. Errors writing `--detections` or `--raven-dir`
 /// after the submission was written do not fail the call: they are in
 /// [`PredictSummary::unwritten`].
-pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
+pub fn predict(opts: &PredictOptions) -> Result<PredictSummary, PredictError> {
     let mut warnings = Vec::new();
     let found = discover(&opts.soundscapes)?;
     let shard = opts
@@ -373,14 +475,14 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
 
     ort_env::init(opts.ort_lib.as_deref())?;
     let load = |p: &PathBuf| OnnxModel::load(p, opts.ort_threads);
-    let load_set = || opts.models.iter().map(load).collect::<Result<Vec<_>>>();
+    let load_set = || opts.models.iter().map(load).collect::<Result<Vec<_>, _>>();
     // The first worker's sessions are built in parallel: nothing else can run before they exist
     // (they carry the cards), and building one takes ~40 ms of a core per model.
     let first = opts
         .models
         .par_iter()
         .map(load)
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     check_ensemble(&first)?;
     let labels = first[0].card.labels.clone();
     let frontend = first[0].card.frontend.clone();
@@ -443,7 +545,7 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
             Ok(found) => {
                 if let Some(path) = &opts.detections {
                     if let Err(e) = detections::write_csv(path, &found) {
-                        unwritten.push(format!("--detections: {e}"));
+                        unwritten.push(format!("--detections: {}", error_chain(&e)));
                     }
                 }
                 if let Some(dir) = &opts.raven_dir {
@@ -455,11 +557,11 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
                         frontend.fmin,
                         frontend.fmax,
                     ) {
-                        unwritten.push(format!("--raven-dir: {e}"));
+                        unwritten.push(format!("--raven-dir: {}", error_chain(&e)));
                     }
                 }
             }
-            Err(e) => unwritten.push(format!("detections: {e}")),
+            Err(e) => unwritten.push(format!("detections: {}", error_chain(&e))),
         }
     }
     let failures = out

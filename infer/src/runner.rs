@@ -24,11 +24,32 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
 use birdclef_models::audio::AudioStream;
-use birdclef_models::frontend::{Frontend, FrontendConfig};
+use birdclef_models::frontend::{Frontend, FrontendConfig, FrontendError};
 
-use crate::model::OnnxModel;
+use crate::error_chain::error_chain;
+use crate::model::{ModelError, OnnxModel};
+
+/// Why a run stopped. A file that cannot be decoded does not stop it (see [`Failure`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// [`run`] was given no models.
+    #[error("no models to score with")]
+    NoModels,
+    /// A model card's frontend cannot be built.
+    #[error("{path}: the model card's frontend cannot be built")]
+    Frontend {
+        /// The model whose card it is.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        cause: FrontendError,
+    },
+    /// A model failed on a batch (the error names it).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
 
 /// The probability given to every species in windows whose audio could not be decoded.
 pub const FALLBACK_PROBABILITY: f32 = 0.0;
@@ -180,7 +201,7 @@ struct Shared {
     skipped_for_time: usize,
     windows_inferred: usize,
     warnings: Vec<String>,
-    error: Option<anyhow::Error>,
+    error: Option<ModelError>,
     progress: Progress,
 }
 
@@ -319,7 +340,7 @@ impl Ctx<'_> {
                     windows: 0,
                     rows: 1,
                     seconds: 0.0,
-                    error: Some(e.to_string()),
+                    error: Some(error_chain(&e)),
                     skipped: false,
                 },
             ),
@@ -359,7 +380,7 @@ impl Ctx<'_> {
                     break;
                 }
                 Err(e) => {
-                    ended = Some(Some(e.to_string()));
+                    ended = Some(Some(error_chain(&e)));
                     break;
                 }
             }
@@ -446,7 +467,7 @@ impl Ctx<'_> {
     }
 
     /// Run every model on `piece` (outside the lock), then store sigmoid probabilities.
-    fn infer(&self, models: &mut [OnnxModel], piece: Piece) -> Result<()> {
+    fn infer(&self, models: &mut [OnnxModel], piece: Piece) -> Result<(), ModelError> {
         let n = piece.windows;
         let k = self.classes;
         let mut probs = Vec::with_capacity(models.len());
@@ -483,7 +504,7 @@ impl Ctx<'_> {
     }
 
     /// Stop the run with `e` (the first error wins); every worker finishes.
-    fn fail(&self, e: anyhow::Error) {
+    fn fail(&self, e: ModelError) {
         let mut sh = lock(&self.shared);
         sh.stop = true;
         if sh.error.is_none() {
@@ -564,24 +585,24 @@ pub fn run<L>(
     models: Vec<OnnxModel>,
     load: L,
     cfg: &RunnerConfig,
-) -> Result<RunOutput>
+) -> Result<RunOutput, RunnerError>
 where
-    L: Fn() -> Result<Vec<OnnxModel>> + Sync,
+    L: Fn() -> Result<Vec<OnnxModel>, ModelError> + Sync,
 {
     let start = Instant::now();
     if models.is_empty() {
-        return Err(anyhow!("no models"));
+        return Err(RunnerError::NoModels);
     }
     let classes = models[0].classes();
     let n_models = models.len();
-    // Distinct frontends, computed once each.
-    let mut configs: Vec<FrontendConfig> = Vec::new();
+    // Distinct frontends, computed once each (with the first model that has each).
+    let mut configs: Vec<(&FrontendConfig, &PathBuf)> = Vec::new();
     let mut model_frontend = Vec::new();
     for m in models.iter() {
-        let i = match configs.iter().position(|c| *c == m.card.frontend) {
+        let i = match configs.iter().position(|(c, _)| **c == m.card.frontend) {
             Some(i) => i,
             None => {
-                configs.push(m.card.frontend.clone());
+                configs.push((&m.card.frontend, &m.path));
                 configs.len() - 1
             }
         };
@@ -589,9 +610,13 @@ where
     }
     let frontends = configs
         .into_iter()
-        .map(Frontend::new)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("model frontend: {e}"))?;
+        .map(|(config, path)| {
+            Frontend::new(config.clone()).map_err(|cause| RunnerError::Frontend {
+                path: path.clone(),
+                cause,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let sizes: Vec<u64> = files
         .iter()
@@ -656,7 +681,8 @@ where
                 .spawn_scoped(scope, move || match load() {
                     Ok(mut set) => ctx.work(&mut set),
                     Err(e) => lock(&ctx.shared).warnings.push(format!(
-                        "worker {k} could not build its ONNX Runtime sessions and did not run: {e:#}"
+                        "worker {k} could not build its ONNX Runtime sessions and did not run: {}",
+                        error_chain(&e)
                     )),
                 });
             if let Err(e) = spawned {
@@ -673,7 +699,7 @@ where
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
     if let Some(e) = sh.error.take() {
-        return Err(e);
+        return Err(e.into());
     }
     let (done, windows) = (sh.files_done, sh.windows_inferred);
     sh.progress.tick(done, files.len(), windows, true);

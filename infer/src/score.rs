@@ -50,8 +50,9 @@ pub enum ScoreError {
         /// The missing species, in solution order.
         missing: Vec<String>,
     },
-    /// The metric could not be computed (e.g. a species positive in every row).
-    #[error("{solution}: {source}")]
+    /// The metric could not be computed (e.g. a species positive in every row). The metric's
+    /// message is the source, not part of this one, so `{:#}` shows it once.
+    #[error("{solution}")]
     Metric {
         /// The solution.
         solution: PathBuf,

@@ -12,13 +12,13 @@ use crate::ort_env;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
-    /// ONNX Runtime has not been loaded ([`ort_env::init`] did not run or failed); the message
-    /// says why.
-    #[error("ONNX Runtime is not available: {0}")]
-    Runtime(String),
+    /// ONNX Runtime has not been loaded ([`ort_env::init`] did not run or failed).
+    #[error("ONNX Runtime is not available")]
+    Runtime(#[source] ort_env::OrtError),
     /// ONNX Runtime refused to build the session (an invalid model, a thread pool it could not
-    /// create); its message.
-    #[error(transparent)]
+    /// create); its message. `ort`'s message already holds any cause it wraps (an I/O error
+    /// reading the file), so the error is not also a source: `{:#}` would repeat it.
+    #[error("{0}")]
     Build(ort::Error),
     /// The input does not fit the shape it was given as.
     #[error("input has shape {shape:?} but {values} values")]
@@ -55,7 +55,7 @@ pub enum ModelSource<'a> {
 /// [`SessionError::Runtime`] when ONNX Runtime is not loaded, [`SessionError::Build`] with ONNX
 /// Runtime's message when it refuses the model.
 pub fn build_session(source: ModelSource<'_>, threads: usize) -> Result<Session, SessionError> {
-    let env = ort_env::environment().map_err(|e| SessionError::Runtime(format!("{e:#}")))?;
+    let env = ort_env::environment().map_err(SessionError::Runtime)?;
     // SessionBuilder errors are not Send: keep the whole chain in one ort::Result.
     let session = (|| -> ort::Result<Session> {
         let mut b = Session::builder(&env)?
@@ -129,5 +129,23 @@ mod tests {
             .expect_err("garbage is refused");
         assert!(matches!(e, SessionError::Build(_)), "{e:?}");
         assert!(!e.to_string().is_empty());
+        // `ort` puts a wrapped cause's text in its message and also returns it as source: the
+        // session error shows it once.
+        let wrapped = SessionError::Build(ort::Error::wrap(std::io::Error::other("disk on fire")));
+        assert_eq!(
+            crate::error_chain::error_chain(&wrapped),
+            "disk on fire",
+            "{wrapped:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_runtime_keeps_its_cause() {
+        let e = SessionError::Runtime(ort_env::OrtError::NotInitialised);
+        assert_eq!(
+            crate::error_chain::error_chain(&e),
+            "ONNX Runtime is not available: ONNX Runtime is not initialised: call ort_env::init \
+             first"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use birdclef_infer::detections::{self, Detection, RAVEN_HEADER};
+use birdclef_infer::error_chain::error_chain;
 use birdclef_infer::postprocess::{self, Ensemble};
 use birdclef_infer::score::{self, ScoreError};
 use birdclef_infer::shard::{self, Shard, ShardError};
@@ -492,6 +493,24 @@ fn a_directory_given_as_an_input_csv_is_named_as_such() {
 }
 
 // ---------------------------------------------------------------- scoring
+
+#[test]
+fn an_undefined_metric_names_the_solution_and_says_why_once() {
+    let dir = TempDir::new("score-empty");
+    let sol = dir.path("solution.csv");
+    // No species has a positive row: macro ROC-AUC is undefined.
+    std::fs::write(&sol, "row_id,a\nr_5,0\nr_10,0\n").unwrap();
+    let e = score::score(&sol, &sol, 5).unwrap_err();
+    assert!(matches!(e, ScoreError::Metric { .. }), "{e:?}");
+    // As a binary's `{:#}` prints it: the solution, then the metric's reason, once.
+    let text = error_chain(&e);
+    assert!(text.starts_with(&format!("{}: ", sol.display())), "{text}");
+    assert_eq!(
+        text.matches("no class has a positive row").count(),
+        1,
+        "{text}"
+    );
+}
 
 #[test]
 fn scoring_small_cases() {

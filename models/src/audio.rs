@@ -91,8 +91,7 @@ pub enum AudioError {
     Resample {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
+        /// Why (part of the message, so not also a `source`: `{:#}` would repeat it).
         cause: ResampleError,
     },
 }

@@ -105,8 +105,7 @@ pub enum CardError {
     Invalid {
         /// The file, or where the card came from.
         origin: String,
-        /// What is wrong.
-        #[source]
+        /// What is wrong (part of the message, so not also a `source`: `{:#}` would repeat it).
         problem: CardProblem,
     },
     /// An output could not be written (the error names it).
@@ -126,9 +125,10 @@ pub enum CardProblem {
     /// No name.
     #[error("name is empty")]
     NoName,
-    /// The frontend cannot work.
+    /// The frontend cannot work (the cause is part of the message, so not also a `source`:
+    /// `{:#}` would repeat it).
     #[error("frontend: {0}")]
-    Frontend(#[from] FrontendError),
+    Frontend(FrontendError),
     /// `input_shape` is not what the frontend gives.
     #[error(
         "input_shape {card:?} disagrees with the frontend, which gives {frontend:?} \
@@ -176,6 +176,12 @@ pub enum CardProblem {
     /// A model card without an architecture.
     #[error("a model card needs an architecture")]
     NoArchitecture,
+}
+
+impl From<FrontendError> for CardProblem {
+    fn from(e: FrontendError) -> Self {
+        Self::Frontend(e)
+    }
 }
 
 impl Card {
@@ -391,6 +397,60 @@ mod tests {
         let text = model_card().to_json().replace("\"n_fft\"", "\"nfft\"");
         let err = Card::from_json(&text).unwrap_err().to_string();
         assert!(err.contains("nfft"), "{err}");
+    }
+
+    /// An error and its sources as `anyhow`'s `{:#}` prints them.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        text
+    }
+
+    /// These errors put their cause in the message; it was also their `source`, so `{:#}` in a
+    /// binary printed it two or three times.
+    #[test]
+    fn error_chains_name_each_cause_once() {
+        let mut c = model_card();
+        c.frontend.n_mels = 0;
+        let text = chain(&Card::from_json(&c.to_json()).unwrap_err());
+        assert_eq!(text.matches("n_mels must be").count(), 1, "{text}");
+
+        let problem = CardProblem::NoLabels;
+        let invalid = crate::checkpoint::CheckpointError::InvalidCard {
+            path: "ckpt/card.json".into(),
+            problem,
+        };
+        let text = chain(&invalid);
+        assert_eq!(text.matches("at least one label").count(), 1, "{text}");
+
+        let arch = crate::checkpoint::CheckpointError::Architecture {
+            path: "ckpt/card.json".into(),
+            cause: Box::new(crate::nets::ArchError::Unnamed),
+        };
+        let text = chain(&arch);
+        assert_eq!(text.matches("names no architecture").count(), 1, "{text}");
+
+        let io = crate::fsio::OutputError::Io {
+            path: "out.csv".into(),
+            cause: std::io::Error::other("disk on fire"),
+        };
+        let text = chain(&io);
+        assert_eq!(text, "out.csv: disk on fire");
+
+        let resample = crate::audio::AudioError::Resample {
+            path: "a.ogg".into(),
+            cause: crate::audio::ResampleError {
+                from_hz: 1,
+                to_hz: 2,
+                reason: "odd".into(),
+            },
+        };
+        let text = chain(&resample);
+        assert_eq!(text.matches("cannot resample").count(), 1, "{text}");
     }
 
     #[test]

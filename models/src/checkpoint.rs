@@ -69,8 +69,7 @@ pub enum CheckpointError {
     InvalidCard {
         /// The card file.
         path: PathBuf,
-        /// Why.
-        #[source]
+        /// Why (part of the message, so not also a `source`: `{:#}` would repeat it).
         problem: crate::card::CardProblem,
     },
     /// The card's architecture cannot be built.
@@ -78,8 +77,8 @@ pub enum CheckpointError {
     Architecture {
         /// The card file.
         path: PathBuf,
-        /// Why (boxed: it is large, and rare).
-        #[source]
+        /// Why (boxed: it is large, and rare; part of the message, so not also a `source`:
+        /// `{:#}` would repeat it).
         cause: Box<ArchError>,
     },
     /// Weights and graph disagree.

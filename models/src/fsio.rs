@@ -70,8 +70,7 @@ pub enum OutputError {
     Io {
         /// The path.
         path: PathBuf,
-        /// The cause.
-        #[source]
+        /// The cause (part of the message, so not also a `source`: `{:#}` would repeat it).
         cause: std::io::Error,
     },
 }
