@@ -94,7 +94,7 @@ impl Teacher {
                     .with_context(|| format!("teacher {}", path.display()))?;
                 Ok(net::to_vec_f32(&y)?)
             }
-            Teacher::Onnx(m) => m.run(x, n),
+            Teacher::Onnx(m) => Ok(m.run(x, n)?),
         }
     }
 
@@ -155,7 +155,7 @@ pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// models); the error names both.
 pub fn check_teachers(teachers: &[Teacher]) -> Result<()> {
     let cards: Vec<(&Path, &Card)> = teachers.iter().map(|t| (t.path(), t.card())).collect();
-    check_cards(&cards)
+    Ok(check_cards(&cards)?)
 }
 
 /// Options of [`pseudo_label`].
