@@ -268,7 +268,8 @@ impl<'a> Trainer<'a> {
         let steps = schedule.steps_per_epoch;
         let (mut loss_sum, mut taken, mut skipped, mut samples, mut lr) = (0.0, 0usize, 0, 0, 0.0);
         std::thread::scope(|s| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<Result<Batch, crate::data::DataError>>(2);
             s.spawn(move || {
                 for b in 0..steps {
                     let batch = pool.install(|| builder.build_items(items, bs, epoch, b));
