@@ -419,7 +419,19 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary, TrainErr
             what: "decoding",
             cause,
         })?;
-    let mut failed: Vec<(PathBuf, String)> = if shard.k == 0 { unreadable } else { Vec::new() };
+    // discover's reasons do not name the entry; a failure's reason is printed and stored alone,
+    // so it must.
+    let mut failed: Vec<(PathBuf, String)> = if shard.k == 0 {
+        unreadable
+            .into_iter()
+            .map(|(path, why)| {
+                let why = format!("{}: {why}", path.display());
+                (path, why)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut audio_seconds = 0.0;
     let batch = opts.batch_size;
     let start = Instant::now();
