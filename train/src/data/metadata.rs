@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use super::{Dataset, Recording};
 
-/// Everything that can go wrong while reading training data or building its cache. Every variant
-/// names the files concerned.
+/// Everything that can go wrong while reading training data, building its cache or drawing
+/// samples from it. Every variant about files names them; the others name the recording or
+/// window index.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The competition directory has problems; all of them are listed.
