@@ -9,7 +9,8 @@
 //!   for distillation;
 //! - [`pipeline`]: all of it from one TOML file, then export, inference and scoring.
 //!
-//! [`config`] is the experiment configuration they share. The binary in `main.rs` is a thin
+//! [`config`] is the experiment configuration they share, [`error`] the [`TrainError`] their
+//! top-level functions return. The binary in `main.rs` is a thin
 //! command-line layer over these.
 #![deny(unsafe_code)]
 
@@ -17,10 +18,13 @@ pub mod config;
 pub mod data;
 #[cfg(test)]
 mod doc_defaults;
+pub mod error;
 pub mod model;
 pub mod pipeline;
 pub mod pseudo;
 pub mod training;
+
+pub use error::TrainError;
 
 /// Lower-case hexadecimal of `bytes` (the hash keys of caches, runs and stages).
 pub(crate) fn hex(bytes: &[u8]) -> String {

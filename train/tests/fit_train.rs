@@ -287,7 +287,8 @@ fn fit_is_deterministic_and_resumes_after_a_kill() {
         true,
     )
     .expect_err("a changed config must not resume");
-    assert!(format!("{err:#}").contains("epochs = 5"), "{err:#}");
+    let msg = birdclef_train::error::report(&err);
+    assert!(msg.contains("epochs = 5"), "{msg}");
 
     let s = run(&c, 3, true);
     assert!(!stale.exists(), "stale temporary checkpoint left behind");

@@ -19,7 +19,7 @@ use birdclef_models::rng::Rng;
 use rayon::prelude::*;
 
 use super::soft::PseudoSet;
-use super::{AudioStore, Dataset};
+use super::{AudioStore, DataError, Dataset};
 use crate::config::{AugmentConfig, LossConfig};
 
 /// One training sample's source.
@@ -30,6 +30,9 @@ pub enum Item {
     /// A pseudo-labelled window (index into [`PseudoSet::windows`]).
     Pseudo(usize),
 }
+
+/// One sample: its model input (flattened), its targets and its loss weights.
+pub type Sample = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// A finished batch: `n` model inputs and their targets.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,13 +152,12 @@ impl<'a> BatchBuilder<'a> {
         (y, w)
     }
 
-    fn pseudo_set(&self) -> anyhow::Result<&PseudoSet> {
-        self.pseudo
-            .ok_or_else(|| anyhow::anyhow!("a pseudo-labelled sample without a pseudo-label set"))
+    fn pseudo_set(&self) -> Result<&PseudoSet, DataError> {
+        self.pseudo.ok_or(DataError::NoPseudoSet)
     }
 
     /// Targets and loss weights of a sample source (before mixup).
-    fn item_targets(&self, item: Item) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    fn item_targets(&self, item: Item) -> Result<(Vec<f32>, Vec<f32>), DataError> {
         match item {
             Item::Clip(rec) => Ok(self.targets(rec)),
             Item::Pseudo(i) => {
@@ -166,7 +168,7 @@ impl<'a> BatchBuilder<'a> {
     }
 
     /// A random crop of a recording, or a pseudo-labelled window, with time shift and gain.
-    fn clip(&self, item: Item, rng: &mut Rng) -> anyhow::Result<Vec<f32>> {
+    fn clip(&self, item: Item, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
         let n = self.crop_samples();
         let mut out = vec![0.0f32; n];
         match item {
@@ -202,7 +204,7 @@ impl<'a> BatchBuilder<'a> {
         pool: &[Item],
         epoch: usize,
         pos: usize,
-    ) -> anyhow::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    ) -> Result<Sample, DataError> {
         let mut rng = Rng::new(sample_seed(self.seed, epoch as u64, pos as u64));
         let mut clip = self.clip(item, &mut rng)?;
         let (mut y, mut w) = self.item_targets(item)?;
@@ -284,7 +286,7 @@ impl<'a> BatchBuilder<'a> {
         n: usize,
         epoch: usize,
         batch: usize,
-    ) -> anyhow::Result<Batch> {
+    ) -> Result<Batch, DataError> {
         let items: Vec<Item> = order.iter().map(|&r| Item::Clip(r)).collect();
         self.build_items(&items, n, epoch, batch)
     }
@@ -296,13 +298,13 @@ impl<'a> BatchBuilder<'a> {
         n: usize,
         epoch: usize,
         batch: usize,
-    ) -> anyhow::Result<Batch> {
+    ) -> Result<Batch, DataError> {
         let start = batch * n;
         let end = (start + n).min(order.len());
         let samples: Vec<_> = (start..end)
             .into_par_iter()
             .map(|pos| self.sample(order[pos], order, epoch, pos))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, DataError>>()?;
         let [c, m, f] = self.frontend.config().input_shape();
         let count = samples.len();
         let mut batch_out = Batch {

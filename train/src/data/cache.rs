@@ -300,21 +300,16 @@ impl AudioStore for Cache {
         self.rows.len()
     }
 
-    fn segments(&self, index: usize) -> anyhow::Result<Segments> {
-        let &row = self.rows.get(index).ok_or_else(|| {
-            anyhow::anyhow!("no recording {index} in a cache of {}", self.rows.len())
-        })?;
-        if !self.errors[row].is_empty() {
-            anyhow::bail!("recording {index} was skipped: {}", self.errors[row]);
-        }
-        let read = |data: &hdf5::Dataset, offsets: &[u64]| -> anyhow::Result<Vec<f32>> {
+    fn segments(&self, index: usize) -> Result<Segments, DataError> {
+        let row = self.row(index)?;
+        let read = |data: &hdf5::Dataset, offsets: &[u64]| -> Result<Vec<f32>, DataError> {
             let (a, b) = (offsets[row] as usize, offsets[row + 1] as usize);
             if a == b {
                 return Ok(Vec::new());
             }
             Ok(data
                 .read_slice_1d::<f32, _>(a..b)
-                .map_err(|e| anyhow::anyhow!("{}: reading row {row}: {e}", self.path.display()))?
+                .map_err(self.read_err(row))?
                 .to_vec())
         };
         Ok(Segments {
@@ -323,13 +318,8 @@ impl AudioStore for Cache {
         })
     }
 
-    fn head_range(&self, index: usize, start: usize, len: usize) -> anyhow::Result<Vec<f32>> {
-        let &row = self.rows.get(index).ok_or_else(|| {
-            anyhow::anyhow!("no recording {index} in a cache of {}", self.rows.len())
-        })?;
-        if !self.errors[row].is_empty() {
-            anyhow::bail!("recording {index} was skipped: {}", self.errors[row]);
-        }
+    fn head_range(&self, index: usize, start: usize, len: usize) -> Result<Vec<f32>, DataError> {
+        let row = self.row(index)?;
         let (a, b) = (
             self.head_offsets[row] as usize,
             self.head_offsets[row + 1] as usize,
@@ -341,12 +331,38 @@ impl AudioStore for Cache {
             let got = self
                 .head
                 .read_slice_1d::<f32, _>(from..to)
-                .map_err(|e| anyhow::anyhow!("{}: reading row {row}: {e}", self.path.display()))?;
+                .map_err(self.read_err(row))?;
             for (o, v) in out.iter_mut().zip(got.iter()) {
                 *o = *v;
             }
         }
         Ok(out)
+    }
+}
+
+impl Cache {
+    /// The cache row of recording `index`, unless it is out of range or was skipped.
+    fn row(&self, index: usize) -> Result<usize, DataError> {
+        let &row = self.rows.get(index).ok_or(DataError::NoRecording {
+            store: "cache",
+            index,
+            len: self.rows.len(),
+        })?;
+        if !self.errors[row].is_empty() {
+            return Err(DataError::Skipped {
+                index,
+                reason: self.errors[row].clone(),
+            });
+        }
+        Ok(row)
+    }
+
+    fn read_err(&self, row: usize) -> impl FnOnce(hdf5::Error) -> DataError + '_ {
+        move |cause| DataError::ReadRow {
+            path: self.path.clone(),
+            row,
+            cause,
+        }
     }
 }
 

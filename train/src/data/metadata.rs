@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use super::{Dataset, Recording};
 
-/// Everything that can go wrong while reading training data or building its cache. Every variant
-/// names the files concerned.
+/// Everything that can go wrong while reading training data, building its cache or drawing
+/// samples from it. Every variant about files names them; the others name the recording or
+/// window index.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The competition directory has problems; all of them are listed.
@@ -54,6 +55,83 @@ pub enum DataError {
     Decode {
         /// One message per file, naming it and the cause.
         failures: Vec<String>,
+    },
+    /// An audio store was asked for a recording it does not have.
+    #[error("no recording {index} in a {store} of {len}")]
+    NoRecording {
+        /// `cache` or `store`.
+        store: &'static str,
+        /// The index asked for.
+        index: usize,
+        /// How many recordings the store has.
+        len: usize,
+    },
+    /// The cache holds the recording as skipped (it could not be decoded; see `skip_bad`).
+    #[error("recording {index} was skipped: {reason}")]
+    Skipped {
+        /// The recording's index in the dataset.
+        index: usize,
+        /// Why it could not be decoded, naming the file.
+        reason: String,
+    },
+    /// A row of the audio cache could not be read.
+    #[error("{path}: reading row {row}")]
+    ReadRow {
+        /// The cache file.
+        path: PathBuf,
+        /// The cache row.
+        row: usize,
+        /// What HDF5 said.
+        #[source]
+        cause: hdf5::Error,
+    },
+    /// Soft targets that do not fit their windows and classes.
+    #[error("{targets} pseudo-label targets for {windows} windows of {classes} classes")]
+    PseudoTargets {
+        /// Targets given.
+        targets: usize,
+        /// Windows.
+        windows: usize,
+        /// Classes (loss weights).
+        classes: usize,
+    },
+    /// A pseudo-labelled window refers to a soundscape the store does not have.
+    #[error("a pseudo-labelled window refers to soundscape {soundscape} of {len}")]
+    PseudoSoundscape {
+        /// The soundscape index of the window.
+        soundscape: usize,
+        /// Soundscapes in the store.
+        len: usize,
+    },
+    /// A pseudo-labelled window index beyond the set.
+    #[error("no pseudo-labelled window {index} of {len}")]
+    NoPseudoWindow {
+        /// The index asked for.
+        index: usize,
+        /// Windows in the set.
+        len: usize,
+    },
+    /// A batch asked for a pseudo-labelled sample but the builder has no pseudo-label set.
+    #[error("a pseudo-labelled sample without a pseudo-label set")]
+    NoPseudoSet,
+}
+
+/// Why a `secondary_labels` cell is not a list of labels ([`parse_label_list`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelListError {
+    /// The cell is not bracketed.
+    #[error("`{list}` is not a list like ['a', 'b']")]
+    NotAList {
+        /// The cell, trimmed.
+        list: String,
+    },
+    /// An item is not a quoted, non-empty label.
+    #[error("item `{item}` of `{list}` is not a quoted label")]
+    Unquoted {
+        /// The item, trimmed.
+        item: String,
+        /// The cell, trimmed.
+        list: String,
     },
 }
 
@@ -392,7 +470,7 @@ fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
 
 /// Parse a Python list literal of strings as pandas writes it: `[]`, `['a', 'b']`, `["a"]`.
 /// An empty cell counts as an empty list.
-pub fn parse_label_list(s: &str) -> Result<Vec<String>, String> {
+pub fn parse_label_list(s: &str) -> Result<Vec<String>, LabelListError> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(Vec::new());
@@ -400,7 +478,9 @@ pub fn parse_label_list(s: &str) -> Result<Vec<String>, String> {
     let inner = s
         .strip_prefix('[')
         .and_then(|r| r.strip_suffix(']'))
-        .ok_or_else(|| format!("`{s}` is not a list like ['a', 'b']"))?;
+        .ok_or_else(|| LabelListError::NotAList {
+            list: s.to_string(),
+        })?;
     if inner.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -414,7 +494,10 @@ pub fn parse_label_list(s: &str) -> Result<Vec<String>, String> {
                 .or_else(|| t.strip_prefix('"').and_then(|r| r.strip_suffix('"')));
             match unquoted {
                 Some(u) if !u.trim().is_empty() => Ok(u.trim().to_string()),
-                _ => Err(format!("item `{t}` of `{s}` is not a quoted label")),
+                _ => Err(LabelListError::Unquoted {
+                    item: t.to_string(),
+                    list: s.to_string(),
+                }),
             }
         })
         .collect()

@@ -10,6 +10,8 @@
 
 use std::path::PathBuf;
 
+pub use metadata::DataError;
+
 /// One labelled recording (a row of train_metadata.csv).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recording {
@@ -57,11 +59,11 @@ pub trait AudioStore: Sync {
         self.len() == 0
     }
     /// The segments of recording `index` (same order as [`Dataset::recordings`]).
-    fn segments(&self, index: usize) -> anyhow::Result<Segments>;
+    fn segments(&self, index: usize) -> Result<Segments, DataError>;
 
     /// `len` samples of recording `index`'s head from sample `start`, zero-padded past its end
     /// (used for windows of whole soundscapes stored as one long head).
-    fn head_range(&self, index: usize, start: usize, len: usize) -> anyhow::Result<Vec<f32>> {
+    fn head_range(&self, index: usize, start: usize, len: usize) -> Result<Vec<f32>, DataError> {
         let head = self.segments(index)?.head;
         let mut out = vec![0.0f32; len];
         if start < head.len() {
@@ -81,11 +83,12 @@ impl AudioStore for MemoryStore {
         self.0.len()
     }
 
-    fn segments(&self, index: usize) -> anyhow::Result<Segments> {
-        self.0
-            .get(index)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("no recording {index} in a store of {}", self.0.len()))
+    fn segments(&self, index: usize) -> Result<Segments, DataError> {
+        self.0.get(index).cloned().ok_or(DataError::NoRecording {
+            store: "store",
+            index,
+            len: self.0.len(),
+        })
     }
 }
 pub mod batch;

@@ -2,9 +2,7 @@
 //! made by a teacher ensemble, [`crate::pseudo`]) and the audio they come from. Batches draw
 //! from them as [`Item::Pseudo`](super::batch::Item::Pseudo).
 
-use anyhow::{bail, Context, Result};
-
-use super::AudioStore;
+use super::{AudioStore, DataError};
 
 /// A pseudo-labelled window: a stored soundscape and the sample its window starts at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,21 +38,19 @@ impl PseudoSet {
         windows: Vec<PseudoWindow>,
         targets: Vec<f32>,
         weights: Vec<f32>,
-    ) -> Result<Self> {
+    ) -> Result<Self, DataError> {
         if targets.len() != windows.len() * weights.len() {
-            bail!(
-                "{} pseudo-label targets for {} windows of {} classes",
-                targets.len(),
-                windows.len(),
-                weights.len()
-            );
+            return Err(DataError::PseudoTargets {
+                targets: targets.len(),
+                windows: windows.len(),
+                classes: weights.len(),
+            });
         }
         if let Some(w) = windows.iter().find(|w| w.rec >= store.len()) {
-            bail!(
-                "a pseudo-labelled window refers to soundscape {} of {}",
-                w.rec,
-                store.len()
-            );
+            return Err(DataError::PseudoSoundscape {
+                soundscape: w.rec,
+                len: store.len(),
+            });
         }
         Ok(Self {
             store,
@@ -86,11 +82,11 @@ impl PseudoSet {
     }
 
     /// `n` samples of window `i` (zero-padded past the soundscape's end).
-    pub fn audio(&self, i: usize, n: usize) -> Result<Vec<f32>> {
-        let w = self
-            .windows
-            .get(i)
-            .with_context(|| format!("no pseudo-labelled window {i} of {}", self.len()))?;
+    pub fn audio(&self, i: usize, n: usize) -> Result<Vec<f32>, DataError> {
+        let w = self.windows.get(i).ok_or(DataError::NoPseudoWindow {
+            index: i,
+            len: self.len(),
+        })?;
         self.store.head_range(w.rec, w.start, n)
     }
 }

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::error::TrainError;
 
 /// The embedded default: a pipeline on a synthesised competition (`configs/synthetic.pipeline.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/synthetic.pipeline.toml");
@@ -113,25 +113,33 @@ impl Default for ReportSection {
 
 impl PipelineConfig {
     /// Parse a pipeline file's text (and check the values serde cannot).
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
-        cfg.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, TrainError> {
+        let cfg: Self = toml::from_str(text).map_err(|cause| TrainError::Toml {
+            origin: origin.to_string(),
+            cause,
+        })?;
+        cfg.validate().map_err(|cause| TrainError::PipelineFile {
+            origin: origin.to_string(),
+            cause: Box::new(cause),
+        })?;
         Ok(cfg)
     }
 
     /// Check the values serde cannot, so that a bad one fails before the first stage, not after
     /// hours of training.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<(), TrainError> {
         if self.pseudo.batch_size == 0 {
-            bail!("[pseudo] batch_size must be at least 1");
+            return Err(TrainError::PipelineKey {
+                key: "[pseudo] batch_size",
+                reason: "must be at least 1",
+            });
         }
         Ok(())
     }
 
     /// Read a pipeline file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(TrainError::io("reading", path))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 }
@@ -149,19 +157,29 @@ fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
 }
 
 /// The training configuration a `[teacher]` or `[student]` section describes.
-pub fn resolve_train(section: &ModelSection, base_dir: &Path, what: &str) -> Result<TrainConfig> {
+pub fn resolve_train(
+    section: &ModelSection,
+    base_dir: &Path,
+    what: &str,
+) -> Result<TrainConfig, TrainError> {
     let mut table = match &section.config {
         Some(p) => {
             let path = base_dir.join(p);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{what}.config {}", path.display()))?;
-            toml::from_str::<toml::Table>(&text)
-                .map_err(|e| anyhow!("{what}.config {}: {e}", path.display()))?
+            let setting = format!("{what}.config");
+            let text =
+                std::fs::read_to_string(&path).map_err(TrainError::io(setting.as_str(), &path))?;
+            toml::from_str::<toml::Table>(&text).map_err(|cause| TrainError::Toml {
+                origin: format!("{setting} {}", path.display()),
+                cause,
+            })?
         }
         None => toml::Table::new(),
     };
     merge_tables(&mut table, &section.train);
-    let text = toml::to_string(&table).map_err(|e| anyhow!("[{what}]: {e}"))?;
+    let text = toml::to_string(&table).map_err(|cause| TrainError::TomlWrite {
+        section: what.to_string(),
+        cause,
+    })?;
     let mut cfg = TrainConfig::from_toml(&text, &format!("[{what}]"), &section.set)?;
     for p in [&mut cfg.model.card, &mut cfg.model.init]
         .into_iter()

@@ -31,7 +31,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use birdclef_export::export::{export_checkpoint, ExportOptions};
 use birdclef_infer::postprocess::{Ensemble, Kernel};
 use birdclef_infer::predict::{predict, PredictOptions};
@@ -43,6 +42,7 @@ use birdclef_models::synth::{write_competition, CompetitionSpec};
 use tch::Device;
 
 use crate::config::TrainConfig;
+use crate::error::TrainError;
 
 mod config;
 mod stages;
@@ -73,9 +73,14 @@ pub struct PipelineOptions {
 
 /// Check, before any work, that every output the pipeline writes under `out` can be written:
 /// `out` itself, the stages' directories (and their fold directories) and files.
-fn check_outputs(out: &Path, teacher: &TrainConfig, student: &TrainConfig) -> Result<()> {
+fn check_outputs(
+    out: &Path,
+    teacher: &TrainConfig,
+    student: &TrainConfig,
+) -> Result<(), TrainError> {
     let what = "the pipeline's output directory (--out)";
-    fsio::check_output_dir(out).context(what)?;
+    let bad = |cause| TrainError::BadOutput { what, cause };
+    fsio::check_output_dir(out).map_err(bad)?;
     let mut dirs: Vec<PathBuf> = [
         "data",
         "teachers",
@@ -100,7 +105,7 @@ fn check_outputs(out: &Path, teacher: &TrainConfig, student: &TrainConfig) -> Re
         dirs.extend(cfg.data.folds.iter().map(|&f| fold_dir(&out.join(run), f)));
     }
     for d in &dirs {
-        fsio::check_output_dir(d).context(what)?;
+        fsio::check_output_dir(d).map_err(bad)?;
     }
     for f in [
         "pseudo.h5",
@@ -112,16 +117,16 @@ fn check_outputs(out: &Path, teacher: &TrainConfig, student: &TrainConfig) -> Re
         let path = out.join(f);
         // Files in directories the pipeline has not made yet cannot be in the way.
         if path.parent().is_some_and(Path::is_dir) {
-            fsio::check_output_file(&path).context(what)?;
+            fsio::check_output_file(&path).map_err(bad)?;
         }
     }
     Ok(())
 }
 
 /// Remove a directory unless resuming into it.
-fn fresh_dir(dir: &Path, resume: bool) -> Result<()> {
+fn fresh_dir(dir: &Path, resume: bool) -> Result<(), TrainError> {
     if !resume && dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).map_err(TrainError::io("removing", dir))?;
     }
     Ok(())
 }
@@ -133,7 +138,7 @@ fn train_stage(
     pseudo: Option<(&Path, &Path)>,
     opts: &PipelineOptions,
     resume: bool,
-) -> Result<(String, f64)> {
+) -> Result<(String, f64), TrainError> {
     fresh_dir(out, resume)?;
     // A stage stopped before any fold had started (while the cache was built) has nothing to
     // resume: it starts afresh.
@@ -166,10 +171,9 @@ fn export_folds(
     onnx_dir: &Path,
     cfg: &TrainConfig,
     opts: &PipelineOptions,
-) -> Result<(Vec<PathBuf>, f64)> {
+) -> Result<(Vec<PathBuf>, f64), TrainError> {
     fresh_dir(onnx_dir, false)?;
-    std::fs::create_dir_all(onnx_dir)
-        .with_context(|| format!("creating {}", onnx_dir.display()))?;
+    std::fs::create_dir_all(onnx_dir).map_err(TrainError::io("creating", onnx_dir))?;
     let mut files = Vec::new();
     let mut worst = 0.0f64;
     for f in &cfg.data.folds {
@@ -195,9 +199,9 @@ fn infer_test(
     csv: &Path,
     smooth: Option<&Vec<f32>>,
     opts: &PipelineOptions,
-) -> Result<usize> {
+) -> Result<usize, TrainError> {
     if let Some(dir) = csv.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(TrainError::io("creating", dir))?;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let s = predict(&PredictOptions {
@@ -210,7 +214,7 @@ fn infer_test(
         smooth: smooth
             .map(|k| Kernel::new(k.clone()))
             .transpose()
-            .map_err(|e| anyhow!("infer.smooth: {e}"))?,
+            .map_err(TrainError::Smooth)?,
         shard: None,
         detections: None,
         raven_dir: None,
@@ -224,42 +228,40 @@ fn infer_test(
         },
         ort_threads: 1,
         ort_lib: opts.ort_lib.clone(),
-    })?;
+    })
+    .map_err(Box::new)?;
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
     if !s.failures.is_empty() {
-        bail!("{}", unreadable(&s.failures));
+        return Err(unreadable(&s.failures));
     }
     Ok(s.rows)
 }
 
 /// The error for test soundscapes that could not be read: each failure's reason as it is (it
 /// names the file).
-fn unreadable(failures: &[(PathBuf, birdclef_infer::runner::Failure)]) -> String {
-    format!(
-        "{} test soundscape(s) could not be read: {}",
-        failures.len(),
-        failures
-            .iter()
-            .map(|(_, f)| f.reason.as_str())
-            .collect::<Vec<_>>()
-            .join("; ")
-    )
+fn unreadable(failures: &[(PathBuf, birdclef_infer::runner::Failure)]) -> TrainError {
+    TrainError::TestSoundscapes {
+        reasons: failures.iter().map(|(_, f)| f.reason.clone()).collect(),
+    }
 }
 
-fn test_auc(csv: &Path, solution: &Path) -> Result<f64> {
+fn test_auc(csv: &Path, solution: &Path) -> Result<f64, TrainError> {
     Ok(score(csv, solution, DEFAULT_PADDING_FACTOR)?.macro_roc_auc)
 }
 
 /// Run the pipeline; returns the summary rows (also written to `OUT/summary.csv`).
-pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<StageRow>> {
+pub fn run_pipeline(
+    cfg: &PipelineConfig,
+    opts: &PipelineOptions,
+) -> Result<Vec<StageRow>, TrainError> {
     let out = &opts.out;
     cfg.validate()?;
     let teacher = resolve_train(&cfg.teacher, &opts.base_dir, "teacher")?;
     let student = resolve_train(&cfg.student, &opts.base_dir, "student")?;
     check_outputs(out, &teacher, &student)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(TrainError::io("creating", out))?;
     let mut r = Runner {
         out: opts.out.clone(),
         rows: Vec::new(),
@@ -277,17 +279,13 @@ pub fn run_pipeline(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<Vec<
         })?;
         dir
     } else {
-        let dir = cfg
-            .data
-            .dir
-            .as_ref()
-            .ok_or_else(|| anyhow!("[data] needs dir = \"...\" or synthetic = true"))?;
+        let dir = cfg.data.dir.as_ref().ok_or(TrainError::PipelineKey {
+            key: "[data]",
+            reason: "needs dir = \"...\" or synthetic = true",
+        })?;
         let dir = opts.base_dir.join(dir);
         if !dir.join("train_metadata.csv").is_file() {
-            bail!(
-                "[data] dir {}: no train_metadata.csv there; is it a BirdCLEF directory?",
-                dir.display()
-            );
+            return Err(TrainError::NotCompetition { dir });
         }
         dir
     };
@@ -468,7 +466,7 @@ mod tests {
                 },
             ),
         ];
-        let msg = unreadable(&failures);
+        let msg = unreadable(&failures).to_string();
         assert_eq!(
             msg,
             "2 test soundscape(s) could not be read: test/a.ogg: file is empty (0 bytes); \
@@ -480,10 +478,18 @@ mod tests {
     fn a_zero_pseudo_batch_size_is_refused_when_the_file_is_read() {
         let err = PipelineConfig::from_toml("[pseudo]\nbatch_size = 0\n", "p.toml")
             .expect_err("batch_size 0");
-        let msg = format!("{err:#}");
         assert!(
-            msg.contains("p.toml") && msg.contains("batch_size"),
-            "{msg}"
+            matches!(
+                &err,
+                TrainError::PipelineFile { origin, cause }
+                    if origin == "p.toml"
+                        && matches!(**cause, TrainError::PipelineKey { key: "[pseudo] batch_size", .. })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            crate::error::report(&err),
+            "p.toml: [pseudo] batch_size must be at least 1"
         );
         PipelineConfig::from_toml("[pseudo]\nbatch_size = 1\n", "p.toml").expect("1 is fine");
     }
@@ -502,7 +508,7 @@ mod tests {
             ort_lib: None,
         };
         // pseudo.h5 is written after the teachers are trained: refused before them.
-        let msg = format!("{:#}", run_pipeline(&cfg, &opts).expect_err("a directory"));
+        let msg = crate::error::report(&run_pipeline(&cfg, &opts).expect_err("a directory"));
         assert!(
             msg.contains("pseudo.h5") && msg.contains("is a directory"),
             "{msg}"
@@ -512,7 +518,7 @@ mod tests {
         std::fs::remove_dir(out.join("pseudo.h5")).expect("rmdir");
         std::fs::create_dir_all(out.join("students")).expect("dir");
         std::fs::write(out.join("students/fold0"), "x").expect("file");
-        let msg = format!("{:#}", run_pipeline(&cfg, &opts).expect_err("a file"));
+        let msg = crate::error::report(&run_pipeline(&cfg, &opts).expect_err("a file"));
         assert!(
             msg.contains("students/fold0") && msg.contains("not a directory"),
             "{msg}"
@@ -521,7 +527,7 @@ mod tests {
         // --out itself a regular file.
         std::fs::write(dir.join("plain"), "x").expect("file");
         opts.out = dir.join("plain");
-        let msg = format!("{:#}", run_pipeline(&cfg, &opts).expect_err("a file"));
+        let msg = crate::error::report(&run_pipeline(&cfg, &opts).expect_err("a file"));
         assert!(
             msg.contains("plain") && msg.contains("not a directory"),
             "{msg}"

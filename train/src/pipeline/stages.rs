@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use birdclef_models::fsio::write_atomic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::summary::fmt_value;
+use crate::error::TrainError;
 
 /// One row of the summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,8 +85,8 @@ impl Runner {
         stage: &str,
         key: &str,
         outputs_ok: bool,
-        run: impl FnOnce(bool) -> Result<(String, f64)>,
-    ) -> Result<f64> {
+        run: impl FnOnce(bool) -> Result<(String, f64), TrainError>,
+    ) -> Result<f64, TrainError> {
         let done = self.stamp_path(stage, "done");
         let started = self.stamp_path(stage, "started");
         let stamp: Option<Stamp> = std::fs::read_to_string(&done)
@@ -106,7 +106,7 @@ impl Runner {
         let _ = std::fs::remove_file(&done);
         let resume = std::fs::read_to_string(&started).is_ok_and(|k| k.trim() == key);
         if let Some(dir) = started.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(TrainError::io("creating", dir))?;
         }
         write_atomic(&started, key.as_bytes())?;
         eprintln!(
@@ -114,7 +114,10 @@ impl Runner {
             if resume { "resuming" } else { "running" }
         );
         let t0 = Instant::now();
-        let (metric, value) = run(resume).with_context(|| format!("pipeline stage {stage}"))?;
+        let (metric, value) = run(resume).map_err(|cause| TrainError::Stage {
+            stage: stage.to_string(),
+            cause: Box::new(cause),
+        })?;
         let seconds = t0.elapsed().as_secs_f64();
         let s = Stamp {
             key: key.into(),
@@ -122,7 +125,12 @@ impl Runner {
             metric: metric.clone(),
             value,
         };
-        write_atomic(&done, serde_json::to_string_pretty(&s)?.as_bytes())?;
+        let text = serde_json::to_string_pretty(&s).map_err(|cause| TrainError::Json {
+            what: "writing",
+            path: done.clone(),
+            cause,
+        })?;
+        write_atomic(&done, text.as_bytes())?;
         let _ = std::fs::remove_file(&started);
         eprintln!(
             "pipeline: {stage}: {metric} = {} ({seconds:.1} s)",

@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Result;
-
 use super::stages::StageRow;
+use crate::error::TrainError;
 
 /// Write `summary.csv` atomically.
-pub fn write_summary(path: &Path, rows: &[StageRow]) -> Result<()> {
+pub fn write_summary(path: &Path, rows: &[StageRow]) -> Result<(), TrainError> {
     let mut text = String::from("stage,status,seconds,metric,value\n");
     for row in rows {
         text.push_str(&format!(

@@ -5,7 +5,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
 use birdclef_export::export::checkpoints_in_run;
 use birdclef_infer::model::{check_cards, OnnxModel};
 use birdclef_infer::predict::{discover, stem_of};
@@ -20,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tch::Device;
 
 use super::table::{Table, FORMAT_VERSION};
+use crate::error::TrainError;
 use crate::model::net::{self, Net};
 
 /// Testing aid: with this environment variable set to `N`, the process exits (status 137, as if
@@ -51,20 +51,25 @@ impl Teacher {
     /// Load a teacher: a directory is a checkpoint (card.json + weights.safetensors), a file an
     /// ONNX model. ONNX Runtime must have been initialised for ONNX files
     /// ([`birdclef_infer::ort_env::init`]).
-    pub fn load(path: &Path, device: Device, ort_threads: usize) -> Result<Self> {
+    pub fn load(path: &Path, device: Device, ort_threads: usize) -> Result<Self, TrainError> {
         if path.is_dir() {
+            let teacher = |cause: TrainError| TrainError::Teacher {
+                path: path.to_path_buf(),
+                cause: Box::new(cause),
+            };
             // from_checkpoint checks the card against the weights; the card itself is small.
-            let net = Net::from_checkpoint(path, device)
-                .with_context(|| format!("teacher {}", path.display()))?;
-            let card = Card::load(&path.join(checkpoint::CARD_FILE))
-                .with_context(|| format!("teacher {}", path.display()))?;
+            let net = Net::from_checkpoint(path, device).map_err(|e| teacher(e.into()))?;
+            let card =
+                Card::load(&path.join(checkpoint::CARD_FILE)).map_err(|e| teacher(e.into()))?;
             Ok(Teacher::Torch {
                 path: path.to_path_buf(),
                 card,
                 net,
             })
         } else {
-            Ok(Teacher::Onnx(OnnxModel::load(path, ort_threads)?))
+            Ok(Teacher::Onnx(
+                OnnxModel::load(path, ort_threads).map_err(Box::new)?,
+            ))
         }
     }
 
@@ -85,16 +90,21 @@ impl Teacher {
     }
 
     /// Logits of `n` windows (`x` row-major in the card's input shape): `n × classes`.
-    pub fn logits(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    pub fn logits(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>, TrainError> {
         match self {
             Teacher::Torch { path, card, net } => {
                 let [c, h, w] = card.input_shape;
-                let t = net::tensor_from(x, &[n, c, h, w], net.device())?;
-                let y = tch::no_grad(|| net.f_forward(&t, false))
-                    .with_context(|| format!("teacher {}", path.display()))?;
-                Ok(net::to_vec_f32(&y)?)
+                let teacher = |cause: TrainError| TrainError::Teacher {
+                    path: path.clone(),
+                    cause: Box::new(cause),
+                };
+                let t = net::tensor_from(x, &[n, c, h, w], net.device()).map_err(|e| {
+                    teacher(TrainError::torch("moving the windows to the device")(e))
+                })?;
+                let y = tch::no_grad(|| net.f_forward(&t, false)).map_err(|e| teacher(e.into()))?;
+                net::to_vec_f32(&y).map_err(|e| teacher(TrainError::torch("reading the logits")(e)))
             }
-            Teacher::Onnx(m) => Ok(m.run(x, n)?),
+            Teacher::Onnx(m) => Ok(m.run(x, n).map_err(Box::new)?),
         }
     }
 
@@ -113,7 +123,7 @@ impl Teacher {
 /// Expand teacher arguments: a checkpoint directory or ONNX file stands for itself; a training
 /// run directory for the checkpoints `birdclef-export --run` takes from it (`fold<N>/best/`);
 /// a directory of ONNX files for those files (sorted).
-pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>, TrainError> {
     let mut out = Vec::new();
     for a in args {
         if a.is_file() || a.join(checkpoint::CARD_FILE).is_file() {
@@ -121,10 +131,16 @@ pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
             continue;
         }
         if !a.is_dir() {
-            bail!("teacher {}: no such file or directory", a.display());
+            return Err(TrainError::TeacherPath {
+                path: a.clone(),
+                reason: "no such file or directory",
+            });
         }
         let mut entries: Vec<PathBuf> = std::fs::read_dir(a)
-            .with_context(|| format!("teacher {}: cannot list the directory", a.display()))?
+            .map_err(|cause| TrainError::TeacherDir {
+                path: a.clone(),
+                cause,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
@@ -136,26 +152,26 @@ pub fn expand_teachers(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .cloned()
             .collect();
         if folds.is_empty() && onnx.is_empty() {
-            bail!(
-                "teacher {}: neither a checkpoint (card.json), a run directory with fold<N>/best/, \
-                 nor a directory of .onnx files",
-                a.display()
-            );
+            return Err(TrainError::TeacherPath {
+                path: a.clone(),
+                reason: "neither a checkpoint (card.json), a run directory with fold<N>/best/, \
+                         nor a directory of .onnx files",
+            });
         }
         out.extend(folds);
         out.extend(onnx);
     }
     if out.is_empty() {
-        bail!("no teachers given");
+        return Err(TrainError::NoTeachers);
     }
     Ok(out)
 }
 
 /// Check that teachers can be ensembled (same labels, same windows; as birdclef-infer checks its
 /// models); the error names both.
-pub fn check_teachers(teachers: &[Teacher]) -> Result<()> {
+pub fn check_teachers(teachers: &[Teacher]) -> Result<(), TrainError> {
     let cards: Vec<(&Path, &Card)> = teachers.iter().map(|t| (t.path(), t.card())).collect();
-    Ok(check_cards(&cards)?)
+    Ok(check_cards(&cards).map_err(Box::new)?)
 }
 
 /// Options of [`pseudo_label`].
@@ -208,8 +224,8 @@ struct Part {
     windows: usize,
 }
 
-fn file_identity(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+fn file_identity(path: &Path) -> Result<String, TrainError> {
+    let meta = std::fs::metadata(path).map_err(TrainError::io("reading the metadata of", path))?;
     Ok(format!(
         "{}\t{}\t{}",
         path.display(),
@@ -218,7 +234,7 @@ fn file_identity(path: &Path) -> Result<String> {
     ))
 }
 
-fn resume_key(teachers: &[Teacher], files: &[PathBuf]) -> Result<String> {
+fn resume_key(teachers: &[Teacher], files: &[PathBuf]) -> Result<String, TrainError> {
     let mut h = Sha256::new();
     h.update(format!("birdclef pseudo-label v{FORMAT_VERSION}\n"));
     for t in teachers {
@@ -276,7 +292,7 @@ enum Piece {
     /// Soundscape `index` is complete (seconds of audio), or could not be read (why).
     End {
         index: usize,
-        result: std::result::Result<f64, String>,
+        result: Result<f64, String>,
     },
 }
 
@@ -284,10 +300,13 @@ enum Piece {
 ///
 /// The output file (and its parts directory) are checked before any work: the file's directory
 /// must exist, and the file must not be a directory, a teacher or a soundscape.
-pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
+pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary, TrainError> {
     let t0 = Instant::now();
     if opts.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
+        return Err(TrainError::BadOption {
+            option: "--batch-size",
+            message: "--batch-size must be at least 1".into(),
+        });
     }
     let out = &opts.out;
     fsio::check_output_file(out)?;
@@ -306,12 +325,12 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
         .collect();
     fsio::refuse_overwriting(out, teacher_files.iter().map(PathBuf::as_path))?;
     if teacher_paths.iter().any(|p| p.is_file()) {
-        birdclef_infer::ort_env::init(opts.ort_lib.as_deref())?;
+        birdclef_infer::ort_env::init(opts.ort_lib.as_deref()).map_err(Box::new)?;
     }
     let mut teachers: Vec<Teacher> = teacher_paths
         .iter()
         .map(|p| Teacher::load(p, opts.device, 1))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, TrainError>>()?;
     check_teachers(&teachers)?;
     let card = teachers[0].card().clone();
     let k = card.labels.len();
@@ -328,15 +347,20 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
     }
     let frontends: Vec<Frontend> = frontends
         .into_iter()
-        .map(|f| Frontend::new(f).map_err(|e| anyhow!("teacher frontend: {e}")))
-        .collect::<Result<_>>()?;
+        .map(|f| {
+            Frontend::new(f).map_err(|cause| TrainError::Frontend {
+                what: "teacher frontend",
+                cause,
+            })
+        })
+        .collect::<Result<_, TrainError>>()?;
 
     // Entries that cannot be read (dangling links, unlistable folders) are failed soundscapes
     // of the first shard (they belong to no shard's files).
     let birdclef_infer::predict::Discovered {
         files: all,
         unreadable,
-    } = discover(&opts.soundscapes)?;
+    } = discover(&opts.soundscapes).map_err(Box::new)?;
     if all.is_empty() {
         eprintln!(
             "warning: no audio files ({}) in {}; the file will have no rows",
@@ -363,9 +387,9 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
             "pseudo-label: {} holds parts of a run with other teachers or files; starting afresh",
             parts.display()
         );
-        std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
+        std::fs::remove_dir_all(&parts).map_err(TrainError::io("removing", &parts))?;
     }
-    std::fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+    std::fs::create_dir_all(&parts).map_err(TrainError::io("creating", &parts))?;
     birdclef_models::fsio::write_atomic(&key_file, key.as_bytes())?;
 
     let mut done: BTreeMap<usize, Part> = BTreeMap::new();
@@ -391,15 +415,30 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .context("building the decoding thread pool")?;
-    let mut failed: Vec<(PathBuf, String)> = if shard.k == 0 { unreadable } else { Vec::new() };
+        .map_err(|cause| TrainError::ThreadPool {
+            what: "decoding",
+            cause,
+        })?;
+    // discover's reasons do not name the entry; a failure's reason is printed and stored alone,
+    // so it must.
+    let mut failed: Vec<(PathBuf, String)> = if shard.k == 0 {
+        unreadable
+            .into_iter()
+            .map(|(path, why)| {
+                let why = format!("{}: {why}", path.display());
+                (path, why)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut audio_seconds = 0.0;
     let batch = opts.batch_size;
     let start = Instant::now();
     let mut labelled = 0usize;
     let mut last_report = f64::NEG_INFINITY;
     let abort_after: Option<usize> = std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok());
-    std::thread::scope(|s| -> Result<()> {
+    std::thread::scope(|s| -> Result<(), TrainError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(threads * 2);
         let (files, frontends, todo, pool) = (&files, &frontends, &todo, &pool);
         // Each decoding worker streams one soundscape at a time, `batch` windows per piece; the
@@ -510,7 +549,7 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary> {
     }
     table.failed = failed.iter().map(|(_, why)| why.clone()).collect();
     table.write(&opts.out)?;
-    std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
+    std::fs::remove_dir_all(&parts).map_err(TrainError::io("removing", &parts))?;
     Ok(PseudoSummary {
         out: opts.out.clone(),
         shard,
@@ -531,7 +570,7 @@ fn ensemble(
     inputs: &[Vec<f32>],
     windows: usize,
     k: usize,
-) -> Result<Vec<f32>> {
+) -> Result<Vec<f32>, TrainError> {
     let mut sum = vec![0.0f32; windows * k];
     for (t, &fi) in teachers.iter_mut().zip(uses) {
         let logits = t.logits(&inputs[fi], windows)?;
@@ -568,7 +607,7 @@ fn stream_windows(
     chunk: usize,
     send: &mut dyn FnMut(Piece) -> bool,
 ) {
-    let mut body = || -> std::result::Result<f64, String> {
+    let mut body = || -> Result<f64, String> {
         let mut stream = audio::AudioStream::open(path).map_err(|e| e.to_string())?;
         let cfg = frontends
             .first()
@@ -577,7 +616,7 @@ fn stream_windows(
             .clone();
         let w = cfg.window_samples().max(1);
         // Send `windows` windows cut from `samples` (zero-padded past its end).
-        let mut emit = |samples: &[f32], windows: usize| -> std::result::Result<(), String> {
+        let mut emit = |samples: &[f32], windows: usize| -> Result<(), String> {
             let inputs = window_inputs(frontends, samples, windows);
             if send(Piece::Windows {
                 index,

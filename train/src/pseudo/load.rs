@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use birdclef_models::audio::TARGET_SAMPLE_RATE;
 
 use crate::config::DistillConfig;
 use crate::data::cache::{Cache, CacheOptions};
 use crate::data::soft::{PseudoSet, PseudoWindow};
 use crate::data::{Dataset, Recording};
+use crate::error::TrainError;
 use crate::pseudo::Table;
 
 /// Seconds of "head" kept per soundscape in the audio cache: more than any recording, so the
@@ -47,14 +47,17 @@ pub fn load_pseudo(
     cache_dir: &Path,
     cfg: &DistillConfig,
     threads: usize,
-) -> Result<LoadedPseudo> {
+) -> Result<LoadedPseudo, TrainError> {
+    let invalid = |reason: String| TrainError::PseudoLabels {
+        path: path.to_path_buf(),
+        reason,
+    };
     let table = Table::read(path)?;
     if table.sample_rate != TARGET_SAMPLE_RATE {
-        bail!(
-            "{}: windows at {} Hz; training audio is {TARGET_SAMPLE_RATE} Hz",
-            path.display(),
+        return Err(invalid(format!(
+            "windows at {} Hz; training audio is {TARGET_SAMPLE_RATE} Hz",
             table.sample_rate
-        );
+        )));
     }
     let column: BTreeMap<&str, usize> = table
         .labels
@@ -73,11 +76,10 @@ pub fn load_pseudo(
         .map(|(l, _)| l.clone())
         .collect();
     if missing_labels.len() == labels.len() {
-        bail!(
-            "{}: none of its {} species is a label of the dataset",
-            path.display(),
+        return Err(invalid(format!(
+            "none of its {} species is a label of the dataset",
             table.labels.len()
-        );
+        )));
     }
     let unknown_labels: Vec<String> = table
         .labels
@@ -142,12 +144,10 @@ pub fn load_pseudo(
             skip_bad: false,
         },
     )
-    .with_context(|| {
-        format!(
-            "the soundscapes of {} (looked up in {})",
-            path.display(),
-            soundscape_dir.display()
-        )
+    .map_err(|cause| TrainError::PseudoAudio {
+        path: path.to_path_buf(),
+        dir: soundscape_dir.to_path_buf(),
+        cause,
     })?;
     let set = PseudoSet::new(Box::new(cache), windows, targets, weights)?;
     Ok(LoadedPseudo {

@@ -29,10 +29,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
 use birdclef_models::fsio;
 
 use crate::data::h5;
+use crate::error::TrainError;
 
 /// Version of the file layout described in the module documentation.
 pub const FORMAT_VERSION: u32 = 1;
@@ -78,24 +78,31 @@ impl Table {
     }
 
     /// Write the file atomically (temporary file beside it, then rename).
-    pub fn write(&self, path: &Path) -> Result<()> {
+    pub fn write(&self, path: &Path) -> Result<(), TrainError> {
         let k = self.labels.len();
         if self.probs.len() != self.len() * k
             || self.soundscape.len() != self.len()
             || self.start.len() != self.len()
             || self.end.len() != self.len()
         {
-            bail!("{}: inconsistent pseudo-label table", path.display());
+            return Err(TrainError::PseudoLabels {
+                path: path.to_path_buf(),
+                reason: "inconsistent pseudo-label table".into(),
+            });
         }
         let file = birdclef_models::fsio::AtomicFile::new(path)?;
         self.write_to(file.path())?;
         Ok(file.commit()?)
     }
 
-    fn write_to(&self, tmp: &Path) -> Result<()> {
+    fn write_to(&self, tmp: &Path) -> Result<(), TrainError> {
         let err = |what: &str| {
             let what = what.to_string();
-            move |e: hdf5::Error| anyhow!("{}: {what}: {e}", tmp.display())
+            move |cause: hdf5::Error| TrainError::Hdf5 {
+                path: tmp.to_path_buf(),
+                what,
+                cause,
+            }
         };
         let file = hdf5::File::create(tmp).map_err(err("create"))?;
         for (name, v) in [
@@ -135,28 +142,30 @@ impl Table {
     }
 
     /// Read a pseudo-label file; the error names the file and what is wrong with it.
-    pub fn read(path: &Path) -> Result<Self> {
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
         let err = |what: &str| {
             let what = what.to_string();
-            move |e: hdf5::Error| {
-                anyhow!(
-                    "{}: not a readable pseudo-label file ({what}: {e})",
-                    path.display()
-                )
+            move |cause: hdf5::Error| TrainError::PseudoUnreadable {
+                path: path.to_path_buf(),
+                what,
+                cause,
             }
+        };
+        let invalid = |reason: String| TrainError::PseudoLabels {
+            path: path.to_path_buf(),
+            reason,
         };
         let file = hdf5::File::open(path).map_err(err("open"))?;
         let complete = h5::read_attr::<u8>(&file, "complete").map_err(err("attribute complete"))?;
         if complete != 1 {
-            bail!("{}: incomplete pseudo-label file", path.display());
+            return Err(invalid("incomplete pseudo-label file".into()));
         }
         let version = h5::read_attr::<u32>(&file, "format_version")
             .map_err(err("attribute format_version"))?;
         if version != FORMAT_VERSION {
-            bail!(
-                "{}: pseudo-label format version {version}; this program reads {FORMAT_VERSION}",
-                path.display()
-            );
+            return Err(invalid(format!(
+                "pseudo-label format version {version}; this program reads {FORMAT_VERSION}"
+            )));
         }
         let read_str = |name: &str| h5::read_strings(&file, name).map_err(err(name));
         let read_f64 = |name: &str| h5::read_1d::<f64>(&file, name).map_err(err(name));
@@ -182,11 +191,10 @@ impl Table {
             || table.start.len() != n
             || table.end.len() != n
         {
-            bail!(
-                "{}: its datasets disagree in length (row_id {n}, probs {:?})",
-                path.display(),
+            return Err(invalid(format!(
+                "its datasets disagree in length (row_id {n}, probs {:?})",
                 probs_ds.shape()
-            );
+            )));
         }
         Ok(table)
     }
@@ -203,16 +211,16 @@ impl Table {
 /// id given twice (the same shard given twice) refused, naming both files. `out` is checked
 /// before the inputs are read, and must not be one of them. Written atomically. Returns the
 /// merged table.
-pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table> {
+pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table, TrainError> {
     let Some(first_path) = inputs.first() else {
-        bail!("no pseudo-label files to merge");
+        return Err(TrainError::NothingToMerge);
     };
     fsio::check_output_file(out)?;
     fsio::refuse_overwriting(out, inputs.iter().map(PathBuf::as_path))?;
     let tables: Vec<Table> = inputs
         .iter()
         .map(|p| Table::read(p))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, TrainError>>()?;
     let first = &tables[0];
     let mut owner: HashMap<&str, &Path> = HashMap::new();
     for (t, p) in tables.iter().zip(inputs) {
@@ -221,30 +229,29 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table> {
             ("teachers", &first.teachers, &t.teachers),
         ] {
             if a != b {
-                bail!(
-                    "{} and {} have different {what}; only shards of one run can be merged",
-                    first_path.display(),
-                    p.display()
-                );
+                return Err(TrainError::ShardsDiffer {
+                    first: first_path.clone(),
+                    second: p.clone(),
+                    what,
+                });
             }
         }
         if t.window_seconds != first.window_seconds || t.sample_rate != first.sample_rate {
-            bail!(
-                "{} and {} cut audio into different windows",
-                first_path.display(),
-                p.display()
-            );
+            return Err(TrainError::ShardWindows {
+                first: first_path.clone(),
+                second: p.clone(),
+            });
         }
         let mut seen: Vec<&str> = t.soundscape.iter().map(String::as_str).collect();
         seen.dedup();
         for s in seen {
             if let Some(other) = owner.insert(s, p) {
                 if other != p.as_path() {
-                    bail!(
-                        "soundscape {s} is in both {} and {}",
-                        other.display(),
-                        p.display()
-                    );
+                    return Err(TrainError::SoundscapeTwice {
+                        soundscape: s.to_string(),
+                        first: other.to_path_buf(),
+                        second: p.clone(),
+                    });
                 }
             }
         }
@@ -261,11 +268,12 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table> {
                 } else {
                     ""
                 };
-                bail!(
-                    "row id {id} is in both {} and {}{note}; every row may be merged once",
-                    a.display(),
-                    b.display()
-                );
+                return Err(TrainError::RowTwice {
+                    row_id: id.clone(),
+                    first: a.clone(),
+                    second: b.clone(),
+                    note,
+                });
             }
         }
     }
@@ -302,4 +310,37 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Table> {
     merged.failed.sort();
     merged.write(out)?;
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_files_and_empty_merges_are_typed_errors() {
+        let dir = std::env::temp_dir().join(format!("birdclef-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let garbage = dir.join("garbage.h5");
+        std::fs::write(&garbage, b"not HDF5").expect("write");
+        let err = Table::read(&garbage).expect_err("not HDF5");
+        assert!(
+            matches!(&err, TrainError::PseudoUnreadable { path, what, .. }
+                if path == &garbage && what == "open"),
+            "{err:?}"
+        );
+        // HDF5's message is the cause, not repeated in the error's own.
+        assert!(std::error::Error::source(&err).is_some());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: not a readable pseudo-label file: open",
+                garbage.display()
+            )
+        );
+        assert!(matches!(
+            merge(&[], &dir.join("out.h5")),
+            Err(TrainError::NothingToMerge)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

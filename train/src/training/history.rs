@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::BestMetric;
+use crate::error::TrainError;
 
 /// The history table in the output directory.
 pub const HISTORY_CSV: &str = "history.csv";
@@ -93,7 +93,7 @@ impl EpochRow {
 }
 
 /// Write `history.csv` of `rows` into `out_dir`, atomically.
-pub fn write_history(out_dir: &Path, rows: &[EpochRow]) -> Result<()> {
+pub fn write_history(out_dir: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
     let mut text = HISTORY_COLUMNS.join(",");
     text.push('\n');
     for r in rows {
@@ -114,9 +114,12 @@ pub fn read_history(out_dir: &Path) -> Vec<EpochRow> {
 /// Draw `history.png`: losses (left; train blue, validation red) and validation metrics (right;
 /// macro ROC-AUC green, padded cmAP magenta, on [0, 1]) against the epoch. No text is drawn, so
 /// no system font is needed; the colours are the legend.
-pub fn plot_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
+pub fn plot_history(path: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
     use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Debug| anyhow!("drawing {}: {e:?}", path.display());
+    let err = |e: &dyn std::fmt::Debug| TrainError::Plot {
+        path: path.to_path_buf(),
+        reason: format!("{e:?}"),
+    };
     let file = birdclef_models::fsio::AtomicFile::new(path)?;
     {
         let root = BitMapBackend::new(file.path(), (960, 420)).into_drawing_area();

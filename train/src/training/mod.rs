@@ -24,7 +24,6 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
 use birdclef_models::card::{Card, FoldInfo, Provenance, CARD_FORMAT_VERSION};
 use birdclef_models::frontend::{Frontend, FrontendConfig, Normalize};
 use birdclef_models::fsio;
@@ -42,6 +41,7 @@ use crate::config::{BestMetric, LossConfig, LossKind, TrainConfig};
 use crate::data::batch::{epoch_items, BatchBuilder, Item};
 use crate::data::soft::PseudoSet;
 use crate::data::{AudioStore, Dataset};
+use crate::error::TrainError;
 use crate::model::init::reference_input;
 use history::{plot_history, write_history};
 use trainer::Trainer;
@@ -68,9 +68,12 @@ pub struct FitSummary {
 
 /// The frontend a configuration asks for: the card's (or the built-in nvbird224 card with
 /// per-image standardisation) with the `model.*` overrides, and the card's name.
-pub fn resolve_frontend(cfg: &TrainConfig) -> Result<(FrontendConfig, String)> {
+pub fn resolve_frontend(cfg: &TrainConfig) -> Result<(FrontendConfig, String), TrainError> {
     let card = match &cfg.model.card {
-        Some(p) => Card::load(p).with_context(|| format!("model.card {}", p.display()))?,
+        Some(p) => Card::load(p).map_err(|cause| TrainError::ModelCard {
+            path: p.clone(),
+            cause,
+        })?,
         None => {
             let mut c = Card::nvbird224();
             c.frontend.normalize = Normalize::ImageStandard;
@@ -91,13 +94,15 @@ pub fn resolve_frontend(cfg: &TrainConfig) -> Result<(FrontendConfig, String)> {
     if let Some(c) = cfg.model.channels {
         f.channels = c;
     }
-    f.validate().map_err(|e| anyhow!("model: {e}"))?;
+    f.validate().map_err(|cause| TrainError::Frontend {
+        what: "model",
+        cause,
+    })?;
     if (f.windows.window_seconds - cfg.augment.crop_seconds).abs() > 1e-9 {
-        bail!(
-            "augment.crop_seconds = {} but the card's window is {} s; they must agree",
-            cfg.augment.crop_seconds,
-            f.windows.window_seconds
-        );
+        return Err(TrainError::CropWindow {
+            crop_seconds: cfg.augment.crop_seconds,
+            window_seconds: f.windows.window_seconds,
+        });
     }
     Ok((f, card.name))
 }
@@ -169,7 +174,7 @@ pub fn fit(
     out_dir: &Path,
     device: Device,
     resume: bool,
-) -> Result<FitSummary> {
+) -> Result<FitSummary, TrainError> {
     fit_with(
         ds,
         store,
@@ -201,30 +206,32 @@ pub fn fit_with(
     out_dir: &Path,
     device: Device,
     resume: bool,
-) -> Result<FitSummary> {
+) -> Result<FitSummary, TrainError> {
     cfg.validate()?;
     let pseudo = pseudo.filter(|p| !p.is_empty() && cfg.distill.pseudo_fraction > 0.0);
     let n_rec = ds.recordings.len();
     if folds.len() != n_rec || store.len() != n_rec {
-        bail!(
-            "{} recordings, {} fold entries and {} stored audio entries: they must agree",
-            n_rec,
-            folds.len(),
-            store.len()
-        );
+        return Err(TrainError::Sizes {
+            recordings: n_rec,
+            folds: folds.len(),
+            stored: store.len(),
+        });
     }
     let k = ds.labels.len();
     let train_idx: Vec<usize> = (0..n_rec).filter(|&i| folds[i] != fold).collect();
     let val_idx: Vec<usize> = (0..n_rec).filter(|&i| folds[i] == fold).collect();
     if train_idx.is_empty() || val_idx.is_empty() {
-        bail!(
-            "fold {fold}: {} training and {} validation recordings; both must be non-empty",
-            train_idx.len(),
-            val_idx.len()
-        );
+        return Err(TrainError::EmptyFold {
+            fold,
+            train: train_idx.len(),
+            val: val_idx.len(),
+        });
     }
     let (fcfg, card_name) = resolve_frontend(cfg)?;
-    let frontend = Frontend::new(fcfg.clone()).map_err(|e| anyhow!("{e}"))?;
+    let frontend = Frontend::new(fcfg.clone()).map_err(|cause| TrainError::Frontend {
+        what: "model",
+        cause,
+    })?;
 
     let last_dir = out_dir.join("last");
     let best_dir = out_dir.join("best");
@@ -239,21 +246,24 @@ pub fn fit_with(
                 );
                 None
             }
-            FoldRun::Nothing => bail!(
-                "{}: nothing to resume: no run there (no last/ checkpoint, no config.toml); \
-                 leave out --resume to start one",
-                out_dir.display()
-            ),
+            FoldRun::Nothing => {
+                return Err(TrainError::Resume {
+                    dir: out_dir.to_path_buf(),
+                    reason: "nothing to resume: no run there (no last/ checkpoint, no \
+                             config.toml); leave out --resume to start one"
+                        .into(),
+                })
+            }
         }
     } else {
         None
     };
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(TrainError::io("creating", out_dir))?;
     if !resume && holds_run(out_dir) {
-        bail!(
-            "{} already holds a run; resume it, or choose another output directory",
-            out_dir.display()
-        );
+        return Err(TrainError::HoldsRun {
+            dir: out_dir.to_path_buf(),
+            hint: "",
+        });
     }
     for dir in [&last_dir, &best_dir] {
         let n = fsio::remove_stale_temps(dir, "tmp");
@@ -264,8 +274,11 @@ pub fn fit_with(
 
     let o = &cfg.optim;
     let seed = cfg.run.seed;
-    let graph = nets::build_spec(&cfg.model.arch, fcfg.channels, k)
-        .map_err(|e| anyhow!("model.arch {}: {e}", cfg.model.arch))?;
+    let graph =
+        nets::build_spec(&cfg.model.arch, fcfg.channels, k).map_err(|cause| TrainError::Arch {
+            arch: cfg.model.arch.clone(),
+            cause: Box::new(cause),
+        })?;
     let mut trainer = Trainer::new(cfg, graph, fold, device)?;
     if let Some(dir) = &resume_from {
         trainer.resume(dir, &best_dir, out_dir)?;
@@ -288,7 +301,7 @@ pub fn fit_with(
         cfg.data.val_max_windows,
         cap,
     )?;
-    let reference = reference_input(&fcfg, seed).map_err(|e| anyhow!("{e}"))?;
+    let reference = reference_input(&fcfg, seed)?;
 
     // The training order: every recording `repeats` times.
     let epoch_len = train_idx.len() * o.repeats;
@@ -311,7 +324,10 @@ pub fn fit_with(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
         .build()
-        .context("building the batch thread pool")?;
+        .map_err(|cause| TrainError::ThreadPool {
+            what: "batch",
+            cause,
+        })?;
     let mut builder = BatchBuilder::new(
         ds,
         store,
@@ -344,7 +360,7 @@ pub fn fit_with(
     };
     card_base
         .validate_for_model()
-        .map_err(|r| anyhow!("the card would be invalid: {r}"))?;
+        .map_err(TrainError::CardProblem)?;
 
     let mut epochs_run = 0;
     for epoch in trainer.state.epoch..o.epochs {
@@ -368,7 +384,7 @@ pub fn fit_with(
         let train_seconds = t0.elapsed().as_secs_f64();
 
         // Validate and save with the EMA weights when there are any.
-        trainer.with_eval_weights(|t, raw| -> Result<()> {
+        trainer.with_eval_weights(|t, raw| -> Result<(), TrainError> {
             let (v, note) = t.validate(&val)?;
             if let Some(n) = note {
                 eprintln!("{kind}: epoch {}: {n}", epoch + 1);

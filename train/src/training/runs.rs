@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use birdclef_models::fsio;
 use tch::Device;
 
@@ -14,6 +13,7 @@ use crate::config::TrainConfig;
 use crate::data::cache::{load_backgrounds, Cache, CacheOptions};
 use crate::data::folds::assign_folds;
 use crate::data::metadata::{load_dataset, DataOptions};
+use crate::error::TrainError;
 use crate::pseudo::load::load_pseudo;
 
 /// Everything a training run needs besides its configuration.
@@ -78,29 +78,41 @@ impl RunOptions {
     }
 
     /// Check the options that the configuration does not (before any work).
-    pub fn validate(&self, cfg: &TrainConfig) -> Result<()> {
+    pub fn validate(&self, cfg: &TrainConfig) -> Result<(), TrainError> {
+        let bad = |option, message: String| Err(TrainError::BadOption { option, message });
         if let Some(f) = self.fold {
             if f >= cfg.data.n_folds {
-                bail!(
-                    "--fold {f}: there are only folds 0 to {} (data.n_folds = {})",
-                    cfg.data.n_folds - 1,
-                    cfg.data.n_folds
+                return bad(
+                    "--fold",
+                    format!(
+                        "--fold {f}: there are only folds 0 to {} (data.n_folds = {})",
+                        cfg.data.n_folds - 1,
+                        cfg.data.n_folds
+                    ),
                 );
             }
         }
         if self.cap_per_species == Some(0) {
-            bail!("--cap-per-species 0 keeps no recording; it must be at least 1");
+            return bad(
+                "--cap-per-species",
+                "--cap-per-species 0 keeps no recording; it must be at least 1".into(),
+            );
         }
         if self.backgrounds == 0 {
-            bail!(
+            return bad(
+                "--backgrounds",
                 "--backgrounds 0 loads no background clip; it must be at least 1 (to train \
                  without background mixing, set augment.background_prob=0)"
+                    .into(),
             );
         }
         if !(self.background_seconds.is_finite() && self.background_seconds > 0.0) {
-            bail!(
-                "--background-seconds must be a positive number of seconds, not {}",
-                self.background_seconds
+            return bad(
+                "--background-seconds",
+                format!(
+                    "--background-seconds must be a positive number of seconds, not {}",
+                    self.background_seconds
+                ),
             );
         }
         Ok(())
@@ -138,39 +150,43 @@ pub fn any_fold_started(run_dir: &Path, folds: &[usize]) -> bool {
 /// [`fit_with`]); a fold with nothing at all is trained from its beginning when another of the
 /// folds holds a run (a killed multi-fold run had not reached it), and when none does, there is
 /// nothing to resume and it is an error.
-pub fn plan_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, bool)>> {
+pub fn plan_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, bool)>, TrainError> {
     opts.validate(cfg)?;
-    fsio::check_output_dir(&opts.out).context("the run directory (--out)")?;
+    let check = |dir: &Path, what| {
+        fsio::check_output_dir(dir).map_err(|cause| TrainError::BadOutput { what, cause })
+    };
+    check(&opts.out, "the run directory (--out)")?;
     let folds = opts.folds(cfg);
     for &f in &folds {
-        fsio::check_output_dir(&fold_dir(&opts.out, f)).context("the run directory (--out)")?;
+        check(&fold_dir(&opts.out, f), "the run directory (--out)")?;
     }
     let cache_dir = opts.cache_dir();
-    fsio::check_output_dir(&cache_dir).context("the audio cache directory")?;
+    check(&cache_dir, "the audio cache directory")?;
     if !opts.resume {
         for &f in &folds {
             let dir = fold_dir(&opts.out, f);
             if holds_run(&dir) {
-                bail!(
-                    "{} already holds a run; resume it (--resume), or choose another output \
-                     directory",
-                    dir.display()
-                );
+                return Err(TrainError::HoldsRun {
+                    dir,
+                    hint: " (--resume)",
+                });
             }
         }
         return Ok(folds.into_iter().map(|f| (f, false)).collect());
     }
     if !any_fold_started(&opts.out, &folds) {
-        bail!(
-            "{}: nothing to resume: none of {} holds a run (a last/ checkpoint or config.toml); \
-             leave out --resume to start one",
-            opts.out.display(),
-            folds
-                .iter()
-                .map(|&f| format!("fold{f}/"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        return Err(TrainError::Resume {
+            dir: opts.out.clone(),
+            reason: format!(
+                "nothing to resume: none of {} holds a run (a last/ checkpoint or config.toml); \
+                 leave out --resume to start one",
+                folds
+                    .iter()
+                    .map(|&f| format!("fold{f}/"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
     }
     Ok(folds
         .into_iter()
@@ -191,7 +207,10 @@ pub fn plan_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, bo
 
 /// Train the folds `opts` and `cfg` name; returns each fold's number and summary. Every output
 /// path and the resume state are checked first ([`plan_folds`]), before the dataset is read.
-pub fn train_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, FitSummary)>> {
+pub fn train_folds(
+    opts: &RunOptions,
+    cfg: &TrainConfig,
+) -> Result<Vec<(usize, FitSummary)>, TrainError> {
     cfg.validate()?;
     let plan = plan_folds(opts, cfg)?;
     let loaded = load_dataset(
@@ -286,7 +305,10 @@ pub fn train_folds(opts: &RunOptions, cfg: &TrainConfig) -> Result<Vec<(usize, F
             opts.device,
             resume,
         )
-        .with_context(|| format!("fold {fold}"))?;
+        .map_err(|cause| TrainError::Fold {
+            fold,
+            cause: Box::new(cause),
+        })?;
         out.push((fold, s));
     }
     Ok(out)
@@ -334,10 +356,7 @@ mod tests {
         let run = d.join("run");
         // Nothing there (no directory, or an empty one): nothing to resume, said so.
         for _ in 0..2 {
-            let msg = format!(
-                "{:#}",
-                plan_folds(&resume(&run), &cfg("[0, 1]")).unwrap_err()
-            );
+            let msg = crate::error::report(&plan_folds(&resume(&run), &cfg("[0, 1]")).unwrap_err());
             assert!(
                 msg.contains(&run.display().to_string()) && msg.contains("nothing to resume"),
                 "{msg}"
@@ -358,11 +377,15 @@ mod tests {
             fold: Some(2),
             ..resume(&run)
         };
-        assert!(plan_folds(&only2, &cfg("[0, 1, 2]")).is_err());
         // Without --resume a fold that holds a run is refused before any work.
         std::fs::write(fold_dir(&run, 1).join(crate::training::HISTORY_CSV), "").expect("history");
+        let err = plan_folds(&only2, &cfg("[0, 1, 2]")).unwrap_err();
+        assert!(
+            matches!(&err, TrainError::Resume { dir, .. } if dir == &run),
+            "{err:?}"
+        );
         let fresh = RunOptions::new(Path::new("data"), &run);
-        let msg = format!("{:#}", plan_folds(&fresh, &cfg("[1]")).unwrap_err());
+        let msg = crate::error::report(&plan_folds(&fresh, &cfg("[1]")).unwrap_err());
         assert!(
             msg.contains("fold1") && msg.contains("already holds a run"),
             "{msg}"
@@ -375,19 +398,31 @@ mod tests {
         let d = scratch("checks");
         std::fs::write(d.join("file"), "x").expect("file");
         let c = cfg("[0]");
-        let msg = format!(
-            "{:#}",
-            plan_folds(&RunOptions::new(Path::new("data"), &d.join("file")), &c).unwrap_err()
-        );
+        let err = plan_folds(&RunOptions::new(Path::new("data"), &d.join("file")), &c).unwrap_err();
+        // The output error underneath says what is wrong, the context which output it is; the
+        // chain says each once.
         assert!(
-            msg.contains("file") && msg.contains("not a directory"),
-            "{msg}"
+            matches!(
+                &err,
+                TrainError::BadOutput {
+                    what: "the run directory (--out)",
+                    cause: fsio::OutputError::NotDirectory { .. },
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = crate::error::report(&err);
+        assert_eq!(
+            msg,
+            format!(
+                "the run directory (--out): {}: exists and is not a directory",
+                d.join("file").display()
+            )
         );
         std::fs::create_dir_all(d.join("run")).expect("run");
         std::fs::write(d.join("run/fold0"), "x").expect("fold file");
-        let msg = format!(
-            "{:#}",
-            plan_folds(&RunOptions::new(Path::new("data"), &d.join("run")), &c).unwrap_err()
+        let msg = crate::error::report(
+            &plan_folds(&RunOptions::new(Path::new("data"), &d.join("run")), &c).unwrap_err(),
         );
         assert!(
             msg.contains("fold0") && msg.contains("not a directory"),
@@ -435,7 +470,7 @@ mod tests {
                 "--background-seconds",
             ),
         ] {
-            let msg = format!("{:#}", plan_folds(&opts, &c).unwrap_err());
+            let msg = crate::error::report(&plan_folds(&opts, &c).unwrap_err());
             assert!(msg.contains(flag), "{msg}");
         }
         let _ = std::fs::remove_dir_all(&d);

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use birdclef_models::checkpoint::{self, NamedTensor};
 use birdclef_models::fsio;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::history::HISTORY_CSV;
+use crate::error::TrainError;
 use crate::model::net;
 
 /// Training state file (JSON) inside `last/` and `best/`.
@@ -102,22 +102,28 @@ pub fn holds_run(out_dir: &Path) -> bool {
 }
 
 /// Read `train_state.json` of checkpoint `dir`.
-pub fn read_state(dir: &Path) -> Result<TrainState> {
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
     let path = dir.join(STATE_JSON);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let text = std::fs::read_to_string(&path).map_err(TrainError::io("reading", &path))?;
+    serde_json::from_str(&text).map_err(|cause| TrainError::Json {
+        what: "parsing",
+        path,
+        cause,
+    })
 }
 
 /// `[name, tensor]` pairs as named tensors on the CPU.
-pub fn named(pairs: impl IntoIterator<Item = (String, Tensor)>) -> Result<Vec<NamedTensor>> {
+pub fn named(
+    pairs: impl IntoIterator<Item = (String, Tensor)>,
+) -> Result<Vec<NamedTensor>, TrainError> {
     pairs
         .into_iter()
         .map(|(name, t)| {
+            let data = net::to_vec_f32(&t).map_err(TrainError::torch(format!("reading {name}")))?;
             Ok(NamedTensor {
                 name,
                 shape: t.size().iter().map(|&d| d as usize).collect(),
-                data: net::to_vec_f32(&t)?,
+                data,
             })
         })
         .collect()
@@ -131,7 +137,7 @@ pub struct SavedTensors {
 
 impl SavedTensors {
     /// Read `file` of checkpoint `dir` (`train_state.safetensors`, or the weights).
-    pub fn read(dir: &Path, file: &str) -> Result<Self> {
+    pub fn read(dir: &Path, file: &str) -> Result<Self, TrainError> {
         let tensors = checkpoint::read_tensors(&dir.join(file))?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -140,27 +146,36 @@ impl SavedTensors {
     }
 
     /// Tensor `name` on `device`, which must have the shape of `like`.
-    pub fn get(&self, name: &str, like: &Tensor, device: Device) -> Result<Tensor> {
+    pub fn get(&self, name: &str, like: &Tensor, device: Device) -> Result<Tensor, TrainError> {
+        let resume = |reason: String| TrainError::Resume {
+            dir: self.dir.clone(),
+            reason,
+        };
         let t = self
             .by_name
             .get(name)
-            .ok_or_else(|| anyhow!("{}: no tensor {name}", self.dir.display()))?;
+            .ok_or_else(|| resume(format!("no tensor {name}")))?;
         let shape: Vec<usize> = like.size().iter().map(|&d| d as usize).collect();
         if t.shape != shape {
-            bail!(
-                "{}: {name} has shape {:?}, expected {shape:?}",
-                self.dir.display(),
+            return Err(resume(format!(
+                "{name} has shape {:?}, expected {shape:?}",
                 t.shape
-            );
+            )));
         }
-        Ok(net::tensor_from(&t.data, &t.shape, device)?)
+        net::tensor_from(&t.data, &t.shape, device).map_err(TrainError::torch(format!(
+            "{}: moving {name} to {device:?}",
+            self.dir.display()
+        )))
     }
 }
 
 /// Write `state` as `train_state.json` into the checkpoint being filled at `dir`.
-pub fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
-    Ok(fsio::write_atomic(
-        &dir.join(STATE_JSON),
-        serde_json::to_string_pretty(state)?.as_bytes(),
-    )?)
+pub fn write_state(dir: &Path, state: &TrainState) -> Result<(), TrainError> {
+    let path = dir.join(STATE_JSON);
+    let text = serde_json::to_string_pretty(state).map_err(|cause| TrainError::Json {
+        what: "writing",
+        path: path.clone(),
+        cause,
+    })?;
+    Ok(fsio::write_atomic(&path, text.as_bytes())?)
 }

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
 use birdclef_models::card::Card;
 use birdclef_models::checkpoint::{self, Checkpoint, NamedTensor};
 use birdclef_models::fsio;
@@ -20,6 +19,8 @@ use super::validate::{ValSet, Validation};
 use super::{loss, lr_at};
 use crate::config::TrainConfig;
 use crate::data::batch::{Batch, BatchBuilder, Item};
+use crate::data::DataError;
+use crate::error::TrainError;
 use crate::model::net::{self, Net};
 
 /// What one epoch's steps did.
@@ -73,7 +74,12 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     /// A fresh trainer of `graph` for fold `fold` on `device` (weights from `model.init` when
     /// the configuration names a checkpoint, else initialised from the seed).
-    pub fn new(cfg: &'a TrainConfig, graph: Graph, fold: usize, device: Device) -> Result<Self> {
+    pub fn new(
+        cfg: &'a TrainConfig,
+        graph: Graph,
+        fold: usize,
+        device: Device,
+    ) -> Result<Self, TrainError> {
         let o = &cfg.optim;
         let kinds: Vec<(String, ParamKind)> = graph
             .params
@@ -84,13 +90,18 @@ impl<'a> Trainer<'a> {
         if let Some(init) = &cfg.model.init {
             model
                 .load_weights(&init.join(checkpoint::WEIGHTS_FILE))
-                .with_context(|| format!("model.init {}", init.display()))?;
+                .map_err(|cause| TrainError::ModelInit {
+                    path: init.clone(),
+                    cause: Box::new(cause),
+                })?;
         }
-        let tensor = |n: &str| -> Result<Tensor> {
+        let tensor = |n: &str| -> Result<Tensor, TrainError> {
             model
                 .param(n)
                 .map(Tensor::shallow_clone)
-                .ok_or_else(|| anyhow!("parameter {n} missing"))
+                .ok_or_else(|| TrainError::MissingParameter {
+                    name: n.to_string(),
+                })
         };
         let mut names = Vec::new();
         let (mut all, mut trainable, mut trainable_names, mut buffers) =
@@ -145,15 +156,18 @@ impl<'a> Trainer<'a> {
     /// Continue the run saved in checkpoint `dir` (a `last/`): weights, AdamW's moments, the EMA,
     /// steps, loss scale, and the history of `out_dir` up to that epoch; the best value so far is
     /// what `best_dir` holds. Refuses a checkpoint of another fold or configuration.
-    pub fn resume(&mut self, dir: &Path, best_dir: &Path, out_dir: &Path) -> Result<()> {
+    pub fn resume(
+        &mut self,
+        dir: &Path,
+        best_dir: &Path,
+        out_dir: &Path,
+    ) -> Result<(), TrainError> {
         let saved = state::read_state(dir)?;
         if saved.fold != self.state.fold {
-            bail!(
-                "{}: saved for fold {}, not {}",
-                dir.display(),
-                saved.fold,
-                self.state.fold
-            );
+            return Err(TrainError::Resume {
+                dir: dir.to_path_buf(),
+                reason: format!("saved for fold {}, not {}", saved.fold, self.state.fold),
+            });
         }
         let now = self.cfg.to_toml();
         if saved.config != now {
@@ -163,18 +177,20 @@ impl<'a> Trainer<'a> {
                 .filter(|l| !old.contains(l))
                 .map(|l| format!("`{}`", l.trim()))
                 .collect();
-            bail!(
-                "{}: the run was started with another configuration (now {}); resuming would \
-                 mix two experiments. Restore the saved configuration ({}/config.toml) or start \
-                 a new run directory",
-                dir.display(),
-                if changed.is_empty() {
-                    "some keys were removed".to_string()
-                } else {
-                    changed.join(", ")
-                },
-                out_dir.display()
-            );
+            return Err(TrainError::Resume {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "the run was started with another configuration (now {}); resuming would \
+                     mix two experiments. Restore the saved configuration ({}/config.toml) or \
+                     start a new run directory",
+                    if changed.is_empty() {
+                        "some keys were removed".to_string()
+                    } else {
+                        changed.join(", ")
+                    },
+                    out_dir.display()
+                ),
+            });
         }
         let tensors = SavedTensors::read(dir, STATE_TENSORS)?;
         let raw: Vec<Tensor> = self
@@ -182,7 +198,7 @@ impl<'a> Trainer<'a> {
             .iter()
             .zip(&self.all)
             .map(|(n, p)| tensors.get(&format!("param/{n}"), p, self.device))
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, TrainError>>()?;
         optim::copy_all(&self.all, &raw);
         for (i, n) in self.trainable_names.iter().enumerate() {
             self.adam.m[i] =
@@ -218,13 +234,16 @@ impl<'a> Trainer<'a> {
     /// EMA updated. A step with inf/NaN gradients is skipped: the weights stay as they were, the
     /// BatchNorm running statistics its forward moved are put back, and the loss scale backs
     /// off. Returns the step's loss, or `None` when it was skipped.
-    pub fn step(&mut self, batch: &Batch, lr: f64) -> Result<Option<f64>> {
+    pub fn step(&mut self, batch: &Batch, lr: f64) -> Result<Option<f64>, TrainError> {
         let o = &self.cfg.optim;
         let n = batch.shape[0];
         let k = batch.y.len() / n.max(1);
-        let x = net::tensor_from(&batch.x, &batch.shape, self.device)?;
-        let y = net::tensor_from(&batch.y, &[n, k], self.device)?;
-        let w = net::tensor_from(&batch.w, &[n, k], self.device)?;
+        let to_device =
+            |what: &str| TrainError::torch(format!("moving the batch {what} to the device"));
+        let x =
+            net::tensor_from(&batch.x, &batch.shape, self.device).map_err(to_device("inputs"))?;
+        let y = net::tensor_from(&batch.y, &[n, k], self.device).map_err(to_device("targets"))?;
+        let w = net::tensor_from(&batch.w, &[n, k], self.device).map_err(to_device("weights"))?;
         for p in &self.trainable {
             p.shallow_clone().zero_grad();
         }
@@ -263,12 +282,12 @@ impl<'a> Trainer<'a> {
         bs: usize,
         epoch: usize,
         schedule: Schedule,
-    ) -> Result<EpochStats> {
+    ) -> Result<EpochStats, TrainError> {
         let o = &self.cfg.optim;
         let steps = schedule.steps_per_epoch;
         let (mut loss_sum, mut taken, mut skipped, mut samples, mut lr) = (0.0, 0usize, 0, 0, 0.0);
-        std::thread::scope(|s| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
+        std::thread::scope(|s| -> Result<(), TrainError> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, DataError>>(2);
             s.spawn(move || {
                 for b in 0..steps {
                     let batch = pool.install(|| builder.build_items(items, bs, epoch, b));
@@ -278,7 +297,7 @@ impl<'a> Trainer<'a> {
                 }
             });
             for _ in 0..steps {
-                let batch = rx.recv().context("the batch builder stopped")??;
+                let batch = rx.recv().map_err(TrainError::BatchBuilder)??;
                 samples += batch.shape[0];
                 lr = lr_at(
                     self.state.batch_step,
@@ -313,8 +332,8 @@ impl<'a> Trainer<'a> {
     /// `f` also gets the raw (trained) weights. The raw weights are restored afterwards.
     pub fn with_eval_weights<T>(
         &mut self,
-        f: impl FnOnce(&mut Self, &[Tensor]) -> Result<T>,
-    ) -> Result<T> {
+        f: impl FnOnce(&mut Self, &[Tensor]) -> Result<T, TrainError>,
+    ) -> Result<T, TrainError> {
         let Some(ema) = &self.ema else {
             let raw: Vec<Tensor> = self.all.iter().map(Tensor::shallow_clone).collect();
             return f(self, &raw);
@@ -327,7 +346,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// Score the network on `val` (call inside [`with_eval_weights`](Self::with_eval_weights)).
-    pub fn validate(&self, val: &ValSet) -> Result<(Validation, Option<String>)> {
+    pub fn validate(&self, val: &ValSet) -> Result<(Validation, Option<String>), TrainError> {
         val.score(
             &self.model,
             self.cfg.data.val_batch_size,
@@ -346,8 +365,8 @@ impl<'a> Trainer<'a> {
         card: &Card,
         reference: &NamedTensor,
         raw: &[Tensor],
-    ) -> Result<()> {
-        fsio::write_dir_atomic(dir, |tmp| -> Result<()> {
+    ) -> Result<(), TrainError> {
+        fsio::write_dir_atomic(dir, |tmp| -> Result<(), TrainError> {
             self.model
                 .save_weights(&tmp.join(checkpoint::WEIGHTS_FILE))?;
             card.save(&tmp.join(checkpoint::CARD_FILE))?;
@@ -377,8 +396,13 @@ impl<'a> Trainer<'a> {
     /// The network's eval-mode output on `reference`, computed on the CPU: on a GPU, cuDNN
     /// (TF32 by default in libtorch 2.11, which tch cannot turn off) gives logits about 1e-3 off
     /// ONNX Runtime's, so the reference comes from a CPU copy of the weights.
-    fn reference_output(&self, reference: &NamedTensor, origin: &Path) -> Result<NamedTensor> {
-        let x = net::tensor_from(&reference.data, &reference.shape, Device::Cpu)?;
+    fn reference_output(
+        &self,
+        reference: &NamedTensor,
+        origin: &Path,
+    ) -> Result<NamedTensor, TrainError> {
+        let x = net::tensor_from(&reference.data, &reference.shape, Device::Cpu)
+            .map_err(TrainError::torch("the reference input"))?;
         let y = if self.device == Device::Cpu {
             tch::no_grad(|| self.model.f_forward(&x, false))?
         } else {
@@ -389,7 +413,7 @@ impl<'a> Trainer<'a> {
         Ok(NamedTensor {
             name: "output".into(),
             shape: y.size().iter().map(|&d| d as usize).collect(),
-            data: net::to_vec_f32(&y)?,
+            data: net::to_vec_f32(&y).map_err(TrainError::torch("reading the reference output"))?,
         })
     }
 }

@@ -5,15 +5,15 @@
 //!
 //! [`DataConfig::val_max_windows`]: crate::config::DataConfig::val_max_windows
 
-use anyhow::{anyhow, Result};
 use birdclef_models::frontend::Frontend;
 use birdclef_models::metrics;
-use ndarray::Array2;
+use ndarray::{Array2, Axis};
 use tch::{Kind, Tensor};
 
 use super::loss;
 use crate::config::LossConfig;
 use crate::data::{AudioStore, Dataset};
+use crate::error::TrainError;
 use crate::model::net::{self, Net};
 
 /// Held-out windows: inputs and 0/1 labels.
@@ -49,10 +49,9 @@ impl ValSet {
         frontend: &Frontend,
         max_windows: usize,
         cap: Option<usize>,
-    ) -> Result<Self> {
+    ) -> Result<Self, TrainError> {
         let k = ds.labels.len();
         let shape = frontend.config().input_shape();
-        let per: usize = shape.iter().product();
         let mut out = Self {
             x: Vec::new(),
             shape,
@@ -71,14 +70,12 @@ impl ValSet {
                     row[s] = 1.0;
                 }
             }
-            let flat = images
-                .as_slice()
-                .ok_or_else(|| anyhow!("non-contiguous frontend output"))?;
             for w in 0..windows {
                 if cap.is_some_and(|c| out.n >= c) {
                     return Ok(out);
                 }
-                out.x.extend_from_slice(&flat[w * per..(w + 1) * per]);
+                // Row-major, whatever the array's memory layout.
+                out.x.extend(images.index_axis(Axis(0), w).iter().copied());
                 out.y.extend_from_slice(&row);
                 out.n += 1;
             }
@@ -94,7 +91,7 @@ impl ValSet {
         batch: usize,
         autocast: bool,
         loss_cfg: &LossConfig,
-    ) -> Result<(Validation, Option<String>)> {
+    ) -> Result<(Validation, Option<String>), TrainError> {
         let (k, per) = (self.k, self.shape.iter().product::<usize>());
         let mut probs = Vec::with_capacity(self.n * k);
         let mut loss_sum = 0.0;
@@ -106,16 +103,23 @@ impl ValSet {
                 &self.x[start * per..end * per],
                 &[m, self.shape[0], self.shape[1], self.shape[2]],
                 dev,
-            )?;
-            let y = net::tensor_from(&self.y[start * k..end * k], &[m, k], dev)?;
+            )
+            .map_err(TrainError::torch("validation inputs"))?;
+            let y = net::tensor_from(&self.y[start * k..end * k], &[m, k], dev)
+                .map_err(TrainError::torch("validation labels"))?;
             let logits = tch::no_grad(|| tch::autocast(autocast, || net.f_forward(&x, false)))?
                 .to_kind(Kind::Float);
             let w = Tensor::ones_like(&y);
             loss_sum += loss(&logits, &y, &w, loss_cfg).double_value(&[]) * (m * k) as f64;
-            probs.extend(net::to_vec_f32(&logits.sigmoid())?);
+            probs.extend(
+                net::to_vec_f32(&logits.sigmoid())
+                    .map_err(TrainError::torch("reading validation outputs"))?,
+            );
         }
-        let sol = Array2::from_shape_vec((self.n, k), self.y.clone())?;
-        let sub = Array2::from_shape_vec((self.n, k), probs)?;
+        let sol = Array2::from_shape_vec((self.n, k), self.y.clone())
+            .map_err(TrainError::ValidationShape)?;
+        let sub =
+            Array2::from_shape_vec((self.n, k), probs).map_err(TrainError::ValidationShape)?;
         let mut note = None;
         let macro_roc_auc = match metrics::macro_roc_auc(sol.view(), sub.view()) {
             Ok(r) => r.macro_auc,
