@@ -479,7 +479,7 @@ impl Ctx<'_> {
                 let len = self.batch.min(n - first);
                 let batch = &input[first * per_window..(first + len) * per_window];
                 let logits = model.run(batch, len)?;
-                p.extend(logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())));
+                p.extend(logits.iter().copied().map(birdclef_models::ir::sigmoid));
             }
             probs.push(p);
         }

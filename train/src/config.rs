@@ -308,7 +308,9 @@ impl DistillConfig {
         let p = f64::from(p).clamp(1e-7, 1.0 - 1e-7);
         let q = if (self.temperature - 1.0).abs() > 0.0 {
             let logit = (p / (1.0 - p)).ln();
-            1.0 / (1.0 + (-logit / self.temperature).exp())
+            f64::from(birdclef_models::ir::sigmoid(
+                (logit / self.temperature) as f32,
+            ))
         } else {
             p
         };

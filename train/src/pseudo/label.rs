@@ -575,7 +575,7 @@ fn ensemble(
     for (t, &fi) in teachers.iter_mut().zip(uses) {
         let logits = t.logits(&inputs[fi], windows)?;
         for (acc, l) in sum.iter_mut().zip(&logits) {
-            *acc += 1.0 / (1.0 + (-l).exp());
+            *acc += birdclef_models::ir::sigmoid(*l);
         }
     }
     let nt = teachers.len() as f32;
