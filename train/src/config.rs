@@ -51,6 +51,10 @@ pub struct ModelConfig {
     pub n_fft: Option<usize>,
     /// Override the card's input channel count. Default: the card's.
     pub channels: Option<usize>,
+    /// Stochastic depth: every residual branch is dropped per sample in training, with a rate
+    /// rising linearly through the network to this (2025 1st place: 0.15 in self-training).
+    /// Training only: eval outputs, checkpoints and ONNX are as without. Default 0.
+    pub drop_path_rate: f64,
 }
 
 impl Default for ModelConfig {
@@ -63,6 +67,7 @@ impl Default for ModelConfig {
             hop_length: None,
             n_fft: None,
             channels: None,
+            drop_path_rate: 0.0,
         }
     }
 }
@@ -288,6 +293,56 @@ pub struct DistillConfig {
     pub threshold: f64,
     /// Loss weight of pseudo-labelled samples relative to labelled ones. Default 1.
     pub weight: f64,
+    /// Soft targets below this are set to 0, after the transform (2025 2nd place: 0.1).
+    /// Default 0.
+    pub floor: f64,
+    /// How pseudo-labelled windows are drawn: `uniform` (each about equally often) or
+    /// `weighted`, with a weight equal to the sum of the window's soft targets, so windows with
+    /// confident calls come more often (2025 1st place). Default `uniform`.
+    pub sampler: Sampler,
+    /// Probability that a labelled clip is mixed with a pseudo-labelled window (2025 1st place:
+    /// every clip, 1.0). Mixes are independent of `pseudo_fraction`. Default 0.
+    pub mix_prob: f64,
+    /// Weight `w` of the window in a mix, `(1 - w) clip + w window`. Default 0.5.
+    pub mix_weight: f64,
+    /// Draw each mix's weight uniformly in `[0, mix_weight]` instead. Default false.
+    pub mix_random: bool,
+    /// The targets of a mix: `max` of the two (2025 1st place), or `weighted` by the mix's
+    /// weights. Default `max`.
+    pub mix_label: MixLabel,
+    /// Live knowledge distillation: the loss is `(1 - w)` times the label loss plus `w` times the
+    /// BCE of the student's `sigmoid(logits / kd_temperature)` against the teachers' (mean over
+    /// teachers), the teachers run in eval mode on the same augmented batch. Applies to `fit`
+    /// and `distill` when `kd_teachers` is not empty. Default 0.
+    pub kd_weight: f64,
+    /// Temperature of the softened sigmoids of knowledge distillation. Default 1.
+    pub kd_temperature: f64,
+    /// Teachers for knowledge distillation: checkpoint directories, or run directories (their
+    /// `fold<N>/best`); any architecture whose card has the student's labels and frontend.
+    /// Relative paths are relative to the config file. Default: empty.
+    pub kd_teachers: Vec<PathBuf>,
+}
+
+/// How [`DistillConfig::sampler`] draws pseudo-labelled windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// Successive random permutations (for mixes: uniform draws).
+    #[default]
+    Uniform,
+    /// With replacement, weighted by the sum of each window's soft targets.
+    Weighted,
+}
+
+/// The targets of a mix of a clip and a pseudo-labelled window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MixLabel {
+    /// The larger of the two targets, per species.
+    #[default]
+    Max,
+    /// `(1 - w) y_clip + w y_window`.
+    Weighted,
 }
 
 impl Default for DistillConfig {
@@ -298,11 +353,40 @@ impl Default for DistillConfig {
             power: 1.0,
             threshold: 0.0,
             weight: 1.0,
+            floor: 0.0,
+            sampler: Sampler::Uniform,
+            mix_prob: 0.0,
+            mix_weight: 0.5,
+            mix_random: false,
+            mix_label: MixLabel::Max,
+            kd_weight: 0.0,
+            kd_temperature: 1.0,
+            kd_teachers: Vec::new(),
         }
     }
 }
 
 impl DistillConfig {
+    /// Whether pseudo-labelled windows take part in training at all.
+    pub fn uses_pseudo_labels(&self) -> bool {
+        self.pseudo_fraction > 0.0 || self.mix_prob > 0.0
+    }
+
+    /// Whether live knowledge distillation is on.
+    pub fn uses_kd(&self) -> bool {
+        self.kd_weight > 0.0 && !self.kd_teachers.is_empty()
+    }
+
+    /// The soft target of an ensemble probability `p`: transformed, then floored.
+    pub fn soft_target(&self, p: f32) -> f32 {
+        let q = self.transform(p);
+        if f64::from(q) < self.floor {
+            0.0
+        } else {
+            q
+        }
+    }
+
     /// The soft target of an ensemble probability `p`.
     pub fn transform(&self, p: f32) -> f32 {
         let p = f64::from(p).clamp(1e-7, 1.0 - 1e-7);
@@ -424,6 +508,7 @@ impl TrainConfig {
         for p in [&mut cfg.model.card, &mut cfg.model.init]
             .into_iter()
             .flatten()
+            .chain(cfg.distill.kd_teachers.iter_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -519,6 +604,21 @@ impl TrainConfig {
                 "distill.temperature and power must be positive, weight ≥ 0, threshold in [0, 1]"
                     .into(),
             );
+        }
+        if !(0.0..=1.0).contains(&t.floor)
+            || !(0.0..=1.0).contains(&t.mix_prob)
+            || !(0.0..=1.0).contains(&t.mix_weight)
+        {
+            return bad("distill.floor, mix_prob and mix_weight must be in [0, 1]".into());
+        }
+        if !(0.0..=1.0).contains(&t.kd_weight) || t.kd_temperature <= 0.0 {
+            return bad("distill.kd_weight must be in [0, 1], kd_temperature positive".into());
+        }
+        if !(0.0..1.0).contains(&self.model.drop_path_rate) {
+            return bad(format!(
+                "model.drop_path_rate must be in [0, 1), got {}",
+                self.model.drop_path_rate
+            ));
         }
         if self.run.debug_batches == Some(0) {
             return bad("run.debug_batches must be at least 1".into());

@@ -303,6 +303,14 @@ pub enum TrainError {
         #[source]
         cause: Box<TrainError>,
     },
+    /// A knowledge-distillation teacher that cannot teach this student.
+    #[error("distill.kd_teachers {path}: {reason}")]
+    KdTeacher {
+        /// The teacher checkpoint.
+        path: PathBuf,
+        /// What does not fit (labels, frontend, a file that is not a checkpoint).
+        reason: String,
+    },
     /// A teacher argument names nothing usable.
     #[error("teacher {path}: {reason}")]
     TeacherPath {

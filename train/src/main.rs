@@ -216,6 +216,11 @@ struct FitArgs {
     /// augment.background_prob=0 to train without background mixing).
     #[arg(long, value_name = "N", default_value_t = 16)]
     backgrounds: usize,
+    /// A teacher for live knowledge distillation (repeatable): a checkpoint directory, or a run
+    /// directory for its fold<N>/best; added to the config's distill.kd_teachers. Takes effect
+    /// with distill.kd_weight above 0.
+    #[arg(long = "kd-teacher", value_name = "DIR")]
+    kd_teachers: Vec<PathBuf>,
 }
 
 const INIT_EXAMPLES: &str = "Examples:
@@ -309,7 +314,16 @@ fn fit(
 ) -> Result<()> {
     let chosen = device::choose(request, &CudaProbe::detect())?;
     eprintln!("info: using device {chosen} (requested {request})");
-    let cfg = TrainConfig::load(&args.config, &args.overrides)?;
+    let mut cfg = TrainConfig::load(&args.config, &args.overrides)?;
+    cfg.distill
+        .kd_teachers
+        .extend(args.kd_teachers.iter().cloned());
+    if !cfg.distill.kd_teachers.is_empty() && cfg.distill.kd_weight == 0.0 {
+        eprintln!(
+            "warning: knowledge-distillation teachers are given but distill.kd_weight is 0: \
+             they are not used (--set distill.kd_weight=0.5, say)"
+        );
+    }
     let mut opts = args.options(chosen.to_tch());
     if let Some((pseudo, soundscapes)) = distill {
         opts.pseudo = Some(pseudo);

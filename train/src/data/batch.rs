@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::soft::PseudoSet;
 use super::{AudioStore, DataError, Dataset};
-use crate::config::{AugmentConfig, LossConfig};
+use crate::config::{AugmentConfig, DistillConfig, LossConfig, MixLabel, Sampler};
 
 /// One training sample's source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,7 @@ pub struct BatchBuilder<'a> {
     backgrounds: &'a [Vec<f32>],
     seed: u64,
     pseudo: Option<&'a PseudoSet>,
+    distill: DistillConfig,
 }
 
 /// Mix three integers into one well-spread seed.
@@ -109,12 +110,15 @@ impl<'a> BatchBuilder<'a> {
             backgrounds,
             seed,
             pseudo: None,
+            distill: DistillConfig::default(),
         }
     }
 
-    /// Also draw samples from pseudo-labelled windows ([`Item::Pseudo`]).
-    pub fn with_pseudo(mut self, pseudo: &'a PseudoSet) -> Self {
+    /// Also draw samples from pseudo-labelled windows ([`Item::Pseudo`]), and mix labelled clips
+    /// with them, as `distill` says ([`DistillConfig::mix_prob`], `sampler`).
+    pub fn with_pseudo(mut self, pseudo: &'a PseudoSet, distill: DistillConfig) -> Self {
         self.pseudo = Some(pseudo);
+        self.distill = distill;
         self
     }
 
@@ -197,6 +201,51 @@ impl<'a> BatchBuilder<'a> {
         Ok(out)
     }
 
+    /// With probability [`DistillConfig::mix_prob`], mix a pseudo-labelled window into the
+    /// labelled `clip`: `(1 - w) clip + w window` (the window with its own shift and gain), the
+    /// targets the maximum or the weighted mean of the two, the loss weights the smaller. Returns
+    /// the window and the weight when it mixed.
+    fn mix_pseudo(
+        &self,
+        clip: &mut [f32],
+        y: &mut [f32],
+        w: &mut [f32],
+        rng: &mut Rng,
+    ) -> Result<Option<(usize, f32)>, DataError> {
+        let d = &self.distill;
+        let Some(p) = self.pseudo else {
+            return Ok(None);
+        };
+        if d.mix_prob <= 0.0 || p.is_empty() || rng.uniform() >= d.mix_prob {
+            return Ok(None);
+        }
+        let j = match d.sampler {
+            Sampler::Weighted => p.draw_weighted(rng),
+            Sampler::Uniform => rng.below(p.len()),
+        };
+        let window = self.clip(Item::Pseudo(j), rng)?;
+        let lam = if d.mix_random {
+            rng.range(0.0, d.mix_weight)
+        } else {
+            d.mix_weight
+        } as f32;
+        for (c, v) in clip.iter_mut().zip(&window) {
+            *c = (1.0 - lam) * *c + lam * v;
+        }
+        for ((yk, wk), (&t, &pw)) in y
+            .iter_mut()
+            .zip(w.iter_mut())
+            .zip(p.targets(j).iter().zip(p.weights()))
+        {
+            *yk = match d.mix_label {
+                MixLabel::Max => yk.max(t),
+                MixLabel::Weighted => (1.0 - lam) * *yk + lam * t,
+            };
+            *wk = wk.min(pw);
+        }
+        Ok(Some((j, lam)))
+    }
+
     /// Sample `pos` of the epoch from `item`; `pool` is where mixup partners come from.
     pub fn sample(
         &self,
@@ -208,6 +257,9 @@ impl<'a> BatchBuilder<'a> {
         let mut rng = Rng::new(sample_seed(self.seed, epoch as u64, pos as u64));
         let mut clip = self.clip(item, &mut rng)?;
         let (mut y, mut w) = self.item_targets(item)?;
+        if let Item::Clip(_) = item {
+            self.mix_pseudo(&mut clip, &mut y, &mut w, &mut rng)?;
+        }
         if !self.backgrounds.is_empty() && rng.uniform() < self.aug.background_prob {
             let bg = &self.backgrounds[rng.below(self.backgrounds.len())];
             if !bg.is_empty() {
@@ -325,7 +377,8 @@ impl<'a> BatchBuilder<'a> {
 /// The samples of one epoch when a share of every batch is pseudo-labelled: `steps` batches of
 /// `batch` items, each with `n_pseudo` pseudo-labelled windows after `batch - n_pseudo` labelled
 /// items taken in turn from `labelled` (an epoch's shuffled order). The windows come from
-/// successive random permutations of `0..pseudo_len`, so each is used about equally often.
+/// successive random permutations of `0..pseudo_len`, so each is used about equally often, or,
+/// with `weighted`, are drawn from it by [`PseudoSet::draw_weighted`].
 pub fn epoch_items(
     labelled: &[usize],
     pseudo_len: usize,
@@ -333,6 +386,7 @@ pub fn epoch_items(
     batch: usize,
     steps: usize,
     rng: &mut Rng,
+    weighted: Option<&PseudoSet>,
 ) -> Vec<Item> {
     let n_pseudo = if pseudo_len == 0 {
         0
@@ -342,6 +396,9 @@ pub fn epoch_items(
     let n_lab = batch - n_pseudo;
     let mut stream: Vec<usize> = Vec::new();
     let mut next_pseudo = move |rng: &mut Rng| {
+        if let Some(p) = weighted {
+            return p.draw_weighted(rng);
+        }
         if stream.is_empty() {
             stream = (0..pseudo_len).collect();
             rng.shuffle(&mut stream);
@@ -444,7 +501,7 @@ mod tests {
     fn every_batch_has_its_share_of_pseudo_labelled_windows() {
         let labelled: Vec<usize> = (0..40).collect();
         let mut rng = Rng::new(1);
-        let items = epoch_items(&labelled, 7, 3, 8, 5, &mut rng);
+        let items = epoch_items(&labelled, 7, 3, 8, 5, &mut rng, None);
         assert_eq!(items.len(), 40);
         let mut uses = [0usize; 7];
         for b in items.chunks(8) {
@@ -472,7 +529,122 @@ mod tests {
             .collect();
         assert_eq!(lab, (0..25).collect::<Vec<_>>());
         // No pseudo-labelled windows: all labelled.
-        let items = epoch_items(&labelled, 0, 3, 8, 5, &mut rng);
+        let items = epoch_items(&labelled, 0, 3, 8, 5, &mut rng, None);
         assert!(items.iter().all(|i| matches!(i, Item::Clip(_))));
+    }
+
+    #[test]
+    fn clips_are_mixed_with_pseudo_labelled_windows_as_configured() {
+        let mut cfg = TrainConfig::default();
+        cfg.model.n_mels = Some(32);
+        cfg.augment.time_shift_seconds = 0.0;
+        cfg.augment.gain_db = [0.0, 0.0];
+        let (fcfg, _) = crate::training::resolve_frontend(&cfg).expect("frontend");
+        let n = (cfg.augment.crop_seconds * 32_000.0) as usize;
+        let ds = Dataset {
+            root: PathBuf::from("/x"),
+            labels: vec!["a".into(), "b".into(), "c".into()],
+            recordings: vec![Recording {
+                filename: "a/1.wav".into(),
+                path: PathBuf::from("/x/a/1.wav"),
+                primary: 0,
+                secondary: Vec::new(),
+                rating: None,
+                group: None,
+            }],
+        };
+        let store = MemoryStore(vec![Segments {
+            head: vec![1.0; n],
+            tail: Vec::new(),
+        }]);
+        let soundscape = MemoryStore(vec![Segments {
+            head: vec![3.0; 2 * n],
+            tail: Vec::new(),
+        }]);
+        let set = PseudoSet::new(
+            Box::new(soundscape),
+            vec![
+                crate::data::soft::PseudoWindow { rec: 0, start: 0 },
+                crate::data::soft::PseudoWindow { rec: 0, start: n },
+            ],
+            vec![0.2, 0.9, 0.0, 0.0, 0.0, 0.0],
+            vec![1.0, 1.0, 0.0],
+        )
+        .expect("set");
+        let builder = |d: DistillConfig| {
+            BatchBuilder::new(
+                &ds,
+                &store,
+                Frontend::new(fcfg.clone()).expect("frontend"),
+                cfg.augment.clone(),
+                cfg.loss.clone(),
+                &[],
+                1,
+            )
+            .with_pseudo(&set, d)
+        };
+        let mix = |b: &BatchBuilder<'_>, seed: u64| {
+            let mut clip = vec![1.0f32; n];
+            let (mut y, mut w) = b.targets(0);
+            let r = b
+                .mix_pseudo(&mut clip, &mut y, &mut w, &mut Rng::new(seed))
+                .expect("mix");
+            (r, clip, y, w)
+        };
+        // Every clip, weight 0.5, targets the maximum; the weighted sampler never draws window 1,
+        // whose targets are all 0.
+        let max = DistillConfig {
+            mix_prob: 1.0,
+            sampler: Sampler::Weighted,
+            ..DistillConfig::default()
+        };
+        for seed in 0..20 {
+            let (r, clip, y, w) = mix(&builder(max.clone()), seed);
+            assert_eq!(r, Some((0, 0.5)));
+            assert!(
+                clip.iter().all(|&v| (v - 2.0).abs() < 1e-6),
+                "0.5 * 1 + 0.5 * 3"
+            );
+            assert_eq!(y, vec![1.0, 0.9, 0.0]);
+            assert_eq!(
+                w,
+                vec![1.0, 1.0, 0.0],
+                "species the pseudo-labels lack are masked"
+            );
+        }
+        // Weighted targets, random weights in [0, 0.4].
+        let weighted = DistillConfig {
+            mix_prob: 1.0,
+            mix_weight: 0.4,
+            mix_random: true,
+            mix_label: MixLabel::Weighted,
+            sampler: Sampler::Weighted,
+            ..DistillConfig::default()
+        };
+        let mut lams = Vec::new();
+        for seed in 0..50 {
+            let (r, clip, y, _) = mix(&builder(weighted.clone()), seed);
+            let (_, lam) = r.expect("mixed");
+            assert!((0.0..0.4).contains(&lam));
+            assert!((clip[0] - (1.0 + 2.0 * lam)).abs() < 1e-5);
+            assert!(
+                (y[0] - (1.0 - lam + 0.2 * lam)).abs() < 1e-6 && (y[1] - 0.9 * lam).abs() < 1e-6
+            );
+            lams.push(lam);
+        }
+        assert!(
+            lams.iter().any(|&l| l < 0.1) && lams.iter().any(|&l| l > 0.3),
+            "{lams:?}"
+        );
+        // mix_prob 0.3: about 30 % of clips; none without the option.
+        let some = DistillConfig {
+            mix_prob: 0.3,
+            ..DistillConfig::default()
+        };
+        let b = builder(some);
+        let mixed = (0..1000).filter(|&s| mix(&b, s).0.is_some()).count();
+        assert!((230..370).contains(&mixed), "{mixed} of 1000 mixed");
+        let b = builder(DistillConfig::default());
+        assert!((0..100).all(|s| mix(&b, s).0.is_none()));
     }
 }

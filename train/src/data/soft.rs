@@ -2,6 +2,8 @@
 //! made by a teacher ensemble, [`crate::pseudo`]) and the audio they come from. Batches draw
 //! from them as [`Item::Pseudo`](super::batch::Item::Pseudo).
 
+use birdclef_models::rng::Rng;
+
 use super::{AudioStore, DataError};
 
 /// A pseudo-labelled window: a stored soundscape and the sample its window starts at.
@@ -19,6 +21,9 @@ pub struct PseudoSet {
     windows: Vec<PseudoWindow>,
     targets: Vec<f32>,
     weights: Vec<f32>,
+    /// Running sums of the windows' draw weights (the sum of each one's soft targets), for
+    /// [`draw_weighted`](PseudoSet::draw_weighted).
+    cumulative: Vec<f64>,
 }
 
 impl std::fmt::Debug for PseudoSet {
@@ -52,12 +57,35 @@ impl PseudoSet {
                 len: store.len(),
             });
         }
+        let k = weights.len().max(1);
+        let mut sum = 0.0;
+        let cumulative = targets
+            .chunks(k)
+            .map(|t| {
+                sum += t.iter().map(|&v| f64::from(v)).sum::<f64>();
+                sum
+            })
+            .collect();
         Ok(Self {
             store,
             windows,
             targets,
             weights,
+            cumulative,
         })
+    }
+
+    /// A window drawn with probability proportional to the sum of its soft targets (windows
+    /// whose targets are all 0 are never drawn; when every window's are, uniformly).
+    pub fn draw_weighted(&self, rng: &mut Rng) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        if total.is_nan() || total <= 0.0 {
+            return rng.below(self.len());
+        }
+        let u = rng.uniform() * total;
+        self.cumulative
+            .partition_point(|&c| c <= u)
+            .min(self.len().saturating_sub(1))
     }
 
     /// Number of windows.
@@ -115,6 +143,32 @@ mod tests {
         assert_eq!(set.audio(0, 3).expect("audio"), vec![2.0, 3.0, 4.0]);
         assert_eq!(set.audio(1, 4).expect("audio"), vec![8.0, 9.0, 0.0, 0.0]);
         assert_eq!(set.targets(1), &[0.5, 0.5]);
+        // Window 0 weighs 1.0, window 1 weighs 1.0: drawn about equally; a window with no
+        // probability is never drawn.
+        let mut rng = Rng::new(1);
+        let mut count = [0usize; 2];
+        for _ in 0..2000 {
+            count[set.draw_weighted(&mut rng)] += 1;
+        }
+        assert!(count[0] > 800 && count[1] > 800, "{count:?}");
+        let store = MemoryStore(vec![Segments {
+            head: vec![0.0; 10],
+            tail: Vec::new(),
+        }]);
+        let skewed = PseudoSet::new(
+            Box::new(store),
+            (0..3).map(|start| PseudoWindow { rec: 0, start }).collect(),
+            vec![0.0, 0.0, 0.9, 0.9, 0.1, 0.1],
+            vec![1.0, 1.0],
+        )
+        .expect("set");
+        let mut count = [0usize; 3];
+        for _ in 0..5000 {
+            count[skewed.draw_weighted(&mut rng)] += 1;
+        }
+        assert_eq!(count[0], 0, "{count:?}");
+        let ratio = count[1] as f64 / count[2] as f64;
+        assert!((ratio - 9.0).abs() < 1.5, "{count:?}");
         assert!(PseudoSet::new(
             Box::new(MemoryStore::default()),
             vec![PseudoWindow { rec: 0, start: 0 }],

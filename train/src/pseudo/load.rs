@@ -3,8 +3,8 @@
 //!
 //! [`load_pseudo`] reads a pseudo-label file, maps its species onto the dataset's label order
 //! (species the file lacks are masked out of the loss of pseudo-labelled samples), turns the
-//! ensemble probabilities into soft targets ([`DistillConfig::transform`]), drops windows below
-//! the confidence threshold, and puts the soundscapes' audio in the HDF5 audio cache (whole
+//! ensemble probabilities into soft targets ([`DistillConfig::soft_target`]: temperature, power,
+//! then the floor), drops windows whose largest soft target is below the threshold, and puts the soundscapes' audio in the HDF5 audio cache (whole
 //! files, read window by window). [`crate::training::fit_with`] then fills each batch with
 //! [`DistillConfig::pseudo_fraction`] pseudo-labelled windows and labelled clips for the rest.
 
@@ -99,7 +99,7 @@ pub fn load_pseudo(
         let row = table.row(r);
         let soft: Vec<f32> = map
             .iter()
-            .map(|m| m.map_or(0.0, |c| cfg.transform(row[c])))
+            .map(|m| m.map_or(0.0, |c| cfg.soft_target(row[c])))
             .collect();
         let top = soft.iter().copied().fold(0.0f32, f32::max);
         if f64::from(top) < cfg.threshold {
@@ -171,5 +171,8 @@ mod tests {
         c.temperature = 1.0;
         c.power = 2.0;
         assert!((c.transform(0.5) - 0.25).abs() < 1e-6);
+        c.floor = 0.3;
+        assert_eq!(c.soft_target(0.5), 0.0, "0.25 is below the floor");
+        assert!((c.soft_target(0.8) - 0.64).abs() < 1e-6);
     }
 }

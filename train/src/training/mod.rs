@@ -37,7 +37,7 @@ pub use optim::lr_at;
 pub use state::{holds_run, FoldRun, TrainState, STATE_JSON, STATE_TENSORS};
 pub use trainer::{EpochStats, Schedule};
 
-use crate::config::{BestMetric, LossConfig, LossKind, TrainConfig};
+use crate::config::{BestMetric, LossConfig, LossKind, Sampler, TrainConfig};
 use crate::data::batch::{epoch_items, BatchBuilder, Item};
 use crate::data::soft::PseudoSet;
 use crate::data::{AudioStore, Dataset};
@@ -154,6 +154,59 @@ fn git_commit() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The knowledge-distillation teachers `paths` name (checkpoints, or run directories standing for
+/// their `fold<N>/best`), each checked to have the student's `labels` and input `frontend`, in
+/// eval mode on `device`.
+pub fn kd_teachers(
+    paths: &[PathBuf],
+    labels: &[String],
+    frontend: &FrontendConfig,
+    device: Device,
+) -> Result<Vec<crate::model::net::Net>, TrainError> {
+    let mut dirs = Vec::new();
+    for p in paths {
+        if p.join(birdclef_models::checkpoint::CARD_FILE).is_file() {
+            dirs.push(p.clone());
+            continue;
+        }
+        match birdclef_export::export::checkpoints_in_run(p) {
+            Ok(found) if !found.is_empty() => dirs.extend(found),
+            _ => {
+                return Err(TrainError::KdTeacher {
+                    path: p.clone(),
+                    reason: "neither a checkpoint (card.json) nor a run directory with \
+                             fold<N>/best/"
+                        .into(),
+                })
+            }
+        }
+    }
+    dirs.iter()
+        .map(|dir| {
+            let card = Card::load(&dir.join(birdclef_models::checkpoint::CARD_FILE))?;
+            let mismatch = |reason: String| TrainError::KdTeacher {
+                path: dir.clone(),
+                reason,
+            };
+            if card.labels != labels {
+                return Err(mismatch(format!(
+                    "its {} labels are not the student's {} labels in the same order",
+                    card.labels.len(),
+                    labels.len()
+                )));
+            }
+            if &card.frontend != frontend {
+                return Err(mismatch(
+                    "its frontend differs from the student's: the teachers see the student's \
+                     augmented batch, so they need the same input"
+                        .into(),
+                ));
+            }
+            Ok(crate::model::net::Net::from_checkpoint(dir, device)?)
+        })
+        .collect()
+}
+
 /// Train fold `fold` of `ds` (audio from `store`) as `cfg` says, writing into `out_dir`.
 ///
 /// `folds` has one entry per recording: its fold, or [`ALWAYS_TRAIN`] for recordings that are
@@ -208,7 +261,7 @@ pub fn fit_with(
     resume: bool,
 ) -> Result<FitSummary, TrainError> {
     cfg.validate()?;
-    let pseudo = pseudo.filter(|p| !p.is_empty() && cfg.distill.pseudo_fraction > 0.0);
+    let pseudo = pseudo.filter(|p| !p.is_empty() && cfg.distill.uses_pseudo_labels());
     let n_rec = ds.recordings.len();
     if folds.len() != n_rec || store.len() != n_rec {
         return Err(TrainError::Sizes {
@@ -274,12 +327,22 @@ pub fn fit_with(
 
     let o = &cfg.optim;
     let seed = cfg.run.seed;
-    let graph =
-        nets::build_spec(&cfg.model.arch, fcfg.channels, k).map_err(|cause| TrainError::Arch {
+    let graph = nets::build_spec_with(&cfg.model.arch, fcfg.channels, k, cfg.model.drop_path_rate)
+        .map_err(|cause| TrainError::Arch {
             arch: cfg.model.arch.clone(),
             cause: Box::new(cause),
         })?;
     let mut trainer = Trainer::new(cfg, graph, fold, device)?;
+    if cfg.distill.uses_kd() {
+        let teachers = kd_teachers(&cfg.distill.kd_teachers, &ds.labels, &fcfg, device)?;
+        eprintln!(
+            "fit: knowledge distillation from {} teacher(s), weight {}, temperature {}",
+            teachers.len(),
+            cfg.distill.kd_weight,
+            cfg.distill.kd_temperature
+        );
+        trainer.set_kd_teachers(teachers);
+    }
     if let Some(dir) = &resume_from {
         trainer.resume(dir, &best_dir, out_dir)?;
         eprintln!(
@@ -338,7 +401,7 @@ pub fn fit_with(
         seed,
     );
     if let Some(p) = pseudo {
-        builder = builder.with_pseudo(p);
+        builder = builder.with_pseudo(p, cfg.distill.clone());
     }
     let kind = if pseudo.is_some() { "distill" } else { "fit" };
     let card_base = Card {
@@ -373,12 +436,21 @@ pub fn fit_with(
         rng.shuffle(&mut order);
         let bs = o.batch_size.min(order.len());
         let items: Vec<Item> = match pseudo {
-            Some(p) => {
+            Some(p) if cfg.distill.pseudo_fraction > 0.0 => {
                 let share = (bs as f64 * cfg.distill.pseudo_fraction).round() as usize;
                 let n_pseudo = share.clamp(1, bs.saturating_sub(1).max(1));
-                epoch_items(&order, p.len(), n_pseudo, bs, steps_per_epoch, &mut rng)
+                let weighted = (cfg.distill.sampler == Sampler::Weighted).then_some(p);
+                epoch_items(
+                    &order,
+                    p.len(),
+                    n_pseudo,
+                    bs,
+                    steps_per_epoch,
+                    &mut rng,
+                    weighted,
+                )
             }
-            None => order.iter().map(|&r| Item::Clip(r)).collect(),
+            _ => order.iter().map(|&r| Item::Clip(r)).collect(),
         };
         let stats = trainer.epoch(&builder, &pool, &items, bs, epoch, schedule)?;
         let train_seconds = t0.elapsed().as_secs_f64();
@@ -422,9 +494,10 @@ pub fn fit_with(
                 cfg.run.best_metric.name(),
                 if o.ema_decay.is_some() { ", EMA weights" } else { "" },
                 pseudo.map_or(String::new(), |p| format!(
-                    ", {} pseudo-labelled windows at {} of each batch",
+                    ", {} pseudo-labelled windows at {} of each batch, mixed into {} of the clips",
                     p.len(),
-                    cfg.distill.pseudo_fraction
+                    cfg.distill.pseudo_fraction,
+                    cfg.distill.mix_prob
                 )),
             ));
             row.seconds = t0.elapsed().as_secs_f64();

@@ -65,6 +65,8 @@ pub struct Trainer<'a> {
     adam: AdamW,
     ema: Option<Ema>,
     scale: LossScale,
+    /// Knowledge-distillation teachers, run in eval mode on every batch.
+    kd_teachers: Vec<Net>,
     /// Epoch, steps, best metric: what `train_state.json` holds.
     pub state: TrainState,
     /// Every epoch's row so far (including those of a run this one resumed).
@@ -148,9 +150,38 @@ impl<'a> Trainer<'a> {
             adam,
             ema,
             scale,
+            kd_teachers: Vec::new(),
             state,
             history: Vec::new(),
         })
+    }
+
+    /// Learn also from `teachers` (knowledge distillation, as `distill.kd_weight` and
+    /// `kd_temperature` say).
+    pub fn set_kd_teachers(&mut self, teachers: Vec<Net>) {
+        self.kd_teachers = teachers;
+    }
+
+    /// The loss of `logits` against the teachers' softened sigmoids on `x`: BCE of
+    /// `sigmoid(logits / T)` against the mean over teachers of `sigmoid(teacher(x) / T)`.
+    fn kd_loss(&self, x: &Tensor, logits: &Tensor) -> Result<Tensor, TrainError> {
+        let t = self.cfg.distill.kd_temperature;
+        let mut target = Tensor::zeros_like(logits).to_kind(tch::Kind::Float);
+        for teacher in &self.kd_teachers {
+            let y = tch::no_grad(|| tch::autocast(self.autocast, || teacher.f_forward(x, false)))
+                .map_err(|e| TrainError::from(Box::new(e)))?;
+            target += y.to_kind(tch::Kind::Float).divide_scalar(t).sigmoid();
+        }
+        let target = target / self.kd_teachers.len().max(1) as f64;
+        Ok(logits
+            .to_kind(tch::Kind::Float)
+            .divide_scalar(t)
+            .binary_cross_entropy_with_logits(
+                &target,
+                None::<Tensor>,
+                None::<Tensor>,
+                tch::Reduction::Mean,
+            ))
     }
 
     /// Continue the run saved in checkpoint `dir` (a `last/`): weights, AdamW's moments, the EMA,
@@ -249,7 +280,11 @@ impl<'a> Trainer<'a> {
         }
         let stats = optim::snapshot(&self.buffers);
         let logits = tch::autocast(self.autocast, || self.model.f_forward(&x, true))?;
-        let l = loss(&logits, &y, &w, &self.cfg.loss);
+        let mut l = loss(&logits, &y, &w, &self.cfg.loss);
+        if !self.kd_teachers.is_empty() {
+            let kd = self.cfg.distill.kd_weight;
+            l = l * (1.0 - kd) + self.kd_loss(&x, &logits)? * kd;
+        }
         let factor = self.scale.factor();
         (&l * factor).backward();
         let grads: Vec<Tensor> = self.trainable.iter().map(Tensor::grad).collect();
