@@ -228,6 +228,7 @@ pub fn pseudo_fixture(dir: &Path) -> PseudoFixture {
             test: 2,
             test_seconds: 10.0,
             seed: 5,
+            domain_shift: 0.0,
         },
     )
     .expect("write the synthetic competition");

@@ -188,3 +188,75 @@ fn a_reduced_birdclef_mini_pipeline_runs_every_stage_on_real_data_and_teachers_l
         );
     }
 }
+
+#[test]
+fn noisy_student_rounds_relabel_with_the_last_students_and_skip_when_up_to_date() {
+    let _serial = serial();
+    let dir = scratch_dir("pipeline-rounds");
+    let config = dir.join("rounds.pipeline.toml");
+    // A tiny shifted competition, one fold, one-epoch debug training: the stages' wiring is
+    // under test here, not the scores.
+    let train = "[model]\narch = \"efficientvit_b0\"\nn_mels = 32\nhop_length = 1600\n\
+                 n_fft = 1024\n[optim]\nepochs = 1\nbatch_size = 8\n[data]\nn_folds = 2\n\
+                 folds = [0]\ncache_seconds = 6.0\n[run]\ndebug_batches = 2\n";
+    std::fs::write(dir.join("fit.toml"), train).expect("fit config");
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = true\n[data.synth]\nspecies = 3\nrecordings_per_species = 4\n\
+         recording_seconds = 4.0\nunlabeled = 3\nunlabeled_seconds = 10.0\ntest = 2\n\
+         test_seconds = 10.0\ndomain_shift = 0.5\n\
+         [teacher]\nconfig = \"fit.toml\"\n[student]\nconfig = \"fit.toml\"\n\
+         [student.train.distill]\npseudo_fraction = 0.0\nmix_prob = 1.0\nsampler = \"weighted\"\n\
+         kd_weight = 0.5\n[student.train.model]\ndrop_path_rate = 0.1\n\
+         [rounds]\ncount = 2\n[[rounds.round]]\ndistill = { power = 1.5 }\n\
+         [[rounds.round]]\ndistill = { power = 2.0, floor = 0.05 }\n[report]\nteachers = false\n",
+    )
+    .expect("config");
+    let out = dir.join("out");
+    pipeline(Some(&config), &out);
+    let s = summary(&out);
+    for stage in [
+        "data",
+        "teachers",
+        "pseudo-label",
+        "students",
+        "students-eval",
+        "pseudo-label-r2",
+        "students-r2",
+        "export",
+        "infer",
+        "score",
+    ] {
+        assert_eq!(
+            s.get(stage).map(|r| r.0.as_str()),
+            Some("ran"),
+            "{stage}: {s:?}"
+        );
+    }
+    assert!(
+        !s.contains_key("students-r2-eval"),
+        "the last round is the submission"
+    );
+    assert_eq!(
+        s["pseudo-label"].2, s["pseudo-label-r2"].2,
+        "the same windows, relabelled"
+    );
+    // Round 2 was labelled by round 1's students and learnt live from them; each round has its
+    // own settings.
+    let r2 = std::fs::read_to_string(out.join("students-r2/fold0/config.toml")).expect("config");
+    assert!(
+        r2.contains("power = 2.0") && r2.contains("floor = 0.05"),
+        "{r2}"
+    );
+    assert!(
+        r2.contains(&out.join("students").display().to_string()),
+        "{r2}"
+    );
+    let r1 = std::fs::read_to_string(out.join("students/fold0/config.toml")).expect("config");
+    assert!(r1.contains("power = 1.5") && r1.contains(&out.join("teachers").display().to_string()));
+    assert!(out.join("submission/fold0.onnx").is_file());
+
+    pipeline(Some(&config), &out);
+    let again = summary(&out);
+    assert!(again.values().all(|r| r.0 == "up to date"), "{again:?}");
+}

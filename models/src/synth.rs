@@ -166,12 +166,50 @@ pub fn soundscape(
     (out, events)
 }
 
+/// [`soundscape`] under a domain shift: louder background, quieter calls (see
+/// [`CompetitionSpec::domain_shift`]).
+fn shifted_soundscape(
+    seconds: f64,
+    sample_rate: u32,
+    all: &[Species],
+    calls: usize,
+    shift: f64,
+    rng: &mut Rng,
+) -> (Vec<f32>, Vec<Event>) {
+    let n = (seconds * f64::from(sample_rate)) as usize;
+    let mut out = background(n, 0.01 * (1.0 + 2.0 * shift), rng);
+    let mut events = Vec::new();
+    for _ in 0..calls {
+        let species = rng.below(all.len().max(1));
+        let Some(sp) = all.get(species) else {
+            break;
+        };
+        let start = rng.range(0.0, (seconds - sp.seconds).max(0.0));
+        let amp = rng.range(0.1, 0.4) * (1.0 - 0.5 * shift);
+        add_call(
+            &mut out,
+            sample_rate,
+            (start * f64::from(sample_rate)) as usize,
+            sp,
+            amp,
+        );
+        events.push(Event {
+            species,
+            start,
+            end: start + sp.seconds,
+        });
+    }
+    (out, events)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A whole synthetic competition directory.
 // ---------------------------------------------------------------------------------------------
 
-/// Parameters of a synthetic competition written by [`write_competition`].
-#[derive(Debug, Clone, PartialEq)]
+/// Parameters of a synthetic competition written by [`write_competition`] (a `[data.synth]`
+/// table of a pipeline file; missing keys keep their defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CompetitionSpec {
     /// Number of species (labels `synbird0`, `synbird1`, ...; see [`species`]). At least 1.
     pub species: usize,
@@ -191,6 +229,13 @@ pub struct CompetitionSpec {
     pub test_seconds: f64,
     /// Everything written is a function of the spec, this seed included.
     pub seed: u64,
+    /// How far the soundscapes (test and unlabeled) are from the clean focal training
+    /// recordings, from 0 (the same calls and levels) to 1: their calls are a "dialect" (pitch
+    /// moved by up to 10 % and duration by up to 20 %, the sign alternating between species),
+    /// quieter (amplitude times `1 - shift / 2`) and more frequent (times `1 + shift`, so they
+    /// overlap more), over louder background (times `1 + 2 shift`). As in the real
+    /// competitions, only the unlabeled soundscapes show what the test looks like.
+    pub domain_shift: f64,
 }
 
 impl Default for CompetitionSpec {
@@ -206,6 +251,7 @@ impl Default for CompetitionSpec {
             test: 4,
             test_seconds: 30.0,
             seed: 2026,
+            domain_shift: 0.0,
         }
     }
 }
@@ -320,7 +366,9 @@ pub fn write_competition(
 
     // Plans are drawn sequentially (cheap); the audio is rendered in parallel from them.
     let train = plan_train(spec, &all);
-    let test = plan_test(spec, &all, windows_per_file);
+    // Soundscapes carry the species as the domain shift changes them.
+    let scape = soundscape_species(&all, spec.domain_shift);
+    let test = plan_test(spec, &scape, windows_per_file);
 
     write_text(&root.join("taxonomy.csv"), &taxonomy_csv(&all))?;
     write_text(
@@ -357,13 +405,13 @@ pub fn write_competition(
             Job::Unlabeled(i) => (
                 root.join("unlabeled_soundscapes")
                     .join(format!("synth_unlabeled_{i:03}.wav")),
-                render_unlabeled(spec, &all, *i),
+                render_unlabeled(spec, &scape, *i),
                 crate::audio::TARGET_SAMPLE_RATE,
             ),
             Job::Test(p) => (
                 root.join("test_soundscapes")
                     .join(format!("{}.wav", p.stem)),
-                render_test(p, &all, spec.test_seconds),
+                render_test(p, &scape, spec.test_seconds, spec.domain_shift),
                 crate::audio::TARGET_SAMPLE_RATE,
             ),
         };
@@ -390,6 +438,12 @@ fn validate_spec(root: &Path, spec: &CompetitionSpec) -> Result<(), SynthError> 
     let seconds_ok = |s: f64, min: f64| s.is_finite() && s >= min && s <= MAX_FILE_SECONDS;
     if spec.species == 0 {
         return fail("at least one species is needed".into());
+    }
+    if !(0.0..=1.0).contains(&spec.domain_shift) {
+        return fail(format!(
+            "domain_shift must be within 0-1, got {}",
+            spec.domain_shift
+        ));
     }
     if spec.recordings_per_species == 0 {
         return fail("at least one training recording per species is needed".into());
@@ -573,18 +627,39 @@ fn render_train(plan: &TrainPlan, all: &[Species]) -> Vec<f32> {
     out
 }
 
+/// The species as soundscapes carry them under a domain shift `shift` (see
+/// [`CompetitionSpec::domain_shift`]): the same list for 0.
+fn soundscape_species(all: &[Species], shift: f64) -> Vec<Species> {
+    all.iter()
+        .enumerate()
+        .map(|(i, sp)| {
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            Species {
+                base_hz: sp.base_hz * (1.0 + 0.1 * shift * sign),
+                seconds: sp.seconds * (1.0 + 0.2 * shift),
+                ..sp.clone()
+            }
+        })
+        .collect()
+}
+
 fn render_unlabeled(spec: &CompetitionSpec, all: &[Species], i: usize) -> Vec<f32> {
     let mut rng = sub_rng(spec.seed, STREAM_UNLABELED, i as u64);
     let rate = crate::audio::TARGET_SAMPLE_RATE;
     let seconds = spec.unlabeled_seconds;
+    let shift = spec.domain_shift;
     // Every fourth soundscape is near-silent: faint background, no calls.
     let silent = i % 4 == 3;
     let calls = if silent {
         0
     } else {
-        (seconds * rng.range(0.15, 0.4)).round() as usize
+        (seconds * rng.range(0.15, 0.4) * (1.0 + shift)).round() as usize
     };
-    let (mut out, _) = soundscape(seconds, rate, all, calls, &mut rng);
+    let (mut out, _) = if shift > 0.0 {
+        shifted_soundscape(seconds, rate, all, calls, shift, &mut rng)
+    } else {
+        soundscape(seconds, rate, all, calls, &mut rng)
+    };
     if silent {
         out.iter_mut().for_each(|v| *v *= 0.2);
     } else if rng.uniform() < 0.5 {
@@ -626,7 +701,8 @@ fn plan_test(spec: &CompetitionSpec, all: &[Species], windows_per_file: usize) -
         calls[file].push((event, rng.range(0.15, 0.4)));
     }
     for (file, file_calls) in calls.iter_mut().enumerate() {
-        let count = (spec.test_seconds * rng.range(0.15, 0.35)).round() as usize;
+        let count = (spec.test_seconds * rng.range(0.15, 0.35) * (1.0 + spec.domain_shift)).round()
+            as usize;
         for _ in 0..count {
             let s = rng.below(all.len());
             let sp = &all[s];
@@ -664,14 +740,21 @@ fn plan_test(spec: &CompetitionSpec, all: &[Species], windows_per_file: usize) -
         .collect()
 }
 
-fn render_test(plan: &TestPlan, all: &[Species], seconds: f64) -> Vec<f32> {
+fn render_test(plan: &TestPlan, all: &[Species], seconds: f64, shift: f64) -> Vec<f32> {
     let mut rng = Rng::new(plan.seed);
     let rate = crate::audio::TARGET_SAMPLE_RATE;
     let sr = f64::from(rate);
-    let mut out = background((seconds * sr) as usize, plan.background_level, &mut rng);
+    let level = plan.background_level * (1.0 + 2.0 * shift);
+    let mut out = background((seconds * sr) as usize, level, &mut rng);
     for (event, amp) in &plan.calls {
         let start = (event.start * sr) as usize;
-        add_call(&mut out, rate, start, &all[event.species], *amp);
+        add_call(
+            &mut out,
+            rate,
+            start,
+            &all[event.species],
+            amp * (1.0 - 0.5 * shift),
+        );
     }
     if rng.uniform() < 0.5 {
         add_drone(&mut out, rate, &mut rng);
@@ -1048,6 +1131,83 @@ mod tests {
     }
 
     #[test]
+    fn a_domain_shift_changes_the_soundscapes_only() {
+        let spec = CompetitionSpec {
+            species: 4,
+            recordings_per_species: 2,
+            recording_seconds: 4.0,
+            unlabeled: 2,
+            unlabeled_seconds: 10.0,
+            test: 2,
+            test_seconds: 10.0,
+            seed: 3,
+            domain_shift: 0.0,
+        };
+        let (a, b) = (scratch("shift-a"), scratch("shift-b"));
+        write_competition(&a, &spec).unwrap();
+        write_competition(
+            &b,
+            &CompetitionSpec {
+                domain_shift: 0.8,
+                ..spec.clone()
+            },
+        )
+        .unwrap();
+        let read = |root: &Path, rel: &str| std::fs::read(root.join(rel)).unwrap();
+        assert_eq!(
+            read(&a, "train_metadata.csv"),
+            read(&b, "train_metadata.csv")
+        );
+        for entry in std::fs::read_dir(a.join("train_audio")).unwrap() {
+            let label = entry.unwrap().file_name();
+            for f in std::fs::read_dir(a.join("train_audio").join(&label)).unwrap() {
+                let rel = Path::new("train_audio")
+                    .join(&label)
+                    .join(f.unwrap().file_name());
+                let rel = rel.to_string_lossy().into_owned();
+                assert_eq!(
+                    read(&a, &rel),
+                    read(&b, &rel),
+                    "{rel}: focal recordings stay clean"
+                );
+            }
+        }
+        for rel in [
+            "test_soundscapes/soundscape_synth_0.wav",
+            "unlabeled_soundscapes/synth_unlabeled_000.wav",
+        ] {
+            assert_ne!(read(&a, rel), read(&b, rel), "{rel}");
+        }
+        // Louder background: the quietest tenth of the shifted soundscape has more energy.
+        let floor = |root: &Path| {
+            let x =
+                crate::audio::decode_file(&root.join("test_soundscapes/soundscape_synth_1.wav"))
+                    .unwrap()
+                    .samples;
+            let mut frames: Vec<f64> = x
+                .chunks(1600)
+                .map(|c| c.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / c.len() as f64)
+                .collect();
+            frames.sort_by(f64::total_cmp);
+            frames[frames.len() / 10].sqrt()
+        };
+        assert!(
+            floor(&b) > 1.5 * floor(&a),
+            "{} vs {}",
+            floor(&b),
+            floor(&a)
+        );
+        let bad = CompetitionSpec {
+            domain_shift: 1.5,
+            ..spec
+        };
+        assert!(write_competition(&scratch("shift-bad"), &bad).is_err());
+        for d in [a, b] {
+            std::fs::remove_dir_all(&d).ok();
+        }
+    }
+
+    #[test]
     fn competition_is_deterministic() {
         let spec = CompetitionSpec {
             species: 5,
@@ -1058,6 +1218,7 @@ mod tests {
             test: 2,
             test_seconds: 10.0,
             seed: 11,
+            domain_shift: 0.0,
         };
         let (a, b, c) = (scratch("det-a"), scratch("det-b"), scratch("det-c"));
         write_competition(&a, &spec).unwrap();

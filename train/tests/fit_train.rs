@@ -439,19 +439,49 @@ fn a_student_learns_from_its_teacher_alone_by_knowledge_distillation() {
     cfg.distill.kd_temperature = 2.0;
     cfg.distill.kd_teachers = vec![teacher_dir.join("best")];
     let student_dir = scratch("kd-student");
-    let s = fit(&ds, &store, &folds, 0, &cfg, &[], &student_dir, Device::Cpu, false)
-        .expect("student");
-    println!("student (knowledge distillation only): best val AUC {:.3}", best(&s));
+    let s = fit(
+        &ds,
+        &store,
+        &folds,
+        0,
+        &cfg,
+        &[],
+        &student_dir,
+        Device::Cpu,
+        false,
+    )
+    .expect("student");
+    println!(
+        "student (knowledge distillation only): best val AUC {:.3}",
+        best(&s)
+    );
     // Chance is 0.5; measured here: teacher 0.756, student 0.794.
     assert!(best(&t) > 0.7, "the teacher learnt: {}", best(&t));
-    assert!(best(&s) > 0.7, "the student learnt from the teacher: {}", best(&s));
+    assert!(
+        best(&s) > 0.7,
+        "the student learnt from the teacher: {}",
+        best(&s)
+    );
     assert!(s.history.iter().all(|r| r.train_loss.is_finite()));
 
     // A teacher with other labels cannot teach this student: the error names it.
     let mut other = ds.clone();
     other.labels.reverse();
-    let err = fit(&other, &store, &folds, 0, &cfg, &[], &scratch("kd-bad"), Device::Cpu, false)
-        .expect_err("labels differ");
+    let err = fit(
+        &other,
+        &store,
+        &folds,
+        0,
+        &cfg,
+        &[],
+        &scratch("kd-bad"),
+        Device::Cpu,
+        false,
+    )
+    .expect_err("labels differ");
     let text = birdclef_train::error::report(&err);
-    assert!(text.contains("kd_teachers") && text.contains("labels"), "{text}");
+    assert!(
+        text.contains("kd_teachers") && text.contains("labels"),
+        "{text}"
+    );
 }

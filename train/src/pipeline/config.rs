@@ -27,6 +27,33 @@ pub struct PipelineConfig {
     pub infer: InferSection,
     /// What else to train and score for comparison.
     pub report: ReportSection,
+    /// Noisy-student rounds: each round's students label the soundscapes for the next.
+    pub rounds: RoundsSection,
+}
+
+/// `[rounds]`: noisy-student self-training. Round 1 distils the teachers' pseudo-labels into
+/// students; round `k + 1` pseudo-labels the soundscapes again with round `k`'s students and
+/// distils those into new students (and, with `distill.kd_weight` above 0, learns live from
+/// round `k`'s students too). The last round's students are the submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoundsSection {
+    /// Number of rounds (2025 1st place: 4, the fourth the last that helped). Default 1.
+    pub count: usize,
+    /// Per round, keys merged over the student's training config for that round, as in
+    /// `[student.train]` (`[[rounds.round]]` tables in order: round 1, 2, ...; e.g.
+    /// `distill = { power = 1.54 }`). Rounds without an entry use the student config as it is.
+    /// Default: empty.
+    pub round: Vec<toml::Table>,
+}
+
+impl Default for RoundsSection {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            round: Vec::new(),
+        }
+    }
 }
 
 /// `[data]`.
@@ -43,6 +70,11 @@ pub struct DataSection {
     pub test_solution: PathBuf,
     /// Soundscapes to pseudo-label. Default `unlabeled_soundscapes`.
     pub unlabeled: PathBuf,
+    /// With `synthetic`: the competition to synthesise (`[data.synth]`, the keys of
+    /// `birdclef_models::synth::CompetitionSpec`: species, recordings_per_species,
+    /// recording_seconds, unlabeled, unlabeled_seconds, test, test_seconds, seed, domain_shift).
+    /// Default: none (the embedded default competition).
+    pub synth: Option<birdclef_models::synth::CompetitionSpec>,
 }
 
 impl Default for DataSection {
@@ -53,6 +85,7 @@ impl Default for DataSection {
             test_soundscapes: "test_soundscapes".into(),
             test_solution: "test_solution.csv".into(),
             unlabeled: "unlabeled_soundscapes".into(),
+            synth: None,
         }
     }
 }
@@ -128,6 +161,18 @@ impl PipelineConfig {
     /// Check the values serde cannot, so that a bad one fails before the first stage, not after
     /// hours of training.
     pub fn validate(&self) -> Result<(), TrainError> {
+        if self.rounds.count == 0 {
+            return Err(TrainError::PipelineKey {
+                key: "[rounds] count",
+                reason: "must be at least 1",
+            });
+        }
+        if self.rounds.round.len() > self.rounds.count {
+            return Err(TrainError::PipelineKey {
+                key: "[[rounds.round]]",
+                reason: "has more entries than [rounds] count",
+            });
+        }
         if self.pseudo.batch_size == 0 {
             return Err(TrainError::PipelineKey {
                 key: "[pseudo] batch_size",
@@ -154,6 +199,20 @@ fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
             }
         }
     }
+}
+
+/// The student's training configuration in round `round` (from 1): `[student]` with the
+/// round's `[[rounds.round]]` keys merged over it.
+pub fn resolve_round(
+    cfg: &PipelineConfig,
+    round: usize,
+    base_dir: &Path,
+) -> Result<TrainConfig, TrainError> {
+    let mut section = cfg.student.clone();
+    if let Some(over) = round.checked_sub(1).and_then(|i| cfg.rounds.round.get(i)) {
+        merge_tables(&mut section.train, over);
+    }
+    resolve_train(&section, base_dir, &format!("rounds.round {round}"))
 }
 
 /// The training configuration a `[teacher]` or `[student]` section describes.
@@ -206,6 +265,7 @@ mod tests {
             ("PseudoSection", "pseudo"),
             ("InferSection", "infer"),
             ("ReportSection", "report"),
+            ("RoundsSection", "rounds"),
         ];
         let mut checked = 0;
         for (st, field, text) in documented_defaults(include_str!("config.rs")) {
@@ -219,6 +279,6 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 12);
+        assert_eq!(checked, 15);
     }
 }

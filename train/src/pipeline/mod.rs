@@ -8,11 +8,14 @@
 //! | `data` (synthetic only) | `data/`: the embedded default competition | training files |
 //! | `teachers` | `teachers/fold<N>/` | mean best validation macro ROC-AUC |
 //! | `teachers-eval` | `teachers-onnx/`, `scores/teachers.csv` | test macro ROC-AUC of the ensemble |
-//! | `pseudo-label` | `pseudo.h5` | windows labelled |
 //! | `baseline` | `baseline/fold<N>/`: students without pseudo-labels | mean best validation AUC |
 //! | `baseline-eval` | `baseline-onnx/`, `scores/baseline.csv` | test macro ROC-AUC |
+//! | `pseudo-label` | `pseudo.h5`: the teachers' labels of the unlabeled soundscapes | windows labelled |
 //! | `students` | `students/fold<N>/`: distilled with pseudo-labels | mean best validation AUC |
-//! | `export` | `submission/fold<N>.onnx`: the submission ensemble | largest ONNX − libtorch diff |
+//! | `students-eval` | with `[rounds] count` > 1: `students-onnx/`, `scores/students.csv` | test macro ROC-AUC |
+//! | `pseudo-label-r<K>` | round K ≥ 2: `pseudo-r<K>.h5`, labelled by round K − 1's students | windows labelled |
+//! | `students-r<K>` | `students-r<K>/fold<N>/` (and `students-r<K>-eval` but for the last round) | mean best validation AUC |
+//! | `export` | `submission/fold<N>.onnx`: the last round's students, the submission | largest ONNX − libtorch diff |
 //! | `infer` | `scores/students.csv` | rows |
 //! | `score` | | test macro ROC-AUC of the student ensemble |
 //!
@@ -38,7 +41,7 @@ use birdclef_infer::runner::{RunnerConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::score::score;
 use birdclef_models::fsio;
 use birdclef_models::metrics::DEFAULT_PADDING_FACTOR;
-use birdclef_models::synth::{write_competition, CompetitionSpec};
+use birdclef_models::synth::write_competition;
 use tch::Device;
 
 use crate::config::TrainConfig;
@@ -51,8 +54,8 @@ mod summary;
 use crate::pseudo::{pseudo_label, PseudoLabelOptions};
 use crate::training::runs::{any_fold_started, fold_dir, train_folds, RunOptions};
 pub use config::{
-    resolve_train, DataSection, InferSection, ModelSection, PipelineConfig, PseudoSection,
-    ReportSection, DEFAULT_CONFIG,
+    resolve_round, resolve_train, DataSection, InferSection, ModelSection, PipelineConfig,
+    PseudoSection, ReportSection, RoundsSection, DEFAULT_CONFIG,
 };
 pub use stages::StageRow;
 use stages::{dir_identity, hash, Runner};
@@ -77,6 +80,7 @@ fn check_outputs(
     out: &Path,
     teacher: &TrainConfig,
     student: &TrainConfig,
+    rounds: usize,
 ) -> Result<(), TrainError> {
     let what = "the pipeline's output directory (--out)";
     let bad = |cause| TrainError::BadOutput { what, cause };
@@ -97,23 +101,33 @@ fn check_outputs(
     .iter()
     .map(|d| out.join(d))
     .collect();
-    for (run, cfg) in [
-        ("teachers", teacher),
-        ("baseline", student),
-        ("students", student),
-    ] {
+    let mut runs = vec![
+        ("teachers".to_string(), teacher),
+        ("baseline".into(), student),
+    ];
+    for round in 1..=rounds {
+        let sfx = round_suffix(round);
+        runs.push((format!("students{sfx}"), student));
+        dirs.push(out.join(format!("students{sfx}-onnx")));
+        dirs.push(out.join(format!("pseudo{sfx}.h5.parts")));
+    }
+    for (run, cfg) in &runs {
+        dirs.push(out.join(run));
         dirs.extend(cfg.data.folds.iter().map(|&f| fold_dir(&out.join(run), f)));
     }
     for d in &dirs {
         fsio::check_output_dir(d).map_err(bad)?;
     }
-    for f in [
-        "pseudo.h5",
-        "summary.csv",
-        "scores/teachers.csv",
-        "scores/baseline.csv",
-        "scores/students.csv",
-    ] {
+    let mut files: Vec<String> = ["summary.csv", "scores/teachers.csv", "scores/baseline.csv"]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    for round in 1..=rounds {
+        let sfx = round_suffix(round);
+        files.push(format!("pseudo{sfx}.h5"));
+        files.push(format!("scores/students{sfx}.csv"));
+    }
+    for f in &files {
         let path = out.join(f);
         // Files in directories the pipeline has not made yet cannot be in the way.
         if path.parent().is_some_and(Path::is_dir) {
@@ -121,6 +135,15 @@ fn check_outputs(
         }
     }
     Ok(())
+}
+
+/// What round `round` (from 1) adds to its stages' and files' names: nothing for the first.
+fn round_suffix(round: usize) -> String {
+    if round == 1 {
+        String::new()
+    } else {
+        format!("-r{round}")
+    }
 }
 
 /// Remove a directory unless resuming into it.
@@ -259,8 +282,8 @@ pub fn run_pipeline(
     let out = &opts.out;
     cfg.validate()?;
     let teacher = resolve_train(&cfg.teacher, &opts.base_dir, "teacher")?;
-    let student = resolve_train(&cfg.student, &opts.base_dir, "student")?;
-    check_outputs(out, &teacher, &student)?;
+    let student = resolve_round(cfg, 1, &opts.base_dir)?;
+    check_outputs(out, &teacher, &student, cfg.rounds.count)?;
     std::fs::create_dir_all(out).map_err(TrainError::io("creating", out))?;
     let mut r = Runner {
         out: opts.out.clone(),
@@ -269,7 +292,7 @@ pub fn run_pipeline(
 
     let data = if cfg.data.synthetic {
         let dir = out.join("data");
-        let spec = CompetitionSpec::default();
+        let spec = cfg.data.synth.clone().unwrap_or_default();
         let key = hash(&["data", &format!("{spec:?}")]);
         let ok = dir.join("train_metadata.csv").is_file();
         r.stage("data", &key, ok, |_| {
@@ -325,68 +348,99 @@ pub fn run_pipeline(
         })?;
     }
 
-    // Pseudo-labels.
-    let pseudo = out.join("pseudo.h5");
-    let p_key = hash(&[
-        "pseudo",
-        &t_key,
-        &dir_identity(&unlabeled),
-        &cfg.pseudo.batch_size.to_string(),
-    ]);
-    r.stage("pseudo-label", &p_key, pseudo.is_file(), |_| {
-        let s = pseudo_label(&PseudoLabelOptions {
-            teachers: vec![teachers_dir.clone()],
-            soundscapes: vec![unlabeled.clone()],
-            out: pseudo.clone(),
-            shard: None,
-            batch_size: cfg.pseudo.batch_size,
-            device: opts.device,
-            threads: 0,
-            ort_lib: opts.ort_lib.clone(),
-        })?;
-        // Each reason names its file.
-        for (_, why) in &s.failed {
-            eprintln!("warning: {why} (no pseudo-labels)");
-        }
-        Ok(("windows".into(), s.windows as f64))
-    })?;
-
     // Students without pseudo-labels, for comparison.
     if cfg.report.baseline {
         let dir = out.join("baseline");
-        // The [distill] keys do not touch a student trained without pseudo-labels.
+        // Without pseudo-labels and teachers: the [distill] keys are all off.
         let mut plain = student.clone();
         plain.distill = Default::default();
         let key = hash(&["baseline", &data_key, &plain.to_toml()]);
-        let ok = folds_ok(&dir, &student);
+        let ok = folds_ok(&dir, &plain);
         r.stage("baseline", &key, ok, |resume| {
-            train_stage(&data, &dir, &student, None, opts, resume)
+            train_stage(&data, &dir, &plain, None, opts, resume)
         })?;
         if can_score {
             let key = hash(&["baseline-eval", &key, &smooth_key]);
             let csv = out.join("scores/baseline.csv");
             r.stage("baseline-eval", &key, csv.is_file(), |_| {
-                let (models, _) = export_folds(&dir, &out.join("baseline-onnx"), &student, opts)?;
+                let (models, _) = export_folds(&dir, &out.join("baseline-onnx"), &plain, opts)?;
                 infer_test(&models, &test_dir, &csv, smooth, opts)?;
                 Ok(("test macro ROC-AUC".into(), test_auc(&csv, &solution)?))
             })?;
         }
     }
 
-    // Students distilled with pseudo-labels, and the submission ensemble.
-    let students_dir = out.join("students");
-    let s_key = hash(&["students", &data_key, &p_key, &student.to_toml()]);
-    let ok = folds_ok(&students_dir, &student);
-    r.stage("students", &s_key, ok, |resume| {
-        train_stage(
-            &data,
-            &students_dir,
-            &student,
-            Some((&pseudo, &unlabeled)),
-            opts,
-            resume,
-        )
-    })?;
+    // Students, round by round: round 1 learns from the teachers' pseudo-labels, round k + 1
+    // from those of round k's students (noisy student); with distill.kd_weight above 0 they
+    // also learn live from the models that labelled their round.
+    let mut labeller = teachers_dir.clone();
+    let mut labeller_key = t_key.clone();
+    let mut student = student;
+    let mut students_dir = out.join("students");
+    let mut s_key = String::new();
+    for round in 1..=cfg.rounds.count {
+        let sfx = round_suffix(round);
+        student = resolve_round(cfg, round, &opts.base_dir)?;
+        if student.distill.kd_weight > 0.0 && student.distill.kd_teachers.is_empty() {
+            student.distill.kd_teachers = vec![labeller.clone()];
+        }
+        let pseudo = out.join(format!("pseudo{sfx}.h5"));
+        let p_key = hash(&[
+            "pseudo",
+            &labeller_key,
+            &dir_identity(&unlabeled),
+            &cfg.pseudo.batch_size.to_string(),
+        ]);
+        r.stage(
+            &format!("pseudo-label{sfx}"),
+            &p_key,
+            pseudo.is_file(),
+            |_| {
+                let s = pseudo_label(&PseudoLabelOptions {
+                    teachers: vec![labeller.clone()],
+                    soundscapes: vec![unlabeled.clone()],
+                    out: pseudo.clone(),
+                    shard: None,
+                    batch_size: cfg.pseudo.batch_size,
+                    device: opts.device,
+                    threads: 0,
+                    ort_lib: opts.ort_lib.clone(),
+                })?;
+                // Each reason names its file.
+                for (_, why) in &s.failed {
+                    eprintln!("warning: {why} (no pseudo-labels)");
+                }
+                Ok(("windows".into(), s.windows as f64))
+            },
+        )?;
+        students_dir = out.join(format!("students{sfx}"));
+        s_key = hash(&["students", &data_key, &p_key, &student.to_toml()]);
+        let ok = folds_ok(&students_dir, &student);
+        r.stage(&format!("students{sfx}"), &s_key, ok, |resume| {
+            train_stage(
+                &data,
+                &students_dir,
+                &student,
+                Some((&pseudo, &unlabeled)),
+                opts,
+                resume,
+            )
+        })?;
+        // Every round but the last is scored on its own (the last one is the submission).
+        if round < cfg.rounds.count && can_score {
+            let key = hash(&["students-eval", &s_key, &smooth_key]);
+            let csv = out.join(format!("scores/students{sfx}.csv"));
+            r.stage(&format!("students{sfx}-eval"), &key, csv.is_file(), |_| {
+                let onnx = out.join(format!("students{sfx}-onnx"));
+                let (models, _) = export_folds(&students_dir, &onnx, &student, opts)?;
+                infer_test(&models, &test_dir, &csv, smooth, opts)?;
+                Ok(("test macro ROC-AUC".into(), test_auc(&csv, &solution)?))
+            })?;
+        }
+        labeller = students_dir.clone();
+        labeller_key = s_key.clone();
+    }
+
     let submission = out.join("submission");
     let e_key = hash(&["export", &s_key]);
     let exported: Vec<PathBuf> = student
