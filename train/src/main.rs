@@ -429,6 +429,9 @@ fn pipeline(request: DeviceRequest, args: PipelineArgs) -> Result<()> {
         },
     )?;
     println!("\n{}", pipeline::format_summary(&rows));
+    if let Some(line) = pipeline::comparison(&rows) {
+        println!("{line}\n");
+    }
     println!(
         "summary: {}\nsubmission ensemble: {}",
         out.join("summary.csv").display(),

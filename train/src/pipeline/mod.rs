@@ -59,7 +59,7 @@ pub use config::{
 };
 pub use stages::StageRow;
 use stages::{dir_identity, hash, Runner};
-pub use summary::{by_stage, format_summary, write_summary};
+pub use summary::{by_stage, comparison, format_summary, write_summary};
 
 /// Options of [`run_pipeline`] besides the configuration.
 #[derive(Debug, Clone)]

@@ -1,0 +1,196 @@
+"""Does distillation help? Every variant of `birdclef-train pipeline` over several seeds, as a table.
+
+The competition is synthesised (`[data.synth]`) so that the unlabeled soundscapes carry what the
+labelled clips lack, as in the real competitions: clean focal training recordings, and test and
+unlabeled soundscapes whose calls are a "dialect" of the focal ones (pitch and length moved),
+quieter, denser and over louder background (`domain_shift`). For each seed, one pipeline
+directory is reused by every variant: the teachers, their pseudo-labels and the students without
+pseudo-labels are trained once (their stages are up to date for the next variant), and each
+variant trains its own students. The score is the test macro ROC-AUC of the student ensemble
+(`summary.csv`).
+
+Variants:
+  none      students without pseudo-labels (the pipeline's baseline stage)
+  fraction  half of every batch pseudo-labelled windows (the pipeline's mode before mixing)
+  mix       every labelled clip mixed with a pseudo-labelled window (weight 0.5, targets max,
+            windows drawn by the sum of their soft targets)
+  ns1..ns3  noisy-student rounds 1-3 with mixing, stochastic depth 0.15 and the 2025 winners'
+            powers 1/0.65, 1/0.55, 1/0.6 (one run; rounds 1 and 2 are its -eval stages)
+  kd        live knowledge distillation from the teachers (weight 0.5, temperature 2), no
+            pseudo-labels
+  mix+kd    mixing and knowledge distillation together
+
+  .env/venv/bin/python bench/distill.py [--seeds 1 2 3] [--out .dev/bench-distill]
+
+Prints one row per variant: mean and sample standard deviation over seeds, the mean paired
+difference to `none` (same seed) with its standard deviation, and each seed's score.
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TRAIN = {
+    "model": {"n_mels": 64, "hop_length": 1000, "n_fft": 1024},
+    "optim": {
+        "epochs": 8,
+        "batch_size": 16,
+        "repeats": 4,
+        "lr": 2e-3,
+        "warmup_epochs": 1.0,
+        "ema_decay": 0.99,
+    },
+    "augment": {"background_prob": 0.3, "mixup_prob": 0.3},
+    "data": {"n_folds": 4, "folds": [0], "cache_seconds": 15.0},
+}
+
+SYNTH = {
+    "species": 8,
+    "recordings_per_species": 6,
+    "recording_seconds": 8.0,
+    "unlabeled": 24,
+    "unlabeled_seconds": 30.0,
+    "test": 12,
+    "test_seconds": 30.0,
+    "seed": 2027,
+    "domain_shift": 0.7,
+}
+
+MIX = {"pseudo_fraction": 0.0, "mix_prob": 1.0, "mix_weight": 0.5, "sampler": "weighted"}
+KD = {"pseudo_fraction": 0.0, "kd_weight": 0.5, "kd_temperature": 2.0}
+
+# variant -> (student [distill] keys, student [model] keys, [rounds] table or None)
+VARIANTS = {
+    "fraction": ({"pseudo_fraction": 0.5}, {}, None),
+    "mix": (MIX, {}, None),
+    "ns": (
+        MIX,
+        {"drop_path_rate": 0.15},
+        {
+            "count": 3,
+            "round": [
+                {"distill": {"power": round(1 / 0.65, 4)}},
+                {"distill": {"power": round(1 / 0.55, 4)}},
+                {"distill": {"power": round(1 / 0.6, 4)}},
+            ],
+        },
+    ),
+    "kd": (KD, {}, None),
+    "mix+kd": ({**MIX, "kd_weight": 0.5, "kd_temperature": 2.0}, {}, None),
+}
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return repr(v)
+
+
+def table(name, d):
+    lines = [f"[{name}]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    out = "\n".join(lines) + "\n"
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += table(f"{name}.{k}", v)
+    return out
+
+
+def config(seed, variant):
+    teacher = {**TRAIN, "model": {**TRAIN["model"], "arch": "mnasnet_100"}, "run": {"seed": seed}}
+    distill, model, rounds = VARIANTS.get(variant, ({}, {}, None))
+    student = {
+        **TRAIN,
+        "model": {**TRAIN["model"], "arch": "efficientvit_b0", **model},
+        "run": {"seed": seed + 100},
+        "distill": distill,
+    }
+    text = table("data", {"synthetic": True}) + table("data.synth", SYNTH)
+    text += table("teacher.train", teacher) + table("student.train", student)
+    text += table("report", {"teachers": True, "baseline": True})
+    if rounds:
+        text += f"[rounds]\ncount = {rounds['count']}\n"
+        for r in rounds["round"]:
+            text += "[[rounds.round]]\n" + "".join(
+                f"{k} = {toml_value(v)}\n" for k, v in r.items()
+            )
+    return text
+
+
+def summary(out):
+    with open(os.path.join(out, "summary.csv")) as f:
+        return {row["stage"]: float(row["value"]) for row in csv.DictReader(f)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--out", default=os.path.join(ROOT, ".dev", "bench-distill"))
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "birdclef-train"))
+    args = ap.parse_args()
+    scores = {}  # variant -> {seed: auc}
+    t0 = time.time()
+    for seed in args.seeds:
+        out = os.path.join(args.out, f"seed{seed}")
+        os.makedirs(out, exist_ok=True)
+        for variant in VARIANTS:
+            path = os.path.join(args.out, f"seed{seed}-{variant}.pipeline.toml")
+            with open(path, "w") as f:
+                f.write(config(seed, variant))
+            t = time.time()
+            done = subprocess.run(
+                [args.binary, "--device", "cpu", "pipeline", "--config", path, "--out", out],
+                stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(args.out, f"seed{seed}-{variant}.log"), "w"),
+            )
+            if done.returncode != 0:
+                sys.exit(f"{variant}, seed {seed}: the pipeline failed; see its .log in {args.out}")
+            s = summary(out)
+            got = {"teachers": s["teachers-eval"], "none": s["baseline-eval"]}
+            if variant == "ns":
+                got.update(ns1=s["students-eval"], ns2=s["students-r2-eval"], ns3=s["score"])
+            else:
+                got[variant] = s["score"]
+            for k, v in got.items():
+                scores.setdefault(k, {})[seed] = v
+            print(
+                f"seed {seed} {variant}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in got.items())
+                + f" ({time.time() - t:.0f} s)",
+                file=sys.stderr,
+            )
+    order = ["teachers", "none", "fraction", "mix", "ns1", "ns2", "ns3", "kd", "mix+kd"]
+    print(
+        f"\ntest macro ROC-AUC over seeds {args.seeds} "
+        f"({len(args.seeds)} runs each, {time.time() - t0:.0f} s in all)\n"
+    )
+    print(f"| variant | mean | sd | vs none (paired) | {' | '.join(f'seed {s}' for s in args.seeds)} |")
+    print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in args.seeds) + " |")
+    base = scores["none"]
+    for v in order:
+        xs = [scores[v][s] for s in args.seeds]
+        sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
+        d = [scores[v][s] - base[s] for s in args.seeds]
+        dsd = statistics.stdev(d) if len(d) > 1 else float("nan")
+        paired = "" if v in ("none", "teachers") else f"{statistics.mean(d):+.4f} ± {dsd:.4f}"
+        print(
+            f"| {v} | {statistics.mean(xs):.4f} | {sd:.4f} | {paired} | "
+            + " | ".join(f"{x:.4f}" for x in xs)
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
