@@ -33,7 +33,7 @@ struct Cli {
     /// reference batch: absolute for logits within +-1, relative beyond.
     #[arg(long, value_name = "TOL", default_value_t = DEFAULT_TOLERANCE, allow_negative_numbers = true)]
     tolerance: f32,
-    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then python3's onnxruntime).
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then pip's onnxruntime package).
     #[arg(long, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
 }

@@ -2,7 +2,7 @@
 //!
 //! ONNX Runtime is found and loaded by `birdclef-infer`'s [`birdclef_infer::ort_env`] (the same
 //! search order as `birdclef-infer`: `--ort-lib`, `ORT_DYLIB_PATH`, the project's
-//! `.env/libonnxruntime.so`, python3's onnxruntime), so an exported file is checked by the very
+//! `.env/libonnxruntime.so`, pip's onnxruntime package), so an exported file is checked by the very
 //! runtime that will score with it.
 
 use std::path::Path;

@@ -29,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
     subcommand_negates_reqs = true
 )]
 struct Cli {
-    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then python3's onnxruntime).
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then pip's onnxruntime package).
     #[arg(long, global = true, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
     /// Threads of the `features` and `demo` subcommands [default: the number of cores]; scoring

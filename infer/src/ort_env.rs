@@ -8,8 +8,10 @@
 //! 3. the project-local environment made by `scripts/setup.sh`: `.env/libonnxruntime.so` in the
 //!    workspace, found by walking up from the executable's directory (so `target/release/…` and a
 //!    copied workspace work) and via the workspace this binary was compiled in;
-//! 4. as a last resort, `python3 -c 'import onnxruntime'`, for the `capi/libonnxruntime.so*` that
-//!    the pip wheel ships. Python is only run for this discovery, never otherwise.
+//! 4. as a last resort, the `capi/libonnxruntime.so*` that pip's `onnxruntime` wheel ships, in the
+//!    `site-packages` (or Debian's `dist-packages`) of an active virtual environment
+//!    (`VIRTUAL_ENV`), of every Python installation whose `bin/python3*` is on `PATH`, and of the
+//!    user's `~/.local`. Found by reading directories: Python itself is never run.
 //!
 //! An explicit choice (1 or 2) that does not exist is an error naming it: we never silently fall
 //! through to another library. [`init`] loads the library and creates the process-wide ORT
@@ -20,7 +22,6 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 
 /// File name of the library in the project-local environment (a symlink made by setup.sh).
@@ -172,7 +173,7 @@ pub enum Source {
         /// How that root was found.
         via: RootVia,
     },
-    /// The pip `onnxruntime` package of `python3`.
+    /// The pip `onnxruntime` package of a Python installation.
     Python,
 }
 
@@ -201,7 +202,7 @@ impl fmt::Display for Source {
                     root.display()
                 )
             }
-            Self::Python => f.write_str("python3's onnxruntime package"),
+            Self::Python => f.write_str("a Python installation's onnxruntime package"),
         }
     }
 }
@@ -220,7 +221,13 @@ pub fn locate(cli_path: Option<&Path>) -> Result<Found, OrtError> {
     let env = std::env::var_os("ORT_DYLIB_PATH");
     let roots = project_roots();
     resolve(cli_path, env.as_deref(), &roots, || {
-        python_candidates(OsStr::new("python3"))
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let venv = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from);
+        python_candidates(&python_prefixes(
+            std::env::var_os("PATH").as_deref(),
+            venv.as_deref(),
+            home.as_deref(),
+        ))
     })
 }
 
@@ -443,28 +450,78 @@ fn roots_from(exe: Option<&Path>, build_workspace: Option<PathBuf>) -> Vec<(Path
     roots
 }
 
-/// Ask `python` (normally `python3` on PATH) where its onnxruntime package keeps the library.
-/// The error is a line of [`OrtError::NotFound`]'s list, so it is text.
-fn python_candidates(python: &OsStr) -> Result<Vec<PathBuf>, String> {
-    const SCRIPT: &str = "import onnxruntime, os, glob\n\
-        capi = os.path.join(os.path.dirname(onnxruntime.__file__), 'capi')\n\
-        print('\\n'.join(sorted(glob.glob(os.path.join(capi, 'libonnxruntime.so*')))))";
-    let out = Command::new(python)
-        .args(["-c", SCRIPT])
-        .output()
-        .map_err(|e| format!("could not run {}: {e}", python.to_string_lossy()))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().last().unwrap_or("").trim().to_string();
-        return Err(format!("`import onnxruntime` failed: {last}"));
+/// The installation prefixes where a pip package may live, in search order, without duplicates:
+/// `VIRTUAL_ENV`, the parent of every `PATH` directory holding a `python3*` executable, and
+/// `HOME/.local`.
+fn python_prefixes(path: Option<&OsStr>, venv: Option<&Path>, home: Option<&Path>) -> Vec<PathBuf> {
+    let mut prefixes: Vec<PathBuf> = venv.map(Path::to_path_buf).into_iter().collect();
+    for dir in path.map(std::env::split_paths).into_iter().flatten() {
+        let has_python = std::fs::read_dir(&dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("python3") && e.path().is_file()
+            })
+        });
+        if let (true, Some(prefix)) = (has_python, dir.parent()) {
+            prefixes.push(prefix.to_path_buf());
+        }
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(PathBuf::from)
-        .collect())
+    prefixes.extend(home.map(|h| h.join(".local")));
+    let mut seen = std::collections::HashSet::new();
+    prefixes.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
+    prefixes
+}
+
+/// The ONNX Runtime libraries of the pip `onnxruntime` packages under `prefixes`
+/// (`PREFIX/lib/python3*/{site,dist}-packages/onnxruntime/capi/libonnxruntime.so*`), newest
+/// Python first, read from the directories alone. The error is a line of
+/// [`OrtError::NotFound`]'s list, so it is text.
+fn python_candidates(prefixes: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    fn sorted_entries(dir: &Path, starts_with: &str) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(starts_with))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+    let mut libs = Vec::new();
+    for prefix in prefixes {
+        // python3.9 sorts after python3.11 by name; by version, newest first.
+        let mut pythons = sorted_entries(&prefix.join("lib"), "python3");
+        pythons.sort_by_key(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            std::cmp::Reverse(
+                name.trim_start_matches("python3.")
+                    .parse::<u32>()
+                    .unwrap_or(0),
+            )
+        });
+        for python in pythons {
+            for packages in ["site-packages", "dist-packages"] {
+                let capi = python.join(packages).join("onnxruntime").join("capi");
+                libs.extend(sorted_entries(&capi, "libonnxruntime.so"));
+            }
+        }
+    }
+    if libs.is_empty() {
+        let places: Vec<String> = prefixes.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!(
+            "no lib/python3*/{{site,dist}}-packages/onnxruntime/capi/libonnxruntime.so* under {}",
+            if places.is_empty() {
+                "any Python installation (none on PATH)".to_string()
+            } else {
+                places.join(", ")
+            }
+        ));
+    }
+    Ok(libs)
 }
 
 /// The search itself, with every outside input passed in, so that it can be tested.
@@ -515,15 +572,10 @@ fn resolve(
                 });
             }
             looked.push(format!(
-                "python3 -c 'import onnxruntime': no libonnxruntime.so* in its capi/ directory{}",
-                if candidates.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (listed but not files: {candidates:?})")
-                }
+                "pip's onnxruntime package: no libonnxruntime.so* is a file (found {candidates:?})"
             ));
         }
-        Err(e) => looked.push(format!("python3 -c 'import onnxruntime': {e}")),
+        Err(e) => looked.push(format!("pip's onnxruntime package: {e}")),
     }
 
     Err(OrtError::NotFound { looked })
@@ -584,7 +636,7 @@ mod tests {
     }
 
     fn no_python() -> Result<Vec<PathBuf>, String> {
-        Err("No module named 'onnxruntime'".to_string())
+        Err("no lib/python3*/... under /opt/py".to_string())
     }
 
     fn python_must_not_run() -> Result<Vec<PathBuf>, String> {
@@ -748,23 +800,75 @@ mod tests {
         );
         #[cfg(unix)]
         assert!(msg.contains("dangling symlink"), "{msg}");
-        assert!(msg.contains("No module named 'onnxruntime'"), "{msg}");
+        assert!(
+            msg.contains("pip's onnxruntime package: no lib/python3*/... under /opt/py"),
+            "{msg}"
+        );
         assert!(msg.contains("scripts/setup.sh"), "{msg}");
         assert!(msg.contains("--ort-lib /path"), "{msg}");
     }
 
     #[test]
-    fn python_discovery_script_works() {
-        let err = python_candidates(OsStr::new("/nonexistent/python3")).expect_err("no python");
-        assert!(err.contains("could not run"), "{err}");
+    fn pip_packages_are_found_by_reading_directories() {
+        let t = TempDir::new();
+        // Two installations on PATH, one without the package; a venv; a directory of PATH
+        // without Python; ~/.local with the package for an older Python.
+        t.file("usr/bin/python3");
+        t.file("opt/conda/bin/python3.11");
+        let conda = t.file(
+            "opt/conda/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1",
+        );
+        t.file("tools/bin/ls");
+        let venv =
+            t.file("venv/lib/python3.12/site-packages/onnxruntime/capi/libonnxruntime.so.1.30.0");
+        let old = t.file(
+            "home/.local/lib/python3.9/site-packages/onnxruntime/capi/libonnxruntime.so.1.20.0",
+        );
+        let new = t.file(
+            "home/.local/lib/python3.10/dist-packages/onnxruntime/capi/libonnxruntime.so.1.22.0",
+        );
+        let path = std::env::join_paths([
+            t.0.join("usr/bin"),
+            t.0.join("tools/bin"),
+            t.0.join("opt/conda/bin"),
+            t.0.join("usr/bin"),
+        ])
+        .expect("PATH");
+        let prefixes = python_prefixes(
+            Some(&path),
+            Some(&t.0.join("venv")),
+            Some(&t.0.join("home")),
+        );
+        assert_eq!(
+            prefixes,
+            [
+                t.0.join("venv"),
+                t.0.join("usr"),
+                t.0.join("opt/conda"),
+                t.0.join("home/.local")
+            ]
+        );
+        assert_eq!(
+            python_candidates(&prefixes).expect("found"),
+            [venv, conda, new, old]
+        );
+
+        let err = python_candidates(&prefixes[1..2]).expect_err("none in /usr");
+        assert!(
+            err.contains(&t.0.join("usr").display().to_string()),
+            "{err}"
+        );
+        let err = python_candidates(&[]).expect_err("no Python");
+        assert!(err.contains("none on PATH"), "{err}");
+
         // The project venv made by scripts/setup.sh has onnxruntime; skip when it is absent.
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.env/venv/bin/python3");
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.env/venv/bin");
         if !venv.exists() {
             println!("SKIPPED: no {}", venv.display());
             return;
         }
-        let found = python_candidates(venv.as_os_str()).expect("venv python finds onnxruntime");
-        assert!(!found.is_empty());
+        let found = python_candidates(&python_prefixes(Some(venv.as_os_str()), None, None))
+            .expect("the project venv's onnxruntime");
         assert!(found.iter().all(|p| p.is_file()
             && p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))));
