@@ -22,13 +22,17 @@ Variants:
   mix+kd    mixing and knowledge distillation together
 
   .env/venv/bin/python bench/distill.py [--seeds 1 2 3] [--data synthetic|mini] [--out DIR]
+                                       [--variants fraction mix ns kd mix+kd]
 
+Each variant's scores are kept beside its config (OUT/seedN-VARIANT.scores.json), so a run that
+was stopped continues where it stopped, and adding seeds trains only the new ones.
 Prints one row per variant: mean and sample standard deviation over seeds, the mean paired
 difference to `none` (same seed) with its standard deviation, and each seed's score.
 """
 
 import argparse
 import csv
+import json
 import os
 import statistics
 import subprocess
@@ -177,6 +181,13 @@ def main():
         default="synthetic",
         help="the shifted synthetic competition, or ../shared/data/birdclef-mini",
     )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="the variants to train (the teachers and `none` always are)",
+    )
     args = ap.parse_args()
     mini = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "birdclef-mini"))
     if args.data == "mini" and not os.path.isdir(mini):
@@ -189,25 +200,36 @@ def main():
     for seed in args.seeds:
         out = os.path.join(args.out, f"seed{seed}")
         os.makedirs(out, exist_ok=True)
-        for variant in VARIANTS:
+        for variant in args.variants:
             path = os.path.join(args.out, f"seed{seed}-{variant}.pipeline.toml")
-            with open(path, "w") as f:
-                f.write(config(seed, variant) if args.data == "synthetic" else
-                        mini_config(seed, variant, mini))
+            text = (config(seed, variant) if args.data == "synthetic" else
+                    mini_config(seed, variant, mini))
+            # A variant already run with this very config is not run again: its scores are kept
+            # next to the config, so an interrupted benchmark continues where it stopped.
+            kept = os.path.join(args.out, f"seed{seed}-{variant}.scores.json")
             t = time.time()
-            done = subprocess.run(
-                [args.binary, "--device", "cpu", "pipeline", "--config", path, "--out", out],
-                stdout=subprocess.DEVNULL,
-                stderr=open(os.path.join(args.out, f"seed{seed}-{variant}.log"), "w"),
-            )
-            if done.returncode != 0:
-                sys.exit(f"{variant}, seed {seed}: the pipeline failed; see its .log in {args.out}")
-            s = summary(out)
-            got = {"teachers": s["teachers-eval"], "none": s["baseline-eval"]}
-            if variant == "ns":
-                got.update(ns1=s["students-eval"], ns2=s["students-r2-eval"], ns3=s["score"])
-            else:
-                got[variant] = s["score"]
+            got = None
+            if os.path.exists(kept) and os.path.exists(path):
+                with open(path) as f, open(kept) as g:
+                    got = json.load(g) if f.read() == text else None
+            if got is None:
+                with open(path, "w") as f:
+                    f.write(text)
+                done = subprocess.run(
+                    [args.binary, "--device", "cpu", "pipeline", "--config", path, "--out", out],
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(os.path.join(args.out, f"seed{seed}-{variant}.log"), "w"),
+                )
+                if done.returncode != 0:
+                    sys.exit(f"{variant}, seed {seed}: the pipeline failed; see its .log in {args.out}")
+                s = summary(out)
+                got = {"teachers": s["teachers-eval"], "none": s["baseline-eval"]}
+                if variant == "ns":
+                    got.update(ns1=s["students-eval"], ns2=s["students-r2-eval"], ns3=s["score"])
+                else:
+                    got[variant] = s["score"]
+                with open(kept, "w") as g:
+                    json.dump(got, g)
             for k, v in got.items():
                 # The teachers and the students without pseudo-labels are those of the first
                 # variant (a variant that changes the student's [model], such as stochastic
@@ -227,7 +249,7 @@ def main():
     print(f"| variant | mean | sd | vs none (paired) | {' | '.join(f'seed {s}' for s in args.seeds)} |")
     print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in args.seeds) + " |")
     base = scores["none"]
-    for v in order:
+    for v in (v for v in order if v in scores):
         xs = [scores[v][s] for s in args.seeds]
         sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
         d = [scores[v][s] - base[s] for s in args.seeds]
