@@ -5,10 +5,11 @@
 //!
 //! 1. `--ort-lib FILE` on the command line;
 //! 2. the `ORT_DYLIB_PATH` environment variable (the name `ort` itself uses);
-//! 3. the project-local environment made by `scripts/setup.sh`: `.env/libonnxruntime.so` in the
+//! 3. `libonnxruntime.so` in the executable's own directory (where `birdclef-infer kit` puts it);
+//! 4. the project-local environment made by `scripts/setup.sh`: `.env/libonnxruntime.so` in the
 //!    workspace, found by walking up from the executable's directory (so `target/release/…` and a
 //!    copied workspace work) and via the workspace this binary was compiled in;
-//! 4. as a last resort, the `capi/libonnxruntime.so*` that pip's `onnxruntime` wheel ships, in the
+//! 5. as a last resort, the `capi/libonnxruntime.so*` that pip's `onnxruntime` wheel ships, in the
 //!    `site-packages` (or Debian's `dist-packages`) of an active virtual environment
 //!    (`VIRTUAL_ENV`), of every Python installation whose `bin/python3*` is on `PATH`, and of the
 //!    user's `~/.local`. Found by reading directories: Python itself is never run.
@@ -26,6 +27,9 @@ use std::sync::{Mutex, PoisonError};
 
 /// File name of the library in the project-local environment (a symlink made by setup.sh).
 const PROJECT_LIB: &str = ".env/libonnxruntime.so";
+
+/// File name of the library beside the executable (where `birdclef-infer kit` puts it).
+pub const BESIDE_LIB: &str = "libonnxruntime.so";
 
 /// How the fix is phrased in every "not found" error.
 const HOW_TO_FIX: &str = "To fix: run scripts/setup.sh in the workspace (it creates \
@@ -151,7 +155,7 @@ pub struct Panic {
 }
 
 /// The places of [`OrtError::NotFound`], one numbered line each.
-fn numbered(looked: &[String]) -> String {
+pub(crate) fn numbered(looked: &[String]) -> String {
     looked
         .iter()
         .enumerate()
@@ -166,6 +170,8 @@ pub enum Source {
     CliFlag,
     /// The `ORT_DYLIB_PATH` environment variable.
     EnvVar,
+    /// `libonnxruntime.so` in the executable's own directory (a submission kit).
+    BesideExecutable,
     /// `.env/libonnxruntime.so` under a workspace root.
     ProjectEnv {
         /// The workspace root holding `.env/`.
@@ -191,6 +197,7 @@ impl fmt::Display for Source {
         match self {
             Self::CliFlag => f.write_str("--ort-lib"),
             Self::EnvVar => f.write_str("ORT_DYLIB_PATH"),
+            Self::BesideExecutable => f.write_str("the executable's directory"),
             Self::ProjectEnv { root, via } => {
                 let via = match via {
                     RootVia::ExecutableAncestor => "a parent directory of the executable",
@@ -220,7 +227,8 @@ pub struct Found {
 pub fn locate(cli_path: Option<&Path>) -> Result<Found, OrtError> {
     let env = std::env::var_os("ORT_DYLIB_PATH");
     let roots = project_roots();
-    resolve(cli_path, env.as_deref(), &roots, || {
+    let beside = beside_executable(BESIDE_LIB);
+    resolve_with(cli_path, env.as_deref(), beside.as_deref(), &roots, || {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let venv = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from);
         python_candidates(&python_prefixes(
@@ -409,7 +417,7 @@ fn check_shared_library(path: &Path) -> Result<(), LibraryError> {
 ///
 /// The panic hook is process-global; it is swapped only here, under a lock, and only during
 /// start-up (init and doctor), before scoring threads exist.
-fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
     static HOOK: Mutex<()> = Mutex::new(());
     let _guard = HOOK.lock().unwrap_or_else(PoisonError::into_inner);
     let previous = std::panic::take_hook();
@@ -426,7 +434,7 @@ fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
 }
 
 /// Candidate workspace roots: ancestors of the executable's directory, then the build workspace.
-fn project_roots() -> Vec<(PathBuf, RootVia)> {
+pub(crate) fn project_roots() -> Vec<(PathBuf, RootVia)> {
     let exe = std::env::current_exe().ok();
     let build = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -453,7 +461,11 @@ fn roots_from(exe: Option<&Path>, build_workspace: Option<PathBuf>) -> Vec<(Path
 /// The installation prefixes where a pip package may live, in search order, without duplicates:
 /// `VIRTUAL_ENV`, the parent of every `PATH` directory holding a `python3*` executable, and
 /// `HOME/.local`.
-fn python_prefixes(path: Option<&OsStr>, venv: Option<&Path>, home: Option<&Path>) -> Vec<PathBuf> {
+pub(crate) fn python_prefixes(
+    path: Option<&OsStr>,
+    venv: Option<&Path>,
+    home: Option<&Path>,
+) -> Vec<PathBuf> {
     let mut prefixes: Vec<PathBuf> = venv.map(Path::to_path_buf).into_iter().collect();
     for dir in path.map(std::env::split_paths).into_iter().flatten() {
         let has_python = std::fs::read_dir(&dir).is_ok_and(|entries| {
@@ -476,6 +488,17 @@ fn python_prefixes(path: Option<&OsStr>, venv: Option<&Path>, home: Option<&Path
 /// Python first, read from the directories alone. The error is a line of
 /// [`OrtError::NotFound`]'s list, so it is text.
 fn python_candidates(prefixes: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    pip_libraries(prefixes, "onnxruntime/capi", "libonnxruntime.so")
+}
+
+/// The files named `lib*` in `package_dir` of the pip packages under `prefixes`
+/// (`PREFIX/lib/python3*/{site,dist}-packages/PACKAGE_DIR/LIB*`), newest Python first, read
+/// from the directories alone; the error says where it looked, as one line.
+pub(crate) fn pip_libraries(
+    prefixes: &[PathBuf],
+    package_dir: &str,
+    lib: &str,
+) -> Result<Vec<PathBuf>, String> {
     fn sorted_entries(dir: &Path, starts_with: &str) -> Vec<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .into_iter()
@@ -505,15 +528,17 @@ fn python_candidates(prefixes: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         });
         for python in pythons {
             for packages in ["site-packages", "dist-packages"] {
-                let capi = python.join(packages).join("onnxruntime").join("capi");
-                libs.extend(sorted_entries(&capi, "libonnxruntime.so"));
+                libs.extend(sorted_entries(
+                    &python.join(packages).join(package_dir),
+                    lib,
+                ));
             }
         }
     }
     if libs.is_empty() {
         let places: Vec<String> = prefixes.iter().map(|p| p.display().to_string()).collect();
         return Err(format!(
-            "no lib/python3*/{{site,dist}}-packages/onnxruntime/capi/libonnxruntime.so* under {}",
+            "no lib/python3*/{{site,dist}}-packages/{package_dir}/{lib}* under {}",
             if places.is_empty() {
                 "any Python installation (none on PATH)".to_string()
             } else {
@@ -524,13 +549,32 @@ fn python_candidates(prefixes: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(libs)
 }
 
-/// The search itself, with every outside input passed in, so that it can be tested.
-///
-/// `env` is the value of `ORT_DYLIB_PATH` (empty counts as unset, as in `ort`); `python` is only
-/// called when nothing earlier matched.
+/// [`resolve_with`] for a binary with no library beside it.
+#[cfg(test)]
 fn resolve(
     cli: Option<&Path>,
     env: Option<&OsStr>,
+    roots: &[(PathBuf, RootVia)],
+    python: impl FnOnce() -> Result<Vec<PathBuf>, String>,
+) -> Result<Found, OrtError> {
+    resolve_with(cli, env, None, roots, python)
+}
+
+/// `NAME` in the running executable's directory (a submission kit ships its libraries there).
+pub(crate) fn beside_executable(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.join(name))
+}
+
+/// The search itself, with every outside input passed in, so that it can be tested.
+///
+/// `env` is the value of `ORT_DYLIB_PATH` (empty counts as unset, as in `ort`); `beside` is
+/// [`BESIDE_LIB`] in the executable's directory; `python` is only called when nothing earlier
+/// matched.
+fn resolve_with(
+    cli: Option<&Path>,
+    env: Option<&OsStr>,
+    beside: Option<&Path>,
     roots: &[(PathBuf, RootVia)],
     python: impl FnOnce() -> Result<Vec<PathBuf>, String>,
 ) -> Result<Found, OrtError> {
@@ -545,6 +589,15 @@ fn resolve(
         "--ort-lib: not given".to_string(),
         "ORT_DYLIB_PATH: not set".to_string(),
     ];
+    if let Some(candidate) = beside {
+        if candidate.is_file() {
+            return Ok(Found {
+                path: candidate.to_path_buf(),
+                source: Source::BesideExecutable,
+            });
+        }
+        looked.push(format!("{}: missing", candidate.display()));
+    }
     for (root, via) in roots {
         let candidate = root.join(PROJECT_LIB);
         if candidate.is_file() {
@@ -595,7 +648,7 @@ fn explicit(path: &Path, source: Source) -> Result<Found, OrtError> {
 
 /// `path` made absolute against the current directory, so that `ort` does not reinterpret a
 /// relative path as relative to the executable.
-fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
@@ -754,6 +807,46 @@ mod tests {
                     via: RootVia::ExecutableAncestor
                 }
             }
+        );
+    }
+
+    #[test]
+    fn library_beside_the_executable_wins_over_project_env_and_missing_one_is_listed() {
+        let t = TempDir::new();
+        let beside = t.file(&format!("kit/{BESIDE_LIB}"));
+        t.file(PROJECT_LIB);
+        let found = resolve_with(None, None, Some(&beside), &root(&t.0), python_must_not_run)
+            .expect("found");
+        assert_eq!(
+            found,
+            Found {
+                path: beside,
+                source: Source::BesideExecutable
+            }
+        );
+        // ORT_DYLIB_PATH still comes first.
+        let env = t.file("env/libonnxruntime.so");
+        let found = resolve_with(
+            None,
+            Some(env.as_os_str()),
+            Some(&t.0.join("kit").join(BESIDE_LIB)),
+            &root(&t.0),
+            python_must_not_run,
+        )
+        .expect("found");
+        assert_eq!(found.source, Source::EnvVar);
+        // Absent beside the executable: the project env is next, and a failure lists the place.
+        let absent = t.0.join("bin").join(BESIDE_LIB);
+        let found = resolve_with(None, None, Some(&absent), &root(&t.0), python_must_not_run)
+            .expect("found");
+        assert!(matches!(found.source, Source::ProjectEnv { .. }));
+        let empty = TempDir::new();
+        let err = resolve_with(None, None, Some(&absent), &root(&empty.0), no_python)
+            .expect_err("nothing there");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!("{}: missing", absent.display())),
+            "{msg}"
         );
     }
 
