@@ -7,6 +7,8 @@
 #   .env/libtorch      symlink to the venv's torch package (include/ + lib/), read by torch-sys
 #                      through LIBTORCH in .cargo/config.toml.
 #   .env/libonnxruntime.so  symlink to the ORT shared library (birdclef-infer finds it here).
+#   .env/openvino      symlink to pip openvino's libs/ directory (libopenvino_c.so.*, its CPU
+#                      plugin and ONNX frontend, which must stay together): --engine openvino.
 #
 # A second run checks a stamp and returns in well under a second.
 set -euo pipefail
@@ -19,7 +21,8 @@ want="$(cat "$reqs" "$root/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
 have_hdf5() { [ -f /usr/include/hdf5/serial/hdf5.h ] || [ -f /usr/include/hdf5.h ]; }
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && have_hdf5 \
-   && [ -e "$env_dir/libtorch/lib" ] && [ -e "$env_dir/libonnxruntime.so" ]; then
+   && [ -e "$env_dir/libtorch/lib" ] && [ -e "$env_dir/libonnxruntime.so" ] \
+   && [ -d "$env_dir/openvino" ]; then
   exit 0
 fi
 
@@ -46,7 +49,9 @@ log "installing Python packages from scripts/requirements.txt (torch is a large 
 
 torch_dir="$("$vpy" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 ort_lib="$("$vpy" -c 'import onnxruntime, os, glob; d=os.path.join(os.path.dirname(onnxruntime.__file__), "capi"); print(sorted(glob.glob(os.path.join(d, "libonnxruntime.so*")))[-1])')"
+ov_libs="$("$vpy" -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "libs"))')"
 ln -sfn "$torch_dir" "$env_dir/libtorch"
 ln -sfn "$ort_lib" "$env_dir/libonnxruntime.so"
+ln -sfn "$ov_libs" "$env_dir/openvino"
 echo "$want" > "$stamp"
-log "ready: libtorch=$torch_dir ort=$ort_lib"
+log "ready: libtorch=$torch_dir ort=$ort_lib openvino=$ov_libs"

@@ -771,3 +771,92 @@ fn different_frontends_detections_and_strict_time_limit() {
     let (_, rows) = read_csv(&strict);
     assert_eq!(rows.len(), 18, "full rows even when stopped early");
 }
+
+/// Time-shift test-time augmentation: every window's probability is the mean of the window and
+/// its views 2.5 s earlier and later, each view scored exactly as a window of the same audio cut
+/// 2.5 s later would be; at the recording's ends a view slides back inside (onto the window
+/// itself); how the work is split changes nothing. A shift as long as the window is refused.
+#[test]
+fn time_shift_views_are_the_windows_of_the_shifted_audio() {
+    let dir = scratch_dir("sub-tta");
+    let card = small_card(&dir, &LABELS);
+    let a = model(&dir, "a", "efficientvit_b0", 3, &card);
+    let (x, _) = synth::soundscape(30.0, 32_000, &synth::species(5), 6, &mut Rng::new(77));
+    let full = dir.join("full.wav");
+    let late = dir.join("late.wav");
+    write_wav_f32(&full, &x, 32_000).expect("wav");
+    write_wav_f32(&late, &x[80_000..], 32_000).expect("wav");
+    let go = |audio: &Path, out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut cmd = Command::new(bin("birdclef-infer"));
+        cmd.arg("--models")
+            .arg(&a)
+            .arg("--soundscapes")
+            .arg(audio)
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        let (code, _, err) = run(&mut cmd);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        read_csv(&out).1
+    };
+    let p = go(&full, "p.csv", &[]);
+    let q = go(&late, "q.csv", &[]);
+    assert_eq!(p.len(), 6);
+    // q's whole windows 0..=4 cover [2.5 + 5j, 7.5 + 5j) of the full recording.
+    let expected: Vec<Vec<f64>> = (0..6)
+        .map(|i| {
+            let earlier = if i == 0 { &p[0].1 } else { &q[i - 1].1 };
+            let later = if i == 5 { &p[5].1 } else { &q[i].1 };
+            (0..LABELS.len())
+                .map(|c| (p[i].1[c] + earlier[c] + later[c]) / 3.0)
+                .collect()
+        })
+        .collect();
+    for extra in [
+        &["--tta-shifts", "-2.5,2.5"][..],
+        &[
+            "--tta-shifts",
+            "2.5,-2.5",
+            "--batch-size",
+            "1",
+            "--workers",
+            "2",
+        ][..],
+    ] {
+        let t = go(&full, "t.csv", extra);
+        assert_eq!(t.len(), 6, "{extra:?}");
+        let mut worst = 0.0f64;
+        for (row, want) in t.iter().zip(&expected) {
+            for (got, want) in row.1.iter().zip(want) {
+                worst = worst.max((got - want).abs());
+            }
+        }
+        assert!(worst < 1e-5, "{extra:?}: views differ by {worst}");
+        // The augmentation changes something: the test would not pass with views ignored.
+        let moved = t
+            .iter()
+            .zip(&p)
+            .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(u, v)| (u - v).abs()))
+            .fold(0.0f64, f64::max);
+        assert!(moved > 1e-4, "{extra:?}: TTA left every value as it was");
+    }
+    let (code, _, err) = infer(
+        &["--models"],
+        &[
+            &a,
+            Path::new("--soundscapes"),
+            &full,
+            Path::new("--out"),
+            &dir.join("bad.csv"),
+            Path::new("--tta-shifts"),
+            Path::new("-5"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--tta-shifts -5") && err.contains("5 s window"),
+        "{err}"
+    );
+    assert!(!dir.join("bad.csv").exists());
+}

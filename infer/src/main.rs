@@ -1,10 +1,11 @@
 //! `birdclef-infer`: CPU-only scoring of soundscapes with ONNX Runtime.
 mod features;
-use birdclef_infer::ort_env;
-use birdclef_infer::postprocess::{Ensemble, Kernel};
+use birdclef_infer::engine::Engine;
+use birdclef_infer::postprocess::{Ensemble, FileMax, Kernel, Shifts};
 use birdclef_infer::predict::{predict, PredictOptions};
 use birdclef_infer::runner::{fmt_secs, RunnerConfig, DEFAULT_BATCH_SIZE};
 use birdclef_infer::shard::ShardSpec;
+use birdclef_infer::{openvino_env, ort_env};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -29,9 +30,14 @@ use clap::{Args, Parser, Subcommand};
     subcommand_negates_reqs = true
 )]
 struct Cli {
-    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, the project's .env, then pip's onnxruntime package).
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, libonnxruntime.so beside this binary, the
+    /// project's .env, then pip's onnxruntime package).
     #[arg(long, global = true, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
+    /// OpenVINO's libopenvino_c.so* or the directory holding it (else OPENVINO_DYLIB_PATH,
+    /// openvino/ beside this binary, the project's .env/openvino, then pip's openvino package).
+    #[arg(long, global = true, value_name = "FILE|DIR")]
+    openvino_lib: Option<PathBuf>,
     /// Threads of the `features` and `demo` subcommands [default: the number of cores]; scoring
     /// uses --workers.
     #[arg(long, global = true, value_name = "N", value_parser = parse_positive)]
@@ -69,12 +75,21 @@ struct PredictArgs {
     /// Take the species columns from the primary_label column of this taxonomy.csv.
     #[arg(long, value_name = "CSV")]
     taxonomy: Option<PathBuf>,
-    /// How to combine several models.
-    #[arg(long, value_enum, default_value_t = Ensemble::Mean)]
+    /// How to combine several models: mean, min, geometric, rank, or power:Q (the power mean
+    /// (mean p^Q)^(1/Q); `power` alone is Q = 2).
+    #[arg(long, value_name = "METHOD", default_value = "mean")]
     ensemble: Ensemble,
     /// Smooth over neighbouring windows with this kernel, e.g. 0.1,0.2,0.4,0.2,0.1 (default: off).
     #[arg(long, value_name = "W1,W2,...")]
     smooth: Option<Kernel>,
+    /// Combine each window with the file's per-species maximum (after smoothing): `multiply`
+    /// (p * max), `multiply:E` (p * max^E) or `blend:A` ((1-A) p + A max) (default: off).
+    #[arg(long, value_name = "multiply[:E]|blend:A")]
+    file_max: Option<FileMax>,
+    /// Time-shift test-time augmentation: also score every window shifted by these seconds and
+    /// average each model's views, e.g. -2.5,2.5 (3x the model time; default: off).
+    #[arg(long, value_name = "S1,S2,...", allow_hyphen_values = true)]
+    tta_shifts: Option<Shifts>,
     /// Score only shard K of N (0-based), or `auto` from SLURM_ARRAY_TASK_ID/COUNT or
     /// JOB_COMPLETION_INDEX (`auto/N` for Kubernetes indexed jobs). Join with `merge`.
     #[arg(long, value_name = "K/N|auto|auto/N")]
@@ -102,9 +117,13 @@ struct PredictArgs {
     /// outrun intra-op threads.
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     workers: Option<usize>,
-    /// ONNX Runtime intra-op threads per session.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive)]
-    ort_threads: usize,
+    /// The inference engine: ONNX Runtime or OpenVINO (same ONNX files, same probabilities
+    /// within 1e-4).
+    #[arg(long, value_enum, default_value_t = Engine::Ort)]
+    engine: Engine,
+    /// Intra-op threads of each model's session, per worker (either engine).
+    #[arg(long, alias = "ort-threads", value_name = "N", default_value_t = 1, value_parser = parse_positive)]
+    model_threads: usize,
     /// Show a progress line even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
@@ -153,6 +172,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A duration as given (checked like --time-limit), kept as text for run.sh.
+fn parse_time_text(text: &str) -> Result<String, String> {
+    parse_duration(text).map(|_| text.to_string())
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Write the model-input tensor [windows, channels, mels, frames] of one audio file as .npy,
@@ -184,7 +208,31 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
-    /// Show where ONNX Runtime was found and its version.
+    /// Write a Kaggle submission kit: this binary, ONNX Runtime, OpenVINO, the models, run.sh
+    /// and the notebook cell, in a new folder to upload as a dataset (runs with the internet off).
+    #[command(after_help = "Example:
+  birdclef-infer kit --models fold*.onnx --out birdclef-kit --time-limit 80m \
+      -- --smooth 0.1,0.2,0.4,0.2,0.1
+
+  Upload birdclef-kit/ as a Kaggle dataset; paste notebook-cell.txt into the notebook.")]
+    Kit {
+        /// ONNX models written by birdclef-export (several = an ensemble).
+        #[arg(long = "models", num_args = 1.., required = true, value_name = "MODEL.onnx")]
+        kit_models: Vec<PathBuf>,
+        /// The kit folder to create (never written over).
+        #[arg(long = "out", value_name = "DIR")]
+        kit_out: PathBuf,
+        /// The engine run.sh uses.
+        #[arg(long = "engine", value_enum, default_value_t = Engine::Openvino)]
+        kit_engine: Engine,
+        /// run.sh's --time-limit (with --strict: files that would not fit get 0.0 rows).
+        #[arg(long = "time-limit", default_value = "80m", value_parser = parse_time_text)]
+        kit_time_limit: String,
+        /// Further options run.sh passes to the submission command (after `--`).
+        #[arg(last = true, value_name = "OPTION")]
+        kit_args: Vec<String>,
+    },
+    /// Show where ONNX Runtime and OpenVINO were found and their versions.
     Doctor,
     /// Join the CSVs of shard runs into one submission (same header, no duplicate rows).
     Merge {
@@ -233,7 +281,7 @@ fn run(cli: Cli) -> Result<u8> {
             .map_err(|e| anyhow::anyhow!("cannot start {n} worker threads: {e}"))?;
     }
     let Some(command) = cli.command else {
-        return submission(cli.predict, cli.ort_lib);
+        return submission(cli.predict, cli.ort_lib, cli.openvino_lib);
     };
     if !cli.predict.models.is_empty()
         || !cli.predict.soundscapes.is_empty()
@@ -248,8 +296,40 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Demo { out, seconds, seed } => features::demo(&out, seconds, seed)?,
         Command::Doctor => {
+            // Both engines are reported; only ONNX Runtime, the default, must be there.
             let report = ort_env::doctor(cli.ort_lib.as_deref())?;
             println!("{report}");
+            match openvino_env::doctor(cli.openvino_lib.as_deref()) {
+                Ok(report) => println!("{report}"),
+                Err(e) if cli.openvino_lib.is_some() => return Err(e.into()),
+                Err(e) => println!(
+                    "openvino:             not available (--engine openvino will fail): {e}"
+                ),
+            }
+        }
+        Command::Kit {
+            kit_models,
+            kit_out,
+            kit_engine,
+            kit_time_limit,
+            kit_args,
+        } => {
+            let report = birdclef_infer::kit::write_kit(&birdclef_infer::kit::KitOptions {
+                models: kit_models,
+                out: kit_out.clone(),
+                engine: kit_engine,
+                time_limit: kit_time_limit,
+                extra_args: kit_args,
+                ort_lib: cli.ort_lib,
+                openvino_lib: cli.openvino_lib,
+            })?;
+            println!(
+                "wrote {} files ({:.0} MB) to {}; upload it as a Kaggle dataset and paste {} into a notebook cell",
+                report.files.len(),
+                report.bytes as f64 / 1e6,
+                kit_out.display(),
+                kit_out.join("notebook-cell.txt").display()
+            );
         }
         Command::Merge { inputs, out } => {
             let report = birdclef_infer::shard::merge(&inputs, &out)?;
@@ -277,7 +357,11 @@ fn run(cli: Cli) -> Result<u8> {
     Ok(0)
 }
 
-fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
+fn submission(
+    args: PredictArgs,
+    ort_lib: Option<PathBuf>,
+    openvino_lib: Option<PathBuf>,
+) -> Result<u8> {
     let Some(out) = args.out else {
         bail!("--out is required");
     };
@@ -292,6 +376,7 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
         taxonomy: args.taxonomy,
         ensemble: args.ensemble,
         smooth: args.smooth,
+        file_max: args.file_max,
         shard: args.shard,
         detections: args.detections,
         raven_dir: args.raven_dir,
@@ -302,9 +387,15 @@ fn submission(args: PredictArgs, ort_lib: Option<PathBuf>) -> Result<u8> {
             time_limit: args.time_limit,
             strict: args.strict,
             progress: args.progress || std::io::stderr().is_terminal(),
+            tta_shifts: args
+                .tta_shifts
+                .map(|s| s.seconds().to_vec())
+                .unwrap_or_default(),
         },
-        ort_threads: args.ort_threads,
+        engine: args.engine,
+        model_threads: args.model_threads,
         ort_lib,
+        openvino_lib,
     };
     let summary = predict(&opts)?;
     let secs = summary.elapsed.as_secs_f64();

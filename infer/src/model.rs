@@ -1,10 +1,13 @@
-//! An exported model: its ONNX Runtime session and the model card stored in its metadata.
+//! An exported model: its session on one [`Engine`] (ONNX Runtime or OpenVINO) and the model
+//! card stored in its metadata.
 use std::path::{Path, PathBuf};
 
 use birdclef_models::card::{Card, CardError, CardProblem, ONNX_CARD_KEY};
 use birdclef_models::frontend::WindowPolicy;
 use ort::session::Session;
 
+use crate::engine::Engine;
+use crate::onnx_meta;
 use crate::session::{build_session, run_f32, ModelSource, SessionError};
 
 /// Why a model could not be loaded or run. Every variant names the model file.
@@ -62,6 +65,33 @@ pub enum ModelError {
         /// What is missing.
         #[source]
         problem: CardProblem,
+    },
+    /// The file could not be read (OpenVINO reads it into memory, with its metadata).
+    #[error("{path}: cannot read the model file")]
+    Read {
+        /// The model file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The file is not a well-formed ONNX protobuf (its metadata cannot be read).
+    #[error("{path}: {cause}")]
+    NotOnnx {
+        /// The model file.
+        path: PathBuf,
+        /// Where the bytes stop making sense.
+        cause: onnx_meta::MetaError,
+    },
+    /// OpenVINO refused the model or failed running it: what was being done and its message.
+    #[error("{path}: OpenVINO cannot {action}: {message}")]
+    OpenVino {
+        /// The model file.
+        path: PathBuf,
+        /// What was being done ("read it", "compile it for the CPU", "run a batch of 4").
+        action: String,
+        /// OpenVINO's message.
+        message: String,
     },
     /// The graph has no input.
     #[error("{path}: the model has no input")]
@@ -164,8 +194,88 @@ pub struct OnnxModel {
     pub path: PathBuf,
     /// Its model card (labels, frontend, input shape).
     pub card: Card,
-    session: Session,
-    input_name: String,
+    backend: Backend,
+}
+
+/// The engine-specific half of an [`OnnxModel`].
+enum Backend {
+    Ort {
+        session: Box<Session>,
+        input_name: String,
+    },
+    OpenVino(Box<OpenVinoNet>),
+}
+
+/// A model compiled by OpenVINO for the CPU, with its one synchronous request. The core and the
+/// compiled model are kept alive with the request.
+struct OpenVinoNet {
+    request: openvino::InferRequest,
+    _compiled: openvino::CompiledModel,
+    _core: openvino::Core,
+}
+
+impl OpenVinoNet {
+    /// Compile `onnx` for the CPU: `threads` inference threads in one stream, latency mode, and
+    /// fp32 inference precision (OpenVINO would otherwise pick bf16 on CPUs that have it, and
+    /// its outputs would no longer equal ONNX Runtime's).
+    fn compile(onnx: &[u8], threads: usize) -> Result<Self, (&'static str, String)> {
+        use openvino::{Core, DeviceType, RwPropertyKey};
+        let mut core = Core::new().map_err(|e| ("start a core", e.to_string()))?;
+        let threads = threads.max(1).to_string();
+        for (key, value) in [
+            (RwPropertyKey::InferenceNumThreads, threads.as_str()),
+            (RwPropertyKey::NumStreams, "1"),
+            (RwPropertyKey::HintPerformanceMode, "LATENCY"),
+            (RwPropertyKey::HintInferencePrecision, "f32"),
+            (RwPropertyKey::HintEnableCpuPinning, "NO"),
+        ] {
+            core.set_property(&DeviceType::CPU, &key, value)
+                .map_err(|e| ("configure the CPU", e.to_string()))?;
+        }
+        let model = core
+            .read_model_from_buffer(onnx, None)
+            .map_err(|e| ("read it", e.to_string()))?;
+        let mut compiled = core
+            .compile_model(&model, DeviceType::CPU)
+            .map_err(|e| ("compile it for the CPU", e.to_string()))?;
+        let request = compiled
+            .create_infer_request()
+            .map_err(|e| ("create an inference request", e.to_string()))?;
+        Ok(Self {
+            request,
+            _compiled: compiled,
+            _core: core,
+        })
+    }
+
+    /// Run `input` of `shape`; the first output's shape and values.
+    fn run(&mut self, shape: &[usize], input: &[f32]) -> Result<(Vec<usize>, Vec<f32>), String> {
+        use openvino::{ElementType, Shape, Tensor};
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let shape = Shape::new(&dims).map_err(|e| e.to_string())?;
+        let mut tensor = Tensor::new(ElementType::F32, &shape).map_err(|e| e.to_string())?;
+        tensor
+            .get_data_mut::<f32>()
+            .map_err(|e| e.to_string())?
+            .copy_from_slice(input);
+        self.request
+            .set_input_tensor(&tensor)
+            .map_err(|e| e.to_string())?;
+        self.request.infer().map_err(|e| e.to_string())?;
+        let out = self
+            .request
+            .get_output_tensor_by_index(0)
+            .map_err(|e| e.to_string())?;
+        let out_shape = out
+            .get_shape()
+            .map_err(|e| e.to_string())?
+            .get_dimensions()
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .collect();
+        let values = out.get_data::<f32>().map_err(|e| e.to_string())?.to_vec();
+        Ok((out_shape, values))
+    }
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -178,9 +288,9 @@ impl std::fmt::Debug for OnnxModel {
 }
 
 impl OnnxModel {
-    /// Load a model written by `birdclef-export`; `threads` is ONNX Runtime's intra-op pool.
-    /// [`crate::ort_env::init`] must have been called.
-    pub fn load(path: &Path, threads: usize) -> Result<Self, ModelError> {
+    /// Load a model written by `birdclef-export` on `engine`, with `threads` intra-op threads
+    /// per session. The engine must have been initialised ([`crate::engine::init`]).
+    pub fn load(path: &Path, engine: Engine, threads: usize) -> Result<Self, ModelError> {
         let path_buf = || path.to_path_buf();
         if path.is_dir() {
             return Err(ModelError::Directory { path: path_buf() });
@@ -188,16 +298,57 @@ impl OnnxModel {
         if !path.is_file() {
             return Err(ModelError::Missing { path: path_buf() });
         }
-        let session =
-            build_session(ModelSource::File(path), threads).map_err(|e| ModelError::Load {
-                path: path_buf(),
-                cause: Box::new(e),
-            })?;
-        let json = session
-            .metadata()
-            .ok()
-            .and_then(|m| m.custom(ONNX_CARD_KEY))
-            .ok_or_else(|| ModelError::NoCard { path: path_buf() })?;
+        let (json, backend) = match engine {
+            Engine::Ort => {
+                let session = build_session(ModelSource::File(path), threads).map_err(|e| {
+                    ModelError::Load {
+                        path: path_buf(),
+                        cause: Box::new(e),
+                    }
+                })?;
+                let json = session
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.custom(ONNX_CARD_KEY));
+                let input_name = session
+                    .inputs()
+                    .first()
+                    .map(|i| i.name().to_string())
+                    .ok_or_else(|| ModelError::NoInput { path: path_buf() })?;
+                (
+                    json,
+                    Backend::Ort {
+                        session: Box::new(session),
+                        input_name,
+                    },
+                )
+            }
+            Engine::Openvino => {
+                let bytes = std::fs::read(path).map_err(|cause| ModelError::Read {
+                    path: path_buf(),
+                    cause,
+                })?;
+                let json = onnx_meta::metadata_value(&bytes, ONNX_CARD_KEY).map_err(|cause| {
+                    ModelError::NotOnnx {
+                        path: path_buf(),
+                        cause,
+                    }
+                })?;
+                // The card is checked before OpenVINO compiles anything.
+                if json.is_none() {
+                    return Err(ModelError::NoCard { path: path_buf() });
+                }
+                let net = OpenVinoNet::compile(&bytes, threads).map_err(|(action, message)| {
+                    ModelError::OpenVino {
+                        path: path_buf(),
+                        action: action.to_string(),
+                        message: message.trim().to_string(),
+                    }
+                })?;
+                (json, Backend::OpenVino(Box::new(net)))
+            }
+        };
+        let json = json.ok_or_else(|| ModelError::NoCard { path: path_buf() })?;
         let card = Card::from_json(&json).map_err(|e| ModelError::Card {
             path: path_buf(),
             cause: Box::new(e),
@@ -207,17 +358,19 @@ impl OnnxModel {
                 path: path_buf(),
                 problem,
             })?;
-        let input_name = session
-            .inputs()
-            .first()
-            .map(|i| i.name().to_string())
-            .ok_or_else(|| ModelError::NoInput { path: path_buf() })?;
         Ok(Self {
             path: path.to_path_buf(),
             card,
-            session,
-            input_name,
+            backend,
         })
+    }
+
+    /// The engine this model runs on.
+    pub fn engine(&self) -> Engine {
+        match self.backend {
+            Backend::Ort { .. } => Engine::Ort,
+            Backend::OpenVino(_) => Engine::Openvino,
+        }
     }
 
     /// Number of classes (outputs per window).
@@ -238,17 +391,25 @@ impl OnnxModel {
             });
         }
         let k = self.classes();
-        let (shape, values) = run_f32(
-            &mut self.session,
-            &self.input_name,
-            &[n, c, h, w],
-            input,
-            None,
-        )
-        .map_err(|e| ModelError::Inference {
-            path: self.path.clone(),
-            cause: Box::new(e),
-        })?;
+        let (shape, values) = match &mut self.backend {
+            Backend::Ort {
+                session,
+                input_name,
+            } => run_f32(session, input_name, &[n, c, h, w], input, None).map_err(|e| {
+                ModelError::Inference {
+                    path: self.path.clone(),
+                    cause: Box::new(e),
+                }
+            })?,
+            Backend::OpenVino(net) => {
+                net.run(&[n, c, h, w], input)
+                    .map_err(|message| ModelError::OpenVino {
+                        path: self.path.clone(),
+                        action: format!("run a batch of {n}"),
+                        message: message.trim().to_string(),
+                    })?
+            }
+        };
         if values.len() != n * k {
             return Err(ModelError::OutputShape {
                 path: self.path.clone(),
@@ -329,11 +490,11 @@ mod tests {
     #[test]
     fn a_directory_or_a_missing_file_is_named_before_onnx_runtime_is_needed() {
         let dir = std::env::temp_dir();
-        let e = OnnxModel::load(&dir, 1).expect_err("a directory");
+        let e = OnnxModel::load(&dir, Engine::Ort, 1).expect_err("a directory");
         assert!(matches!(e, ModelError::Directory { .. }), "{e:?}");
         assert!(e.to_string().contains("birdclef-export"), "{e}");
         let gone = dir.join(format!("no-such-model-{}.onnx", std::process::id()));
-        let e = OnnxModel::load(&gone, 1).expect_err("missing");
+        let e = OnnxModel::load(&gone, Engine::Openvino, 1).expect_err("missing");
         assert_eq!(
             e.to_string(),
             format!("{}: no such model file", gone.display())

@@ -1,15 +1,19 @@
-//! Post-processing of model outputs: logits → probabilities, ensembling several models and
-//! smoothing over neighbouring 5-s windows of one recording.
+//! Post-processing of model outputs: logits → probabilities, ensembling several models,
+//! smoothing over neighbouring windows of one recording and per-file scaling.
 //!
 //! Every matrix here is `[rows × species]`: one row per window, one column per species, in the
-//! model card's label order.
+//! model card's label order. Each step is optional except the sigmoid; in a run they apply in
+//! this order (see `predict::combine`):
 //!
-//! * [`sigmoid_in_place`] ([`sigmoid`], from the IR) turns logits into probabilities (numerically stable for
-//!   large positive and negative logits).
-//! * [`ensemble`] combines the probability matrices of several models row by row, as a
-//!   [`Ensemble::Mean`], [`Ensemble::Geometric`] mean or a [`Ensemble::Rank`] average.
+//! * [`sigmoid_in_place`] ([`sigmoid`], from the IR) turns logits into probabilities (numerically
+//!   stable for large positive and negative logits). With [`Shifts`] (time-shift test-time
+//!   augmentation) each model's probabilities of a window are the mean over its views.
+//! * [`ensemble`] combines the probability matrices of several models row by row:
+//!   [`Ensemble::Mean`], [`Ensemble::Min`], [`Ensemble::Geometric`] mean, [`Ensemble::Rank`]
+//!   average or [`Ensemble::Power`] mean.
 //! * [`smooth`] replaces each window's probability by a weighted mean over its neighbours in the
-//!   same recording, with a [`Kernel`] such as `0.1,0.2,0.4,0.2,0.1`. It is off unless asked for.
+//!   same recording, with a [`Kernel`] such as `0.1,0.2,0.4,0.2,0.1`.
+//! * [`file_max`] combines each window with the recording's per-species maximum ([`FileMax`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,8 +53,30 @@ pub enum PostprocessError {
         reason: String,
     },
     /// The name of an ensembling method is not known.
-    #[error("unknown ensemble method {0:?}: expected mean, rank or geometric")]
+    #[error(
+        "unknown ensemble method {0:?}: expected mean, min, geometric, rank or power:Q \
+         (e.g. power:2)"
+    )]
     UnknownEnsemble(String),
+    /// A power mean's exponent is 0 or not finite.
+    #[error("ensemble {0:?}: the power mean's exponent must be a finite number other than 0")]
+    InvalidPower(String),
+    /// A `--tta-shifts` list is not valid.
+    #[error("invalid --tta-shifts {given:?}: {reason} (expected seconds, e.g. -2.5,2.5)")]
+    InvalidShifts {
+        /// The list as given.
+        given: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `--file-max` setting is not valid.
+    #[error("invalid --file-max {given:?}: {reason}")]
+    InvalidFileMax {
+        /// The setting as given.
+        given: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Apply [`sigmoid`] to every element of an array of logits, in place.
@@ -59,11 +85,17 @@ pub fn sigmoid_in_place<D: Dimension>(logits: &mut Array<f32, D>) {
 }
 
 /// How [`ensemble`] combines the probability matrices of several models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+///
+/// On the command line: `mean`, `min`, `geometric`, `rank`, or `power:Q` (`power` alone is
+/// `power:2`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Ensemble {
     /// Arithmetic mean of the probabilities.
     #[default]
     Mean,
+    /// The smallest of the models' probabilities: a species counts only where every model sees
+    /// it (BirdCLEF 2024's first place ensembled this way).
+    Min,
     /// Rank average: per model and species, each row's average rank among all rows of this run
     /// (ties share their mean rank), scaled to [0, 1]; then the mean over models. The result
     /// orders rows but is no longer a probability, and it depends on which rows are ranked
@@ -71,37 +103,69 @@ pub enum Ensemble {
     Rank,
     /// Geometric mean, `exp(mean(ln(max(p, 1e-7))))`.
     Geometric,
+    /// Power mean `(mean(p^q))^(1/q)` with exponent `q` (finite, not 0): `q = 1` is the mean,
+    /// larger `q` leans towards the largest model, negative `q` towards the smallest.
+    Power(f32),
 }
 
+/// The exponent of `power` without one.
+pub const DEFAULT_POWER: f32 = 2.0;
+
 impl Ensemble {
-    /// The lower-case name used on the command line.
+    /// The name of the method, without a power mean's exponent.
     pub fn name(self) -> &'static str {
         match self {
             Ensemble::Mean => "mean",
+            Ensemble::Min => "min",
             Ensemble::Rank => "rank",
             Ensemble::Geometric => "geometric",
+            Ensemble::Power(_) => "power",
         }
     }
 }
 
 impl fmt::Display for Ensemble {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Ensemble::Power(q) => write!(f, "power:{q}"),
+            other => f.write_str(other.name()),
+        }
     }
 }
 
 impl FromStr for Ensemble {
     type Err = PostprocessError;
 
-    /// Parse `mean`, `rank` or `geometric` (case-insensitive; `geo` and `gmean` are accepted
-    /// for `geometric`).
+    /// Parse `mean`, `min`, `rank`, `geometric` (also `geo`, `gmean`) or `power[:Q]`,
+    /// case-insensitive.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "mean" => Ok(Ensemble::Mean),
-            "rank" => Ok(Ensemble::Rank),
-            "geometric" | "geo" | "gmean" => Ok(Ensemble::Geometric),
-            _ => Err(PostprocessError::UnknownEnsemble(s.to_string())),
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, arg) = match lower.split_once(':') {
+            Some((name, arg)) => (name.trim(), Some(arg.trim())),
+            None => (lower.as_str(), None),
+        };
+        let unknown = || PostprocessError::UnknownEnsemble(s.to_string());
+        let method = match name {
+            "mean" => Ensemble::Mean,
+            "min" => Ensemble::Min,
+            "rank" => Ensemble::Rank,
+            "geometric" | "geo" | "gmean" => Ensemble::Geometric,
+            "power" => {
+                let q = match arg {
+                    None => DEFAULT_POWER,
+                    Some(text) => text.parse::<f32>().map_err(|_| unknown())?,
+                };
+                if !q.is_finite() || q == 0.0 {
+                    return Err(PostprocessError::InvalidPower(s.to_string()));
+                }
+                return Ok(Ensemble::Power(q));
+            }
+            _ => return Err(unknown()),
+        };
+        if arg.is_some() {
+            return Err(unknown());
         }
+        Ok(method)
     }
 }
 
@@ -141,6 +205,13 @@ pub fn ensemble(preds: &[Array2<f32>], how: Ensemble) -> Result<Array2<f32>, Pos
             acc.mapv_inplace(|v| v / m);
             acc
         }
+        Ensemble::Min => {
+            let mut acc = first.clone();
+            for p in &preds[1..] {
+                Zip::from(&mut acc).and(p).for_each(|a, &v| *a = a.min(v));
+            }
+            acc
+        }
         Ensemble::Geometric => {
             let mut acc = Array2::<f32>::zeros(shape);
             for p in preds {
@@ -150,6 +221,17 @@ pub fn ensemble(preds: &[Array2<f32>], how: Ensemble) -> Result<Array2<f32>, Pos
             }
             acc.mapv_inplace(|v| (v / m).exp());
             acc
+        }
+        Ensemble::Power(q) => {
+            // In f64: p^q of a small p with a large |q| under- or overflows f32.
+            let q = f64::from(q);
+            let mut acc = Array2::<f64>::zeros(shape);
+            for p in preds {
+                Zip::from(&mut acc)
+                    .and(p)
+                    .for_each(|a, &v| *a += f64::from(v.max(0.0)).powf(q));
+            }
+            acc.mapv(|v| (v / f64::from(m)).powf(1.0 / q) as f32)
         }
         Ensemble::Rank => {
             let mut acc = Array2::<f32>::zeros(shape);
@@ -346,6 +428,140 @@ pub fn smooth(p: &mut Array2<f32>, kernel: &[f32]) -> Result<(), PostprocessErro
     Ok(())
 }
 
+/// Per-file scaling: each window's probabilities combined with the file's per-species maximum
+/// over its windows, so that a species heard clearly somewhere in a recording is raised in its
+/// quieter windows, and one never heard stays low (BirdCLEF 2025's second place: +0.005 to
+/// +0.01).
+///
+/// On the command line: `multiply` (`multiply:E` for an exponent other than 1) or `blend:A`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FileMax {
+    /// `p · max^E` (E > 0; 1 is the plain product).
+    Multiply(f32),
+    /// `(1 − A)·p + A·max` (A in [0, 1]).
+    Blend(f32),
+}
+
+impl fmt::Display for FileMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileMax::Multiply(e) => write!(f, "multiply:{e}"),
+            FileMax::Blend(a) => write!(f, "blend:{a}"),
+        }
+    }
+}
+
+impl FromStr for FileMax {
+    type Err = PostprocessError;
+
+    /// Parse `multiply`, `multiply:E` or `blend:A`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| PostprocessError::InvalidFileMax {
+            given: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, arg) = match lower.split_once(':') {
+            Some((name, arg)) => (name.trim(), Some(arg.trim())),
+            None => (lower.as_str(), None),
+        };
+        let number = |text: &str| {
+            text.parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| invalid("the value after ':' is not a finite number"))
+        };
+        match (name, arg) {
+            ("multiply", None) => Ok(FileMax::Multiply(1.0)),
+            ("multiply", Some(text)) => match number(text)? {
+                e if e > 0.0 => Ok(FileMax::Multiply(e)),
+                _ => Err(invalid("the exponent of multiply:E must be above 0")),
+            },
+            ("blend", Some(text)) => match number(text)? {
+                a if (0.0..=1.0).contains(&a) => Ok(FileMax::Blend(a)),
+                _ => Err(invalid("the weight of blend:A must be in [0, 1]")),
+            },
+            ("blend", None) => Err(invalid("blend needs its weight, e.g. blend:0.5")),
+            _ => Err(invalid("expected multiply, multiply:E or blend:A")),
+        }
+    }
+}
+
+/// Apply [`FileMax`] to the `[windows × species]` probabilities of ONE recording: every value
+/// is combined with its column's maximum over the recording's windows (taken before any change).
+/// Call it once per file, on its real windows only. An empty matrix is left alone.
+pub fn file_max(p: &mut Array2<f32>, how: FileMax) {
+    if p.nrows() == 0 {
+        return;
+    }
+    let maxima: Vec<f32> = p
+        .columns()
+        .into_iter()
+        .map(|c| c.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+        .collect();
+    for mut row in p.rows_mut() {
+        for (v, &mx) in row.iter_mut().zip(&maxima) {
+            *v = match how {
+                FileMax::Multiply(1.0) => *v * mx,
+                FileMax::Multiply(e) => *v * mx.max(0.0).powf(e),
+                FileMax::Blend(a) => (1.0 - a) * *v + a * mx,
+            };
+        }
+    }
+}
+
+/// Time-shift test-time augmentation: the shifts, in seconds, at which every window is scored
+/// again (beside its own position), with the views' probabilities averaged per model.
+///
+/// Parsed from comma-separated seconds, e.g. `-2.5,2.5`; each is finite and not 0 (the window
+/// itself is always scored). How a view near a recording's edge is placed is the runner's
+/// business ([`crate::runner`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shifts(Vec<f64>);
+
+impl Shifts {
+    /// The shifts in seconds, as given.
+    pub fn seconds(&self) -> &[f64] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Shifts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(f64::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for Shifts {
+    type Err = PostprocessError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: String| PostprocessError::InvalidShifts {
+            given: s.to_string(),
+            reason,
+        };
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let v: f64 = part
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| invalid(format!("{part:?} is not a number of seconds")))?;
+            if v == 0.0 {
+                return Err(invalid(
+                    "a shift of 0 is the window itself, which is always scored".into(),
+                ));
+            }
+            if out.contains(&v) {
+                return Err(invalid(format!("{v} is given twice")));
+            }
+            out.push(v);
+        }
+        Ok(Shifts(out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,11 +583,125 @@ mod tests {
         assert_eq!("mean".parse::<Ensemble>(), Ok(Ensemble::Mean));
         assert_eq!("Rank".parse::<Ensemble>(), Ok(Ensemble::Rank));
         assert_eq!("geometric".parse::<Ensemble>(), Ok(Ensemble::Geometric));
-        assert!("median".parse::<Ensemble>().is_err());
-        for e in [Ensemble::Mean, Ensemble::Rank, Ensemble::Geometric] {
+        assert_eq!("MIN".parse::<Ensemble>(), Ok(Ensemble::Min));
+        assert_eq!("power".parse::<Ensemble>(), Ok(Ensemble::Power(2.0)));
+        assert_eq!("power: -1.5".parse::<Ensemble>(), Ok(Ensemble::Power(-1.5)));
+        for bad in ["median", "mean:2", "power:x", "power:"] {
+            let e = bad.parse::<Ensemble>().unwrap_err();
+            assert!(e.to_string().contains("power:Q"), "{bad}: {e}");
+        }
+        for bad in ["power:0", "power:inf", "power:NaN"] {
+            let e = bad.parse::<Ensemble>().unwrap_err();
+            assert_eq!(e, PostprocessError::InvalidPower(bad.to_string()));
+        }
+        for e in [
+            Ensemble::Mean,
+            Ensemble::Min,
+            Ensemble::Rank,
+            Ensemble::Geometric,
+            Ensemble::Power(3.0),
+            Ensemble::Power(0.5),
+        ] {
             assert_eq!(e.to_string().parse::<Ensemble>(), Ok(e));
-            let v = <Ensemble as clap::ValueEnum>::from_str(e.name(), false);
-            assert_eq!(v, Ok(e));
+        }
+    }
+
+    #[test]
+    fn min_and_power_means() {
+        let a = array![[0.2f32, 0.9], [0.0, 1.0]];
+        let b = array![[0.8f32, 0.1], [0.0, 1.0]];
+        let preds = [a.clone(), b.clone()];
+        let min = ensemble(&preds, Ensemble::Min).unwrap();
+        assert_eq!(min, array![[0.2f32, 0.1], [0.0, 1.0]]);
+        // q = 2: sqrt((0.04 + 0.64) / 2) = sqrt(0.34); sqrt((0.81 + 0.01) / 2) = sqrt(0.41).
+        let p2 = ensemble(&preds, Ensemble::Power(2.0)).unwrap();
+        assert!(close(p2[[0, 0]], 0.34f32.sqrt()) && close(p2[[0, 1]], 0.41f32.sqrt()));
+        assert!(close(p2[[1, 0]], 0.0) && close(p2[[1, 1]], 1.0));
+        // q = 1 is the mean; q = -1 the harmonic mean 2 / (1/0.2 + 1/0.8) = 0.32.
+        let p1 = ensemble(&preds, Ensemble::Power(1.0)).unwrap();
+        let mean = ensemble(&preds, Ensemble::Mean).unwrap();
+        assert!(p1.iter().zip(&mean).all(|(x, y)| close(*x, *y)));
+        let h = ensemble(&preds, Ensemble::Power(-1.0)).unwrap();
+        assert!(close(h[[0, 0]], 0.32), "{}", h[[0, 0]]);
+        // A zero with a negative exponent: the limit, 0, not NaN.
+        assert_eq!(h[[1, 0]], 0.0);
+        // Large exponents approach the max and stay finite.
+        let big = ensemble(&preds, Ensemble::Power(60.0)).unwrap();
+        assert!(
+            (big[[0, 0]] - 0.8).abs() < 0.01 && big[[0, 0]] <= 0.8,
+            "{}",
+            big[[0, 0]]
+        );
+        // One model: every method but rank returns it.
+        for how in [Ensemble::Min, Ensemble::Power(3.0)] {
+            let one = ensemble(std::slice::from_ref(&a), how).unwrap();
+            assert!(one.iter().zip(&a).all(|(x, y)| close(*x, *y)), "{how}");
+        }
+    }
+
+    #[test]
+    fn file_max_multiply_and_blend() {
+        // Two windows, two species; column maxima 0.8 and 0.1.
+        let p = array![[0.2f32, 0.1], [0.8, 0.05]];
+        let mut m = p.clone();
+        file_max(&mut m, FileMax::Multiply(1.0));
+        let want = [[0.16f32, 0.01], [0.64, 0.005]];
+        for (r, row) in want.iter().enumerate() {
+            for (c, w) in row.iter().enumerate() {
+                assert!(close(m[[r, c]], *w), "multiply [{r},{c}] {}", m[[r, c]]);
+            }
+        }
+        let mut e = p.clone();
+        file_max(&mut e, FileMax::Multiply(0.5));
+        assert!(close(e[[0, 0]], 0.2 * 0.8f32.sqrt()));
+        let mut b = p.clone();
+        file_max(&mut b, FileMax::Blend(0.25));
+        // 0.75·0.2 + 0.25·0.8 = 0.35; 0.75·0.05 + 0.25·0.1 = 0.0625.
+        assert!(close(b[[0, 0]], 0.35) && close(b[[1, 0]], 0.8) && close(b[[1, 1]], 0.0625));
+        let mut zero = p.clone();
+        file_max(&mut zero, FileMax::Blend(0.0));
+        assert_eq!(zero, p);
+        let mut one = p.clone();
+        file_max(&mut one, FileMax::Blend(1.0));
+        assert_eq!(one, array![[0.8f32, 0.1], [0.8, 0.1]]);
+        let mut empty = Array2::<f32>::zeros((0, 2));
+        file_max(&mut empty, FileMax::Multiply(1.0));
+    }
+
+    #[test]
+    fn file_max_and_shift_parsing() {
+        assert_eq!("multiply".parse::<FileMax>(), Ok(FileMax::Multiply(1.0)));
+        assert_eq!(
+            "Multiply:0.5".parse::<FileMax>(),
+            Ok(FileMax::Multiply(0.5))
+        );
+        assert_eq!("blend:0.3".parse::<FileMax>(), Ok(FileMax::Blend(0.3)));
+        for bad in [
+            "blend",
+            "blend:1.5",
+            "blend:-0.1",
+            "multiply:0",
+            "multiply:x",
+            "max",
+        ] {
+            let e = bad.parse::<FileMax>().unwrap_err();
+            assert!(
+                matches!(e, PostprocessError::InvalidFileMax { .. }) && e.to_string().contains(bad),
+                "{bad}: {e}"
+            );
+        }
+        for f in [FileMax::Multiply(2.0), FileMax::Blend(0.5)] {
+            assert_eq!(f.to_string().parse::<FileMax>(), Ok(f));
+        }
+        let s: Shifts = "-2.5, 2.5".parse().unwrap();
+        assert_eq!(s.seconds(), &[-2.5, 2.5]);
+        assert_eq!(s.to_string().parse::<Shifts>(), Ok(s));
+        for bad in ["", "0", "1,1", "x", "2.5,inf"] {
+            let e = bad.parse::<Shifts>().unwrap_err();
+            assert!(
+                matches!(e, PostprocessError::InvalidShifts { .. }),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -14,10 +14,10 @@ use ndarray::{s, Array2};
 use rayon::prelude::*;
 
 use crate::detections;
+use crate::engine::{self, Engine, EngineError};
 use crate::error_chain::error_chain;
 use crate::model::{check_ensemble, EnsembleError, ModelError, OnnxModel};
-use crate::ort_env::{self, OrtError};
-use crate::postprocess::{ensemble, smooth, Ensemble, Kernel, PostprocessError};
+use crate::postprocess::{ensemble, file_max, smooth, Ensemble, FileMax, Kernel, PostprocessError};
 use crate::runner::{self, Failure, FileScores, RunnerConfig, RunnerError, FALLBACK_PROBABILITY};
 use crate::shard::{self, ShardEnv, ShardError, ShardSpec};
 use crate::submission::{column_order, write_submission, FileRows, SubmissionError};
@@ -93,9 +93,9 @@ pub enum PredictError {
         /// `--out`.
         out: PathBuf,
     },
-    /// ONNX Runtime could not be found or loaded.
+    /// The engine (ONNX Runtime or OpenVINO) could not be found or loaded.
     #[error(transparent)]
-    Runtime(#[from] OrtError),
+    Runtime(#[from] EngineError),
     /// A model could not be loaded.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -111,6 +111,18 @@ pub enum PredictError {
     /// The predictions could not be combined.
     #[error(transparent)]
     Postprocess(#[from] PostprocessError),
+    /// A `--tta-shifts` shift is as long as the models' window or longer (its view would be
+    /// another window).
+    #[error(
+        "--tta-shifts {shift}: a shift must be shorter than the models' {window} s window \
+         (e.g. -2.5,2.5 for 5-s windows)"
+    )]
+    ShiftTooLong {
+        /// The shift, in seconds.
+        shift: f64,
+        /// The model card's window length, in seconds.
+        window: f64,
+    },
 }
 
 /// Audio file extensions taken from a soundscape directory.
@@ -134,6 +146,8 @@ pub struct PredictOptions {
     pub ensemble: Ensemble,
     /// Smoothing kernel over neighbouring windows.
     pub smooth: Option<Kernel>,
+    /// Per-file scaling by each species' maximum over the file's windows (after smoothing).
+    pub file_max: Option<FileMax>,
     /// Process one shard of the files.
     pub shard: Option<ShardSpec>,
     /// Detections CSV (file, start, end, species, probability).
@@ -144,10 +158,14 @@ pub struct PredictOptions {
     pub threshold: f32,
     /// Workers, batch size, time limit, progress.
     pub run: RunnerConfig,
-    /// ONNX Runtime intra-op threads per session.
-    pub ort_threads: usize,
-    /// Explicit ONNX Runtime library.
+    /// The engine that runs the models.
+    pub engine: Engine,
+    /// Intra-op threads per model session (per worker).
+    pub model_threads: usize,
+    /// Explicit ONNX Runtime library (with [`Engine::Ort`]).
     pub ort_lib: Option<PathBuf>,
+    /// Explicit OpenVINO library or its directory (with [`Engine::Openvino`]).
+    pub openvino_lib: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -379,9 +397,10 @@ pub fn real_windows(f: &FileScores) -> usize {
 /// Every file's `[windows × labels]` probabilities after post-processing: the models of the
 /// ensemble combined `how` over the real windows of the whole run (rank ensembling ranks those
 /// only), then each file smoothed with `kernel` over its own real windows, as a recording that
-/// ends with its last decoded window. A failed file's fallback windows (those after its decoded
-/// ones, see [`real_windows`]) take part in neither: they are not smoothed, not neighbours of
-/// real windows, and hold exactly [`FALLBACK_PROBABILITY`].
+/// ends with its last decoded window, then scaled by its own maxima (`file_max`, over those
+/// windows). A failed file's fallback windows (those after its decoded ones, see
+/// [`real_windows`]) take part in none of it: they are not smoothed, not neighbours of real
+/// windows, not in a maximum, and hold exactly [`FALLBACK_PROBABILITY`].
 ///
 /// `files[i].probs` is `windows × n_models × k`, row-major (as [`runner::run`] returns it).
 ///
@@ -394,6 +413,7 @@ pub fn combine(
     k: usize,
     how: Ensemble,
     kernel: Option<&Kernel>,
+    file_max_how: Option<FileMax>,
 ) -> Result<Vec<Array2<f32>>, PostprocessError> {
     let real: Vec<usize> = files.iter().map(real_windows).collect();
     // Per model, the real rows of every file stacked, so rank ensembling sees all of them.
@@ -427,6 +447,9 @@ pub fn combine(
         row += r;
         if let Some(kernel) = kernel {
             smooth(&mut head, kernel.weights())?;
+        }
+        if let Some(how) = file_max_how {
+            file_max(&mut head, how);
         }
         let mut probs = Array2::from_elem((f.windows, k), FALLBACK_PROBABILITY);
         probs.slice_mut(s![..r, ..]).assign(&head);
@@ -469,12 +492,17 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary, PredictError> {
     inputs.extend(opts.sample_submission.as_deref());
     inputs.extend(opts.taxonomy.as_deref());
     inputs.extend(opts.ort_lib.as_deref());
+    inputs.extend(opts.openvino_lib.as_deref());
     inputs.extend(found.files.iter().map(PathBuf::as_path));
     let stems: Vec<String> = files.iter().map(|f| stem_of(f)).collect();
     check_outputs(opts, &inputs, &stems)?;
 
-    ort_env::init(opts.ort_lib.as_deref())?;
-    let load = |p: &PathBuf| OnnxModel::load(p, opts.ort_threads);
+    let lib = match opts.engine {
+        Engine::Ort => opts.ort_lib.as_deref(),
+        Engine::Openvino => opts.openvino_lib.as_deref(),
+    };
+    engine::init(opts.engine, lib)?;
+    let load = |p: &PathBuf| OnnxModel::load(p, opts.engine, opts.model_threads);
     let load_set = || opts.models.iter().map(load).collect::<Result<Vec<_>, _>>();
     // The first worker's sessions are built in parallel: nothing else can run before they exist
     // (they carry the cards), and building one takes ~40 ms of a core per model.
@@ -484,6 +512,10 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary, PredictError> {
         .map(load)
         .collect::<Result<Vec<_>, _>>()?;
     check_ensemble(&first)?;
+    let window = first[0].card.frontend.windows.window_seconds;
+    if let Some(&shift) = opts.run.tta_shifts.iter().find(|s| s.abs() >= window) {
+        return Err(PredictError::ShiftTooLong { shift, window });
+    }
     let labels = first[0].card.labels.clone();
     let frontend = first[0].card.frontend.clone();
     let columns = column_order(
@@ -518,6 +550,7 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary, PredictError> {
         out.classes,
         opts.ensemble,
         opts.smooth.as_ref(),
+        opts.file_max,
     )?;
 
     let window_seconds = frontend.windows.window_seconds;
@@ -686,7 +719,7 @@ mod tests {
         let skipped = scores("skipped.wav", 1, Some(0), vec![0.0]);
         let files = [good, cut, skipped];
         let kernel: Kernel = "1,1,1".parse().expect("kernel");
-        let out = combine(&files, 1, 1, Ensemble::Mean, Some(&kernel)).expect("combine");
+        let out = combine(&files, 1, 1, Ensemble::Mean, Some(&kernel), None).expect("combine");
         let close = |a: &Array2<f32>, b: &[f32]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
         };
@@ -702,7 +735,7 @@ mod tests {
             scores("a.wav", 2, None, vec![0.25, 1.0, 0.5, 0.5]),
             scores("b.wav", 3, Some(1), vec![0.04, 1.0, 0.0, 0.0, 0.0, 0.0]),
         ];
-        let out = combine(&two, 2, 1, Ensemble::Geometric, None).expect("combine");
+        let out = combine(&two, 2, 1, Ensemble::Geometric, None, None).expect("combine");
         assert!(close(&out[0], &[0.5, 0.5]), "{}", out[0]);
         assert!((out[1][[0, 0]] - 0.2).abs() < 1e-6, "{}", out[1]);
         assert_eq!(out[1][[1, 0]], 0.0);
@@ -713,8 +746,33 @@ mod tests {
             scores("a.wav", 2, None, vec![0.1, 0.9]),
             scores("b.wav", 2, Some(1), vec![0.5, 0.0]),
         ];
-        let out = combine(&ranked, 1, 1, Ensemble::Rank, None).expect("combine");
+        let out = combine(&ranked, 1, 1, Ensemble::Rank, None, None).expect("combine");
         assert_eq!(out[0], array![[0.0f32], [1.0]]);
         assert_eq!(out[1], array![[0.5f32], [0.0]]);
+
+        // File maxima come from the real windows only, after smoothing; fallback rows stay 0.
+        let out = combine(
+            &files,
+            1,
+            1,
+            Ensemble::Mean,
+            Some(&kernel),
+            Some(FileMax::Multiply(1.0)),
+        )
+        .expect("combine");
+        assert!(
+            close(&out[0], &[0.3 * 0.5, 0.4 * 0.5, 0.5 * 0.5]),
+            "{}",
+            out[0]
+        );
+        assert!(
+            close(&out[1], &[0.45 * 0.75, 0.6 * 0.75, 0.75 * 0.75, 0.0, 0.0]),
+            "{}",
+            out[1]
+        );
+        let out =
+            combine(&files, 1, 1, Ensemble::Min, None, Some(FileMax::Blend(0.5))).expect("combine");
+        assert!(close(&out[1], &[0.6, 0.75, 0.9, 0.0, 0.0]), "{}", out[1]);
+        assert_eq!(out[2], array![[FALLBACK_PROBABILITY]]);
     }
 }

@@ -81,6 +81,12 @@ pub struct RunnerConfig {
     pub strict: bool,
     /// Print a progress line to stderr.
     pub progress: bool,
+    /// Time-shift test-time augmentation: every window is also scored at each of these shifts
+    /// (seconds; negative = earlier), and each model's probabilities are the mean over the views.
+    /// A view is clamped to the recording (a shift past its start or end slides back inside, so
+    /// at the edges it repeats, or comes near, the window itself); a last window shorter than the
+    /// window length is scored once, as it is. Empty: no augmentation.
+    pub tta_shifts: Vec<f64>,
 }
 
 /// Why a file's rows are (partly) fallback values.
@@ -149,6 +155,8 @@ struct OpenFile {
     windows: usize,
     /// Samples decoded so far.
     samples: usize,
+    /// The file's sample index of `buf[0]` (`buf` keeps what earlier shifted views need).
+    buf_start: usize,
 }
 
 /// How a file's decoding ended.
@@ -219,6 +227,12 @@ struct Ctx<'a> {
     /// Windows per piece: several batches, so that each model runs on consecutive batches
     /// while its weights are in the cache.
     piece_windows: usize,
+    /// Time-shift views of every window, in samples ([`RunnerConfig::tta_shifts`]).
+    offsets: Vec<isize>,
+    /// Samples before a window's start that its views need (the most negative offset).
+    lead: usize,
+    /// Samples after a window's end that its views need (the most positive offset).
+    tail: usize,
     cfg: &'a RunnerConfig,
     start: Instant,
     shared: Mutex<Shared>,
@@ -285,13 +299,62 @@ impl Ctx<'_> {
         }
     }
 
-    /// Append the model inputs of `clip` (every frontend) to `piece`.
-    fn push_window(&self, piece: &mut Piece, clip: &[f32]) {
+    /// Model inputs per window: the window itself and its time-shifted views.
+    fn views(&self) -> usize {
+        1 + self.offsets.len()
+    }
+
+    /// Append the model inputs of `clip` (every frontend) to `piece`, as one view.
+    fn push_clip(&self, piece: &mut Piece, clip: &[f32]) {
         for (fe, buf) in self.frontends.iter().zip(&mut piece.inputs) {
             let [c, h, w] = fe.config().input_shape();
             let start = buf.len();
             buf.resize(start + c * h * w, 0.0);
             fe.compute_clip_into(clip, &mut buf[start..]);
+        }
+    }
+
+    /// Append the last view's model inputs to `piece` again (a view equal to the window).
+    fn repeat_last_view(&self, piece: &mut Piece) {
+        for (fe, buf) in self.frontends.iter().zip(&mut piece.inputs) {
+            let [c, h, w] = fe.config().input_shape();
+            let n = c * h * w;
+            buf.extend_from_within(buf.len() - n..);
+        }
+    }
+
+    /// Append window `f.windows` of `f` (a whole window length at sample `f.windows · w`) and
+    /// its views to `piece`. `end` is the file's length in samples once decoding ended; before
+    /// that, `f.buf` must hold [`Ctx::tail`] samples past the window.
+    fn push_window(&self, piece: &mut Piece, f: &OpenFile, end: Option<usize>) {
+        let w = self.policy().window_samples();
+        let g = f.windows * w;
+        let clip = |start: usize| &f.buf[start - f.buf_start..start - f.buf_start + w];
+        let own: Vec<usize> = piece.inputs.iter().map(Vec::len).collect();
+        self.push_clip(piece, clip(g));
+        for &off in &self.offsets {
+            let mut start = (g as isize + off).max(0) as usize;
+            if let Some(end) = end {
+                start = start.min(end - w);
+            }
+            if start == g {
+                // Clamped onto the window itself: its inputs again, not computed twice.
+                for ((fe, buf), &at) in self.frontends.iter().zip(&mut piece.inputs).zip(&own) {
+                    let [c, h, w] = fe.config().input_shape();
+                    buf.extend_from_within(at..at + c * h * w);
+                }
+            } else {
+                self.push_clip(piece, clip(start));
+            }
+        }
+        piece.windows += 1;
+    }
+
+    /// Append `clip` (shorter than a window: a file's last, partial window) as every view.
+    fn push_partial_window(&self, piece: &mut Piece, clip: &[f32]) {
+        self.push_clip(piece, clip);
+        for _ in &self.offsets {
+            self.repeat_last_view(piece);
         }
         piece.windows += 1;
     }
@@ -328,9 +391,10 @@ impl Ctx<'_> {
                     file: i,
                     stream,
                     expected,
-                    buf: Vec::with_capacity(2 * policy.window_samples()),
+                    buf: Vec::with_capacity(2 * policy.window_samples() + self.lead + self.tail),
                     windows: 0,
                     samples: 0,
+                    buf_start: 0,
                 }));
             }
             Err(e) => self.finish_decoding(
@@ -364,10 +428,13 @@ impl Ctx<'_> {
         };
         let mut ended = None;
         while piece.windows < piece_windows {
-            if f.buf.len() >= w {
-                self.push_window(&mut piece, &f.buf[..w]);
+            if f.samples >= (f.windows + 1) * w + self.tail {
+                self.push_window(&mut piece, &f, None);
                 f.windows += 1;
-                f.buf.drain(..w);
+                // Keep what the next window's earlier views need.
+                let keep_from = (f.windows * w).saturating_sub(self.lead);
+                f.buf.drain(..keep_from - f.buf_start);
+                f.buf_start = keep_from;
                 continue;
             }
             let before = f.buf.len();
@@ -394,11 +461,17 @@ impl Ctx<'_> {
             self.changed.notify_all();
             return;
         };
-        // The last, partial window, when the window policy keeps it (long enough, or all the file
-        // has). A file that decoded nothing gets no window here: its row is a fallback. (At most
-        // one window's worth of samples is left: a piece that is not full ended the loop.)
+        // Whole windows that waited for their later views' samples (none without shifts), then
+        // the last, partial window, when the window policy keeps it (long enough, or all the file
+        // has). A file that decoded nothing gets no window here: its row is a fallback. (The
+        // piece may grow past its size by these few windows.)
+        while f.samples >= (f.windows + 1) * w {
+            self.push_window(&mut piece, &f, Some(f.samples));
+            f.windows += 1;
+        }
         if f.samples > 0 && policy.window_count(f.samples) > f.windows {
-            self.push_window(&mut piece, &f.buf);
+            let from = f.windows * w - f.buf_start;
+            self.push_partial_window(&mut piece, &f.buf[from..]);
             f.windows += 1;
         }
         // A clean decode's own window count is authoritative; a failed file keeps the rows its
@@ -466,20 +539,26 @@ impl Ctx<'_> {
         self.changed.notify_all();
     }
 
-    /// Run every model on `piece` (outside the lock), then store sigmoid probabilities.
+    /// Run every model on `piece` (outside the lock), then store sigmoid probabilities (with
+    /// time-shift views, each model's mean over a window's views).
     fn infer(&self, models: &mut [OnnxModel], piece: Piece) -> Result<(), ModelError> {
         let n = piece.windows;
         let k = self.classes;
+        let views = self.views();
+        let inputs = n * views;
         let mut probs = Vec::with_capacity(models.len());
         for (m, model) in models.iter_mut().enumerate() {
             let input = &piece.inputs[self.model_frontend[m]];
-            let per_window = input.len() / n.max(1);
-            let mut p = Vec::with_capacity(n * k);
-            for first in (0..n).step_by(self.batch) {
-                let len = self.batch.min(n - first);
-                let batch = &input[first * per_window..(first + len) * per_window];
+            let per_input = input.len() / inputs.max(1);
+            let mut p = Vec::with_capacity(inputs * k);
+            for first in (0..inputs).step_by(self.batch) {
+                let len = self.batch.min(inputs - first);
+                let batch = &input[first * per_input..(first + len) * per_input];
                 let logits = model.run(batch, len)?;
                 p.extend(logits.iter().copied().map(birdclef_models::ir::sigmoid));
+            }
+            if views > 1 {
+                p = mean_of_views(&p, views, k);
             }
             probs.push(p);
         }
@@ -529,6 +608,16 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// `p` holds `windows × views × k` values; the mean over each window's views, `windows × k`.
+fn mean_of_views(p: &[f32], views: usize, k: usize) -> Vec<f32> {
+    let scale = 1.0 / views as f32;
+    p.chunks_exact(views * k)
+        .flat_map(|window| {
+            (0..k).map(move |c| (0..views).map(|v| window[v * k + c]).sum::<f32>() * scale)
+        })
+        .collect()
 }
 
 struct Progress {
@@ -623,6 +712,22 @@ where
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0).max(1))
         .collect();
     let total_bytes: u64 = sizes.iter().sum();
+    let rate = f64::from(frontends[0].config().sample_rate);
+    let offsets: Vec<isize> = cfg
+        .tta_shifts
+        .iter()
+        .map(|s| (s * rate).round() as isize)
+        .collect();
+    let lead = offsets
+        .iter()
+        .map(|&o| (-o).max(0) as usize)
+        .max()
+        .unwrap_or(0);
+    let tail = offsets
+        .iter()
+        .map(|&o| o.max(0) as usize)
+        .max()
+        .unwrap_or(0);
     let ctx = Ctx {
         files,
         total_bytes,
@@ -633,6 +738,9 @@ where
         classes,
         batch: cfg.batch_size.max(1),
         piece_windows: PIECE_WINDOWS.div_ceil(cfg.batch_size.max(1)) * cfg.batch_size.max(1),
+        offsets,
+        lead,
+        tail,
         cfg,
         start,
         shared: Mutex::new(Shared {

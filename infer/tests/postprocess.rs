@@ -755,10 +755,14 @@ fn logits_to_submission() {
 /// The arguments suggested for main.rs parse with these types as they are.
 #[derive(clap::Parser, Debug)]
 struct Args {
-    #[arg(long, value_enum, default_value_t = Ensemble::Mean)]
+    #[arg(long, default_value = "mean")]
     ensemble: Ensemble,
     #[arg(long, value_name = "W1,W2,...")]
     smooth: Option<postprocess::Kernel>,
+    #[arg(long)]
+    file_max: Option<postprocess::FileMax>,
+    #[arg(long, allow_hyphen_values = true)]
+    tta_shifts: Option<postprocess::Shifts>,
     #[arg(long, value_name = "K/N|auto|auto/N")]
     shard: Option<shard::ShardSpec>,
     #[arg(long, default_value_t = 0.5)]
@@ -792,4 +796,22 @@ fn command_line_types_parse_with_clap() {
     assert!(Args::try_parse_from(["x", "--ensemble", "median"]).is_err());
     let a = Args::try_parse_from(["x", "--shard", "auto/8"]).unwrap();
     assert_eq!(a.shard, Some(shard::ShardSpec::Auto { n: Some(8) }));
+    assert_eq!(a.ensemble, Ensemble::Mean);
+    let a = Args::try_parse_from([
+        "x",
+        "--ensemble",
+        "power:3",
+        "--file-max",
+        "blend:0.5",
+        "--tta-shifts",
+        "-2.5,2.5",
+    ])
+    .unwrap();
+    assert_eq!(a.ensemble, Ensemble::Power(3.0));
+    assert_eq!(a.file_max, Some(postprocess::FileMax::Blend(0.5)));
+    assert_eq!(a.tta_shifts.unwrap().seconds(), &[-2.5, 2.5]);
+    let e = Args::try_parse_from(["x", "--ensemble", "power:0"]).unwrap_err();
+    assert!(e.to_string().contains("exponent"), "{e}");
+    let e = Args::try_parse_from(["x", "--file-max", "blend"]).unwrap_err();
+    assert!(e.to_string().contains("blend:0.5"), "{e}");
 }

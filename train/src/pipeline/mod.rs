@@ -238,6 +238,7 @@ fn infer_test(
             .map(|k| Kernel::new(k.clone()))
             .transpose()
             .map_err(TrainError::Smooth)?,
+        file_max: None,
         shard: None,
         detections: None,
         raven_dir: None,
@@ -248,9 +249,12 @@ fn infer_test(
             time_limit: None,
             strict: false,
             progress: false,
+            tta_shifts: Vec::new(),
         },
-        ort_threads: 1,
+        engine: birdclef_infer::engine::Engine::Ort,
+        model_threads: 1,
         ort_lib: opts.ort_lib.clone(),
+        openvino_lib: None,
     })
     .map_err(Box::new)?;
     for w in &s.warnings {

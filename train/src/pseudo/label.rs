@@ -68,7 +68,8 @@ impl Teacher {
             })
         } else {
             Ok(Teacher::Onnx(
-                OnnxModel::load(path, ort_threads).map_err(Box::new)?,
+                OnnxModel::load(path, birdclef_infer::engine::Engine::Ort, ort_threads)
+                    .map_err(Box::new)?,
             ))
         }
     }
