@@ -5,7 +5,9 @@ normalisation), onnxruntime on the batch, sigmoid; rows appended to a DataFrame-
 Also measures raw ONNX Runtime throughput on precomputed inputs, of one model and of an ensemble.
 
     infer_reference.py raw   MODEL.onnx [--threads 2] [--batch 4,8,48] [--seconds 5] [--repeats 3]
+    infer_reference.py raw_openvino MODEL.onnx [--threads 2] [--batch 4,8,48] [--seconds 5] [--repeats 3]
     infer_reference.py ensemble MODEL.onnx... [--threads 2] [--batch 4] [--piece 48] [--seconds 5]
+    infer_reference.py fuse MODEL.onnx... [--threads 2] [--batch 4,8] [--seconds 5] [--repeats 3]
     infer_reference.py pipeline MODEL.onnx FILE... [--threads 2] [--repeats 3]
 Prints one JSON object. Every figure is the best of --repeats runs: the development machine is a
 shared VM whose speed drifts by 10-20% from minute to minute, and the best run is the one least
@@ -67,6 +69,170 @@ def raw(args):
     best = max(out, key=out.get)
     out["best"] = best
     out["windows_per_second"] = out[best]
+    return out
+
+
+def raw_openvino(args):
+    """OpenVINO alone (fp32, CPU plugin) on precomputed inputs, for each batch size two ways:
+    throughput mode (`threads` threads, the streams OpenVINO picks, 2 requests per stream kept in
+    flight by an AsyncInferQueue), and `threads` single-stream, single-threaded compiled models
+    run in parallel from Python threads, which is how birdclef-infer's workers run it."""
+    import threading
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(args.model)
+    card = card_of(session(args.model, 1))
+    c, h, w = card["input_shape"]
+    fp32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+    def throughput(batch):
+        compiled = core.compile_model(model, "CPU", {**fp32, "PERFORMANCE_HINT": "THROUGHPUT",
+                                                     "INFERENCE_NUM_THREADS": args.threads})
+        n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        queue = ov.AsyncInferQueue(compiled, n)
+        x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+        for _ in range(n):
+            queue.start_async({0: x})
+        queue.wait_all()
+        done = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            queue.start_async({0: x})
+            done += 1
+        queue.wait_all()
+        return done * batch / (time.perf_counter() - start), n
+
+    def parallel(batch):
+        compiled = [core.compile_model(model, "CPU", {**fp32, "PERFORMANCE_HINT": "LATENCY",
+                                                      "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": 1,
+                                                      "ENABLE_CPU_PINNING": False})
+                    for _ in range(args.threads)]
+        requests = [m.create_infer_request() for m in compiled]
+        x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+        for r in requests:
+            r.infer({0: x})
+        counts = [0] * len(requests)
+        start = time.perf_counter()
+
+        def loop(i):
+            while time.perf_counter() - start < args.seconds:
+                requests[i].infer({0: x})
+                counts[i] += 1
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) * batch / (time.perf_counter() - start)
+
+    out = {}
+    for batch in [int(b) for b in args.batch.split(",")]:
+        rates = [throughput(batch) for _ in range(args.repeats)]
+        out[f"throughput_b{batch}"] = max(r for r, _ in rates)
+        out[f"requests_b{batch}"] = rates[0][1]
+        out[f"parallel_models_b{batch}"] = max(parallel(batch) for _ in range(args.repeats))
+    rates = {k: v for k, v in out.items() if not k.startswith("requests")}
+    best = max(rates, key=rates.get)
+    out["best"] = best
+    out["windows_per_second"] = out[best]
+    out["version"] = ov.get_version()
+    return out
+
+
+def fused_graph(paths):
+    """The fold ensemble as one ONNX graph: the folds' graphs side by side on the one input, each
+    output through a Sigmoid, then their Mean; the first fold's metadata (the card)."""
+    import onnx
+    from onnx import compose, helper
+
+    models = [onnx.load(p) for p in paths]
+    input_name = models[0].graph.input[0].name
+    nodes, inits, outs = [], [], []
+    for i, m in enumerate(models):
+        # Every name but the shared input gets the fold's prefix.
+        m = compose.add_prefix(m, f"fold{i}_", rename_inputs=False)
+        nodes.extend(m.graph.node)
+        inits.extend(m.graph.initializer)
+        out = m.graph.output[0].name
+        nodes.append(helper.make_node("Sigmoid", [out], [f"fold{i}_prob"]))
+        outs.append(f"fold{i}_prob")
+    nodes.append(helper.make_node("Mean", outs, ["probs"]))
+    first = models[0]
+    out_type = first.graph.output[0].type
+    graph = helper.make_graph(nodes, "fused_ensemble", [first.graph.input[0]],
+                              [helper.make_value_info("probs", out_type)], inits)
+    fused = helper.make_model(graph, opset_imports=first.opset_import)
+    fused.ir_version = first.ir_version
+    fused.metadata_props.extend(first.metadata_props)
+    onnx.checker.check_model(fused, full_check=True)
+    return fused.SerializeToString(), input_name
+
+
+def fuse(args):
+    """The fold ensemble fused into one graph (mean of sigmoids) against the folds as separate
+    models run in turn on the same batch, in ONNX Runtime and OpenVINO: `threads` parallel
+    single-threaded sessions (compiled models) each way, as birdclef-infer's workers run them;
+    windows/s of the whole ensemble. Also checks that the fused output equals the mean of the
+    separate sigmoids."""
+    import threading
+    import openvino as ov
+
+    import os
+    import tempfile
+
+    paths = [args.model] + args.files
+    graph, input_name = fused_graph(paths)
+    tmp = tempfile.TemporaryDirectory()
+    fused = os.path.join(tmp.name, "fused.onnx")
+    with open(fused, "wb") as f:
+        f.write(graph)
+    c, h, w = card_of(session(paths[0], 1))["input_shape"]
+    core = ov.Core()
+    ov_cfg = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+              "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+
+    def ort_runner(models):
+        sessions = [ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]) for m in models]
+        return lambda x: [s.run(None, {input_name: x})[0] for s in sessions]
+
+    def ov_runner(models):
+        requests = [core.compile_model(m, "CPU", ov_cfg).create_infer_request() for m in models]
+        return lambda x: [r.infer({0: x})[0] for r in requests]
+
+    def rate(make, batch):
+        runners = [make() for _ in range(args.threads)]
+        x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+        for r in runners:
+            r(x)
+        counts = [0] * len(runners)
+        start = time.perf_counter()
+
+        def loop(i):
+            while time.perf_counter() - start < args.seconds:
+                runners[i](x)
+                counts[i] += 1
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(runners))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) * batch / (time.perf_counter() - start)
+
+    x = np.random.default_rng(1).standard_normal((4, c, h, w)).astype(np.float32)
+    sep = np.mean([1 / (1 + np.exp(-y)) for y in ort_runner(paths)(x)], axis=0)
+    out = {"models": len(paths),
+           "max_abs_diff_ort": float(np.abs(ort_runner([fused])(x)[0] - sep).max()),
+           "max_abs_diff_openvino": float(np.abs(ov_runner([fused])(x)[0] - sep).max())}
+    makers = {"ort_separate": lambda: ort_runner(paths), "ort_fused": lambda: ort_runner([fused]),
+              "openvino_separate": lambda: ov_runner(paths),
+              "openvino_fused": lambda: ov_runner([fused])}
+    for batch in [int(b) for b in args.batch.split(",")]:
+        for name, make in makers.items():
+            out[f"{name}_b{batch}"] = max(rate(make, batch) for _ in range(args.repeats))
     return out
 
 
@@ -158,7 +324,7 @@ def pipeline(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["raw", "ensemble", "pipeline"])
+    ap.add_argument("mode", choices=["raw", "raw_openvino", "ensemble", "fuse", "pipeline"])
     ap.add_argument("model")
     ap.add_argument("files", nargs="*")
     ap.add_argument("--threads", type=int, default=2)
@@ -168,7 +334,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    print(json.dumps({"raw": raw, "ensemble": ensemble, "pipeline": pipeline}[args.mode](args)))
+    modes = {"raw": raw, "raw_openvino": raw_openvino, "ensemble": ensemble, "fuse": fuse,
+             "pipeline": pipeline}
+    print(json.dumps(modes[args.mode](args)))
 
 
 if __name__ == "__main__":
