@@ -460,7 +460,7 @@ mod tests {
         for (flag, value, needle) in [
             ("--workers", "0", "at least 1"),
             ("--batch-size", "0", "at least 1"),
-            ("--ort-threads", "0", "at least 1"),
+            ("--model-threads", "0", "at least 1"),
             ("--threads", "0", "at least 1"),
             ("--workers", "two", "not a whole number"),
             ("--threshold", "1.5", "[0, 1]"),
@@ -479,6 +479,9 @@ mod tests {
         assert_eq!(cli.predict.threshold, 1.0);
         assert_eq!(cli.predict.workers, Some(3));
         assert_eq!(cli.predict.batch_size, 2);
+        // The old name of --model-threads still works.
+        let cli = parse(&["--ort-threads", "2"]).expect("alias");
+        assert_eq!(cli.predict.model_threads, 2);
         assert_eq!(
             parse(&["--threshold", "0"]).expect("ok").predict.threshold,
             0.0
