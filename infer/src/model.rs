@@ -1,6 +1,7 @@
 //! An exported model: its session on one [`Engine`] (ONNX Runtime or OpenVINO) and the model
 //! card stored in its metadata.
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use birdclef_models::card::{Card, CardError, CardProblem, ONNX_CARD_KEY};
 use birdclef_models::frontend::WindowPolicy;
@@ -202,29 +203,56 @@ enum Backend {
     Ort {
         session: Box<Session>,
         input_name: String,
+        /// Its intra-op threads.
+        threads: usize,
     },
     OpenVino(Box<OpenVinoNet>),
 }
 
-/// A model compiled by OpenVINO for the CPU, with its one synchronous request. The core and the
-/// compiled model are kept alive with the request.
+/// A model compiled by OpenVINO for the CPU, with one synchronous request of its own. The
+/// compiled model (and the core that made it) is shared by the requests of every worker.
 struct OpenVinoNet {
     request: openvino::InferRequest,
-    _compiled: openvino::CompiledModel,
+    /// The batch size the model was compiled for, when it was given a static input shape: every
+    /// run then feeds batches of exactly this many windows (a shorter one padded with zeros).
+    /// OpenVINO's CPU plugin runs a static shape faster than the ONNX file's dynamic batch: on the
+    /// 2-core development VM one single-threaded request of efficientvit_b0 ran 1.2-1.3x the
+    /// windows/s of the dynamic shape at batch 4 (and 1.2x at batch 8).
+    static_batch: Option<usize>,
+    /// Values in one window's input.
+    per_input: usize,
+    compiled: Arc<Mutex<CompiledOpenVino>>,
+}
+
+/// A compiled model, kept with its core.
+struct CompiledOpenVino {
+    compiled: openvino::CompiledModel,
     _core: openvino::Core,
 }
 
 impl OpenVinoNet {
-    /// Compile `onnx` for the CPU: `threads` inference threads in one stream, latency mode, and
-    /// fp32 inference precision (OpenVINO would otherwise pick bf16 on CPUs that have it, and
-    /// its outputs would no longer equal ONNX Runtime's).
-    fn compile(onnx: &[u8], threads: usize) -> Result<Self, (&'static str, String)> {
-        use openvino::{Core, DeviceType, RwPropertyKey};
+    /// Compile `onnx` for the CPU, for `requests` requests run at once (one per worker): as many
+    /// streams, each of `threads` inference threads; latency mode, fp32 inference precision
+    /// (OpenVINO would otherwise pick bf16 on CPUs that have it, and its outputs would no longer
+    /// equal ONNX Runtime's), no thread pinning. With `static_batch`, the input is first
+    /// reshaped to that batch of `input_shape`. Compiling takes about 0.3 s of a core for
+    /// efficientvit_b0 (ONNX Runtime builds a session in a quarter of that): one compiled model
+    /// with a stream per worker costs it once, not once per worker.
+    fn compile(
+        onnx: &[u8],
+        threads: usize,
+        requests: usize,
+        input_shape: [usize; 3],
+        static_batch: Option<usize>,
+    ) -> Result<Self, (&'static str, String)> {
+        use openvino::{Core, DeviceType, PartialShape, RwPropertyKey};
         let mut core = Core::new().map_err(|e| ("start a core", e.to_string()))?;
-        let threads = threads.max(1).to_string();
+        let streams = requests.max(1);
+        let threads = (threads.max(1) * streams).to_string();
+        let streams = streams.to_string();
         for (key, value) in [
             (RwPropertyKey::InferenceNumThreads, threads.as_str()),
-            (RwPropertyKey::NumStreams, "1"),
+            (RwPropertyKey::NumStreams, streams.as_str()),
             (RwPropertyKey::HintPerformanceMode, "LATENCY"),
             (RwPropertyKey::HintInferencePrecision, "f32"),
             (RwPropertyKey::HintEnableCpuPinning, "NO"),
@@ -232,9 +260,19 @@ impl OpenVinoNet {
             core.set_property(&DeviceType::CPU, &key, value)
                 .map_err(|e| ("configure the CPU", e.to_string()))?;
         }
-        let model = core
+        let mut model = core
             .read_model_from_buffer(onnx, None)
             .map_err(|e| ("read it", e.to_string()))?;
+        let static_batch = static_batch.map(|b| b.max(1));
+        if let Some(batch) = static_batch {
+            let [c, h, w] = input_shape;
+            let dims = [batch, c, h, w].map(|d| d as i64);
+            let shape = PartialShape::new_static(4, &dims)
+                .map_err(|e| ("give it a static input shape", e.to_string()))?;
+            model
+                .reshape_single_input(&shape)
+                .map_err(|e| ("give it a static input shape", e.to_string()))?;
+        }
         let mut compiled = core
             .compile_model(&model, DeviceType::CPU)
             .map_err(|e| ("compile it for the CPU", e.to_string()))?;
@@ -243,24 +281,79 @@ impl OpenVinoNet {
             .map_err(|e| ("create an inference request", e.to_string()))?;
         Ok(Self {
             request,
-            _compiled: compiled,
-            _core: core,
+            static_batch,
+            per_input: input_shape.iter().product(),
+            compiled: Arc::new(Mutex::new(CompiledOpenVino {
+                compiled,
+                _core: core,
+            })),
         })
     }
 
-    /// Run `input` of `shape`; the first output's shape and values.
+    /// Run `n` windows of `input` (`shape` = `[n, c, h, w]`); the first output's shape and
+    /// values. A model compiled for a static batch runs them in batches of that size, the last
+    /// padded with zeros whose outputs are dropped.
     fn run(&mut self, shape: &[usize], input: &[f32]) -> Result<(Vec<usize>, Vec<f32>), String> {
+        let Some(batch) = self.static_batch else {
+            return self.infer(shape, input);
+        };
+        let n = shape.first().copied().unwrap_or(0);
+        let per = self.per_input;
+        let mut padded = Vec::new();
+        let mut values = Vec::new();
+        let mut out_shape = Vec::new();
+        for first in (0..n).step_by(batch) {
+            let len = batch.min(n - first);
+            let part = &input[first * per..(first + len) * per];
+            let full = if len == batch {
+                part
+            } else {
+                padded.clear();
+                padded.extend_from_slice(part);
+                padded.resize(batch * per, 0.0);
+                &padded[..]
+            };
+            let mut dims = shape.to_vec();
+            dims[0] = batch;
+            let (s, v) = self.infer(&dims, full)?;
+            let per_output = v.len() / batch;
+            values.extend_from_slice(&v[..len * per_output]);
+            out_shape = s;
+        }
+        if let Some(d) = out_shape.first_mut() {
+            *d = n;
+        }
+        Ok((out_shape, values))
+    }
+
+    /// One inference of `input` with `shape`, as compiled. A static shape's input goes into the
+    /// request's own tensor, allocated once (a new tensor per batch cost a page-faulting
+    /// allocation of its 0.8 MB each time).
+    fn infer(&mut self, shape: &[usize], input: &[f32]) -> Result<(Vec<usize>, Vec<f32>), String> {
         use openvino::{ElementType, Shape, Tensor};
-        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let shape = Shape::new(&dims).map_err(|e| e.to_string())?;
-        let mut tensor = Tensor::new(ElementType::F32, &shape).map_err(|e| e.to_string())?;
-        tensor
-            .get_data_mut::<f32>()
-            .map_err(|e| e.to_string())?
-            .copy_from_slice(input);
-        self.request
-            .set_input_tensor(&tensor)
-            .map_err(|e| e.to_string())?;
+        if self.static_batch.is_some() {
+            let mut tensor = self.request.get_input_tensor().map_err(|e| e.to_string())?;
+            let data = tensor.get_data_mut::<f32>().map_err(|e| e.to_string())?;
+            if data.len() != input.len() {
+                return Err(format!(
+                    "the request's input holds {} values, the batch {}",
+                    data.len(),
+                    input.len()
+                ));
+            }
+            data.copy_from_slice(input);
+        } else {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let shape = Shape::new(&dims).map_err(|e| e.to_string())?;
+            let mut tensor = Tensor::new(ElementType::F32, &shape).map_err(|e| e.to_string())?;
+            tensor
+                .get_data_mut::<f32>()
+                .map_err(|e| e.to_string())?
+                .copy_from_slice(input);
+            self.request
+                .set_input_tensor(&tensor)
+                .map_err(|e| e.to_string())?;
+        }
         self.request.infer().map_err(|e| e.to_string())?;
         let out = self
             .request
@@ -278,6 +371,68 @@ impl OpenVinoNet {
     }
 }
 
+/// A model as every worker of a run shares it, from which each makes its own copy: an OpenVINO
+/// model's compiled form (each copy is another request of it, run in one of the streams
+/// [`OnnxModel::load_for_run`] compiled it with), or an ONNX Runtime model's file (each copy is a
+/// session of its own).
+pub struct SharedModel {
+    path: PathBuf,
+    card: Card,
+    kind: SharedKind,
+}
+
+enum SharedKind {
+    Ort {
+        threads: usize,
+    },
+    OpenVino {
+        compiled: Arc<Mutex<CompiledOpenVino>>,
+        static_batch: Option<usize>,
+        per_input: usize,
+    },
+}
+
+impl SharedModel {
+    /// A copy of the model for one more worker.
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError`] naming the file when ONNX Runtime cannot load it again or OpenVINO cannot
+    /// create another request.
+    pub fn copy(&self) -> Result<OnnxModel, ModelError> {
+        match &self.kind {
+            SharedKind::Ort { threads } => OnnxModel::load(&self.path, Engine::Ort, *threads),
+            SharedKind::OpenVino {
+                compiled,
+                static_batch,
+                per_input,
+            } => {
+                let request = compiled
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .compiled
+                    .create_infer_request()
+                    .map_err(|e| ModelError::OpenVino {
+                        path: self.path.clone(),
+                        action: "create an inference request".into(),
+                        message: e.to_string().trim().to_string(),
+                    })?;
+                let net = OpenVinoNet {
+                    request,
+                    static_batch: *static_batch,
+                    per_input: *per_input,
+                    compiled: Arc::clone(compiled),
+                };
+                Ok(OnnxModel {
+                    path: self.path.clone(),
+                    card: self.card.clone(),
+                    backend: Backend::OpenVino(Box::new(net)),
+                })
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for OnnxModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnnxModel")
@@ -289,8 +444,23 @@ impl std::fmt::Debug for OnnxModel {
 
 impl OnnxModel {
     /// Load a model written by `birdclef-export` on `engine`, with `threads` intra-op threads
-    /// per session. The engine must have been initialised ([`crate::engine::init`]).
+    /// per session, for batches of any size. The engine must have been initialised
+    /// ([`crate::engine::init`]).
     pub fn load(path: &Path, engine: Engine, threads: usize) -> Result<Self, ModelError> {
+        Self::load_for_run(path, engine, threads, None, 1)
+    }
+
+    /// [`OnnxModel::load`] for a run whose batches hold at most `batch` windows and that has
+    /// `workers` workers, each with its own copy ([`OnnxModel::another`]). OpenVINO then compiles
+    /// the model for exactly that batch (a static input shape, which its CPU plugin runs faster;
+    /// shorter batches are padded) and with one stream per worker; ONNX Runtime ignores both.
+    pub fn load_for_run(
+        path: &Path,
+        engine: Engine,
+        threads: usize,
+        batch: Option<usize>,
+        workers: usize,
+    ) -> Result<Self, ModelError> {
         let path_buf = || path.to_path_buf();
         if path.is_dir() {
             return Err(ModelError::Directory { path: path_buf() });
@@ -298,7 +468,20 @@ impl OnnxModel {
         if !path.is_file() {
             return Err(ModelError::Missing { path: path_buf() });
         }
-        let (json, backend) = match engine {
+        let card_of = |json: Option<String>| -> Result<Card, ModelError> {
+            let json = json.ok_or_else(|| ModelError::NoCard { path: path_buf() })?;
+            let card = Card::from_json(&json).map_err(|e| ModelError::Card {
+                path: path_buf(),
+                cause: Box::new(e),
+            })?;
+            card.validate_for_model()
+                .map_err(|problem| ModelError::CardProblem {
+                    path: path_buf(),
+                    problem,
+                })?;
+            Ok(card)
+        };
+        let (card, backend) = match engine {
             Engine::Ort => {
                 let session = build_session(ModelSource::File(path), threads).map_err(|e| {
                     ModelError::Load {
@@ -316,10 +499,11 @@ impl OnnxModel {
                     .map(|i| i.name().to_string())
                     .ok_or_else(|| ModelError::NoInput { path: path_buf() })?;
                 (
-                    json,
+                    card_of(json)?,
                     Backend::Ort {
                         session: Box::new(session),
                         input_name,
+                        threads,
                     },
                 )
             }
@@ -334,35 +518,39 @@ impl OnnxModel {
                         cause,
                     }
                 })?;
-                // The card is checked before OpenVINO compiles anything.
-                if json.is_none() {
-                    return Err(ModelError::NoCard { path: path_buf() });
-                }
-                let net = OpenVinoNet::compile(&bytes, threads).map_err(|(action, message)| {
-                    ModelError::OpenVino {
-                        path: path_buf(),
-                        action: action.to_string(),
-                        message: message.trim().to_string(),
-                    }
+                // The card is checked before OpenVINO compiles anything: it gives the input
+                // shape of a static batch.
+                let card = card_of(json)?;
+                let net = OpenVinoNet::compile(&bytes, threads, workers, card.input_shape, batch)
+                    .map_err(|(action, message)| ModelError::OpenVino {
+                    path: path_buf(),
+                    action: action.to_string(),
+                    message: message.trim().to_string(),
                 })?;
-                (json, Backend::OpenVino(Box::new(net)))
+                (card, Backend::OpenVino(Box::new(net)))
             }
         };
-        let json = json.ok_or_else(|| ModelError::NoCard { path: path_buf() })?;
-        let card = Card::from_json(&json).map_err(|e| ModelError::Card {
-            path: path_buf(),
-            cause: Box::new(e),
-        })?;
-        card.validate_for_model()
-            .map_err(|problem| ModelError::CardProblem {
-                path: path_buf(),
-                problem,
-            })?;
         Ok(Self {
             path: path.to_path_buf(),
             card,
             backend,
         })
+    }
+
+    /// What another worker needs to make its own copy of this model ([`SharedModel::copy`]).
+    pub fn shared(&self) -> SharedModel {
+        SharedModel {
+            path: self.path.clone(),
+            card: self.card.clone(),
+            kind: match &self.backend {
+                Backend::Ort { threads, .. } => SharedKind::Ort { threads: *threads },
+                Backend::OpenVino(net) => SharedKind::OpenVino {
+                    compiled: Arc::clone(&net.compiled),
+                    static_batch: net.static_batch,
+                    per_input: net.per_input,
+                },
+            },
+        }
     }
 
     /// The engine this model runs on.
@@ -395,6 +583,7 @@ impl OnnxModel {
             Backend::Ort {
                 session,
                 input_name,
+                ..
             } => run_f32(session, input_name, &[n, c, h, w], input, None).map_err(|e| {
                 ModelError::Inference {
                     path: self.path.clone(),

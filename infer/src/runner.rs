@@ -1,5 +1,5 @@
-//! The scoring pipeline: every worker thread decodes, computes features and runs its own ONNX
-//! Runtime sessions, in bounded memory.
+//! The scoring pipeline: every worker thread decodes, computes features and runs its own copy of
+//! every model (see [`crate::model::SharedModel`]), in bounded memory.
 //!
 //! A worker (one per core by default) repeatedly takes the most useful job: a decoded piece
 //! waiting for inference (up to [`PIECE_WINDOWS`] of one file's windows in batches, run through
@@ -789,7 +789,7 @@ where
                 .spawn_scoped(scope, move || match load() {
                     Ok(mut set) => ctx.work(&mut set),
                     Err(e) => lock(&ctx.shared).warnings.push(format!(
-                        "worker {k} could not build its ONNX Runtime sessions and did not run: {}",
+                        "worker {k} could not make its copies of the models and did not run: {}",
                         error_chain(&e)
                     )),
                 });
