@@ -113,16 +113,15 @@ struct PredictArgs {
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = parse_positive)]
     batch_size: usize,
     /// Worker threads, each decoding, computing features and running its own copy of every model
-    /// (an ONNX Runtime session, or a request in its own OpenVINO stream) [default: the number of
-    /// cores]. Parallel single-threaded sessions outrun intra-op threads.
+    /// (an ONNX Runtime session or an OpenVINO compilation) [default: the number of cores].
+    /// Parallel single-threaded sessions outrun intra-op threads.
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     workers: Option<usize>,
     /// The inference engine: ONNX Runtime or OpenVINO (same ONNX files, same probabilities
     /// within 1e-4).
     #[arg(long, value_enum, default_value_t = Engine::Ort)]
     engine: Engine,
-    /// Intra-op threads of each model's session, per worker (either engine; OpenVINO's threads
-    /// per stream).
+    /// Intra-op threads of each model's session, per worker (either engine).
     #[arg(long, alias = "ort-threads", value_name = "N", default_value_t = 1, value_parser = parse_positive)]
     model_threads: usize,
     /// Show a progress line even when stderr is not a terminal.

@@ -1,7 +1,6 @@
 //! An exported model: its session on one [`Engine`] (ONNX Runtime or OpenVINO) and the model
 //! card stored in its metadata.
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use birdclef_models::card::{Card, CardError, CardProblem, ONNX_CARD_KEY};
 use birdclef_models::frontend::WindowPolicy;
@@ -203,56 +202,46 @@ enum Backend {
     Ort {
         session: Box<Session>,
         input_name: String,
-        /// Its intra-op threads.
-        threads: usize,
     },
     OpenVino(Box<OpenVinoNet>),
 }
 
-/// A model compiled by OpenVINO for the CPU, with one synchronous request of its own. The
-/// compiled model (and the core that made it) is shared by the requests of every worker.
+/// A model compiled by OpenVINO for the CPU, with its one synchronous request. The core and the
+/// compiled model are kept alive with the request. Every worker compiles its own: one compiled
+/// model with a stream per worker, each worker running its own request of it, compiles once
+/// instead of once per worker, but it ran 5 models on 32 soundscapes with 8-11% more CPU time and
+/// up to 10% more wall time than a compilation per worker (two alternating runs each, 2-core VM).
 struct OpenVinoNet {
     request: openvino::InferRequest,
     /// The batch size the model was compiled for, when it was given a static input shape: every
     /// run then feeds batches of exactly this many windows (a shorter one padded with zeros).
     /// OpenVINO's CPU plugin runs a static shape faster than the ONNX file's dynamic batch: on the
-    /// 2-core development VM one single-threaded request of efficientvit_b0 ran 1.2-1.3x the
-    /// windows/s of the dynamic shape at batch 4 (and 1.2x at batch 8).
+    /// 2-core development VM two single-threaded requests of efficientvit_b0 ran 1.17x the
+    /// windows/s of the dynamic shape at batch 4 and 1.33x at batch 8
+    /// (`bench/infer_reference.py raw_openvino`).
     static_batch: Option<usize>,
-    /// Values in one window's input.
-    per_input: usize,
-    compiled: Arc<Mutex<CompiledOpenVino>>,
-}
-
-/// A compiled model, kept with its core.
-struct CompiledOpenVino {
-    compiled: openvino::CompiledModel,
+    _compiled: openvino::CompiledModel,
     _core: openvino::Core,
 }
 
 impl OpenVinoNet {
-    /// Compile `onnx` for the CPU, for `requests` requests run at once (one per worker): as many
-    /// streams, each of `threads` inference threads; latency mode, fp32 inference precision
-    /// (OpenVINO would otherwise pick bf16 on CPUs that have it, and its outputs would no longer
-    /// equal ONNX Runtime's), no thread pinning. With `static_batch`, the input is first
-    /// reshaped to that batch of `input_shape`. Compiling takes about 0.3 s of a core for
-    /// efficientvit_b0 (ONNX Runtime builds a session in a quarter of that): one compiled model
-    /// with a stream per worker costs it once, not once per worker.
+    /// Compile `onnx` for the CPU: `threads` inference threads in one stream, latency mode, fp32
+    /// inference precision (OpenVINO would otherwise pick bf16 on CPUs that have it, and its
+    /// outputs would no longer equal ONNX Runtime's), no thread pinning. With `static_batch`, the
+    /// input is first reshaped to that batch of `input_shape`. Compiling efficientvit_b0 takes
+    /// about 0.3 s of a core (ONNX Runtime builds a session in a quarter of that).
     fn compile(
         onnx: &[u8],
         threads: usize,
-        requests: usize,
         input_shape: [usize; 3],
         static_batch: Option<usize>,
     ) -> Result<Self, (&'static str, String)> {
         use openvino::{Core, DeviceType, PartialShape, RwPropertyKey};
         let mut core = Core::new().map_err(|e| ("start a core", e.to_string()))?;
-        let streams = requests.max(1);
-        let threads = (threads.max(1) * streams).to_string();
-        let streams = streams.to_string();
+        let threads = threads.max(1).to_string();
         for (key, value) in [
             (RwPropertyKey::InferenceNumThreads, threads.as_str()),
-            (RwPropertyKey::NumStreams, streams.as_str()),
+            (RwPropertyKey::NumStreams, "1"),
             (RwPropertyKey::HintPerformanceMode, "LATENCY"),
             (RwPropertyKey::HintInferencePrecision, "f32"),
             (RwPropertyKey::HintEnableCpuPinning, "NO"),
@@ -282,11 +271,8 @@ impl OpenVinoNet {
         Ok(Self {
             request,
             static_batch,
-            per_input: input_shape.iter().product(),
-            compiled: Arc::new(Mutex::new(CompiledOpenVino {
-                compiled,
-                _core: core,
-            })),
+            _compiled: compiled,
+            _core: core,
         })
     }
 
@@ -298,7 +284,7 @@ impl OpenVinoNet {
             return self.infer(shape, input);
         };
         let n = shape.first().copied().unwrap_or(0);
-        let per = self.per_input;
+        let per: usize = shape.iter().skip(1).product();
         let mut padded = Vec::new();
         let mut values = Vec::new();
         let mut out_shape = Vec::new();
@@ -371,68 +357,6 @@ impl OpenVinoNet {
     }
 }
 
-/// A model as every worker of a run shares it, from which each makes its own copy: an OpenVINO
-/// model's compiled form (each copy is another request of it, run in one of the streams
-/// [`OnnxModel::load_for_run`] compiled it with), or an ONNX Runtime model's file (each copy is a
-/// session of its own).
-pub struct SharedModel {
-    path: PathBuf,
-    card: Card,
-    kind: SharedKind,
-}
-
-enum SharedKind {
-    Ort {
-        threads: usize,
-    },
-    OpenVino {
-        compiled: Arc<Mutex<CompiledOpenVino>>,
-        static_batch: Option<usize>,
-        per_input: usize,
-    },
-}
-
-impl SharedModel {
-    /// A copy of the model for one more worker.
-    ///
-    /// # Errors
-    ///
-    /// [`ModelError`] naming the file when ONNX Runtime cannot load it again or OpenVINO cannot
-    /// create another request.
-    pub fn copy(&self) -> Result<OnnxModel, ModelError> {
-        match &self.kind {
-            SharedKind::Ort { threads } => OnnxModel::load(&self.path, Engine::Ort, *threads),
-            SharedKind::OpenVino {
-                compiled,
-                static_batch,
-                per_input,
-            } => {
-                let request = compiled
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .compiled
-                    .create_infer_request()
-                    .map_err(|e| ModelError::OpenVino {
-                        path: self.path.clone(),
-                        action: "create an inference request".into(),
-                        message: e.to_string().trim().to_string(),
-                    })?;
-                let net = OpenVinoNet {
-                    request,
-                    static_batch: *static_batch,
-                    per_input: *per_input,
-                    compiled: Arc::clone(compiled),
-                };
-                Ok(OnnxModel {
-                    path: self.path.clone(),
-                    card: self.card.clone(),
-                    backend: Backend::OpenVino(Box::new(net)),
-                })
-            }
-        }
-    }
-}
-
 impl std::fmt::Debug for OnnxModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnnxModel")
@@ -447,19 +371,17 @@ impl OnnxModel {
     /// per session, for batches of any size. The engine must have been initialised
     /// ([`crate::engine::init`]).
     pub fn load(path: &Path, engine: Engine, threads: usize) -> Result<Self, ModelError> {
-        Self::load_for_run(path, engine, threads, None, 1)
+        Self::load_for_batch(path, engine, threads, None)
     }
 
-    /// [`OnnxModel::load`] for a run whose batches hold at most `batch` windows and that has
-    /// `workers` workers, each with its own copy ([`OnnxModel::another`]). OpenVINO then compiles
-    /// the model for exactly that batch (a static input shape, which its CPU plugin runs faster;
-    /// shorter batches are padded) and with one stream per worker; ONNX Runtime ignores both.
-    pub fn load_for_run(
+    /// [`OnnxModel::load`] for a run whose batches hold at most `batch` windows: OpenVINO then
+    /// compiles the model for exactly that batch (a static input shape, which its CPU plugin runs
+    /// faster; shorter batches are padded with zeros); ONNX Runtime ignores it.
+    pub fn load_for_batch(
         path: &Path,
         engine: Engine,
         threads: usize,
         batch: Option<usize>,
-        workers: usize,
     ) -> Result<Self, ModelError> {
         let path_buf = || path.to_path_buf();
         if path.is_dir() {
@@ -503,7 +425,6 @@ impl OnnxModel {
                     Backend::Ort {
                         session: Box::new(session),
                         input_name,
-                        threads,
                     },
                 )
             }
@@ -521,12 +442,13 @@ impl OnnxModel {
                 // The card is checked before OpenVINO compiles anything: it gives the input
                 // shape of a static batch.
                 let card = card_of(json)?;
-                let net = OpenVinoNet::compile(&bytes, threads, workers, card.input_shape, batch)
-                    .map_err(|(action, message)| ModelError::OpenVino {
-                    path: path_buf(),
-                    action: action.to_string(),
-                    message: message.trim().to_string(),
-                })?;
+                let net = OpenVinoNet::compile(&bytes, threads, card.input_shape, batch).map_err(
+                    |(action, message)| ModelError::OpenVino {
+                        path: path_buf(),
+                        action: action.to_string(),
+                        message: message.trim().to_string(),
+                    },
+                )?;
                 (card, Backend::OpenVino(Box::new(net)))
             }
         };
@@ -535,22 +457,6 @@ impl OnnxModel {
             card,
             backend,
         })
-    }
-
-    /// What another worker needs to make its own copy of this model ([`SharedModel::copy`]).
-    pub fn shared(&self) -> SharedModel {
-        SharedModel {
-            path: self.path.clone(),
-            card: self.card.clone(),
-            kind: match &self.backend {
-                Backend::Ort { threads, .. } => SharedKind::Ort { threads: *threads },
-                Backend::OpenVino(net) => SharedKind::OpenVino {
-                    compiled: Arc::clone(&net.compiled),
-                    static_batch: net.static_batch,
-                    per_input: net.per_input,
-                },
-            },
-        }
     }
 
     /// The engine this model runs on.
@@ -583,7 +489,6 @@ impl OnnxModel {
             Backend::Ort {
                 session,
                 input_name,
-                ..
             } => run_f32(session, input_name, &[n, c, h, w], input, None).map_err(|e| {
                 ModelError::Inference {
                     path: self.path.clone(),

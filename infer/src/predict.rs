@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::detections;
 use crate::engine::{self, Engine, EngineError};
 use crate::error_chain::error_chain;
-use crate::model::{check_ensemble, EnsembleError, ModelError, OnnxModel, SharedModel};
+use crate::model::{check_ensemble, EnsembleError, ModelError, OnnxModel};
 use crate::postprocess::{ensemble, file_max, smooth, Ensemble, FileMax, Kernel, PostprocessError};
 use crate::runner::{self, Failure, FileScores, RunnerConfig, RunnerError, FALLBACK_PROBABILITY};
 use crate::shard::{self, ShardEnv, ShardError, ShardSpec};
@@ -502,28 +502,18 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary, PredictError> {
         Engine::Openvino => opts.openvino_lib.as_deref(),
     };
     engine::init(opts.engine, lib)?;
-    // Every batch the runner makes holds at most `batch_size` windows, and each worker runs its
-    // own copy of every model: OpenVINO compiles each model once, for that batch, with a stream
-    // per worker.
+    // Every batch the runner makes holds at most `batch_size` windows: OpenVINO compiles for it.
     let batch = Some(opts.run.batch_size.max(1));
-    let workers = opts.run.workers.max(1);
-    let load =
-        |p: &PathBuf| OnnxModel::load_for_run(p, opts.engine, opts.model_threads, batch, workers);
+    let load = |p: &PathBuf| OnnxModel::load_for_batch(p, opts.engine, opts.model_threads, batch);
+    let load_set = || opts.models.iter().map(load).collect::<Result<Vec<_>, _>>();
     // The first worker's models are loaded in parallel: nothing else can run before they exist
-    // (they carry the cards), and an ONNX Runtime session takes ~40-80 ms of a core to build, an
-    // OpenVINO compilation ~0.3 s. The other workers make their copies from them.
+    // (they carry the cards); an ONNX Runtime session takes ~40-80 ms of a core to build, an
+    // OpenVINO compilation ~0.3 s. The other workers load their own in their threads.
     let first = opts
         .models
         .par_iter()
         .map(load)
         .collect::<Result<Vec<_>, _>>()?;
-    let shared: Vec<SharedModel> = first.iter().map(OnnxModel::shared).collect();
-    let load_set = || {
-        shared
-            .iter()
-            .map(SharedModel::copy)
-            .collect::<Result<Vec<_>, _>>()
-    };
     check_ensemble(&first)?;
     let window = first[0].card.frontend.windows.window_seconds;
     if let Some(&shift) = opts.run.tta_shifts.iter().find(|s| s.abs() >= window) {

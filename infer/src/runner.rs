@@ -1,5 +1,5 @@
 //! The scoring pipeline: every worker thread decodes, computes features and runs its own copy of
-//! every model (see [`crate::model::SharedModel`]), in bounded memory.
+//! every model (an ONNX Runtime session or an OpenVINO compilation), in bounded memory.
 //!
 //! A worker (one per core by default) repeatedly takes the most useful job: a decoded piece
 //! waiting for inference (up to [`PIECE_WINDOWS`] of one file's windows in batches, run through
