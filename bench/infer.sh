@@ -10,7 +10,8 @@
 # the same drift of this shared VM (10-20% from minute to minute); each is the best of its rounds,
 # and each round's own ratios are printed too.
 # OpenVINO: raw is the best of throughput mode (2 threads, its own streams and requests) and two
-# parallel single-stream 1-thread compiled models, at batches of 4 and 8; birdclef-infer
+# parallel single-stream 1-thread compiled models (dynamic batch, and static as birdclef-infer
+# compiles it), at batches of 4 and 8; birdclef-infer
 # --engine openvino with 1 and 5 models, and 5 models with time-shift TTA (-2.5,2.5 s: 3 views).
 # Two more figures show where the 5-model run's time goes beyond raw inference: ONNX Runtime
 # alone running the ensemble as birdclef-infer does (each model in turn on pieces of 48 distinct
@@ -113,7 +114,7 @@ o1, o5, ott = best("o1"), best("o5"), best("ott")
 e1, e5 = w / t1["t1"], w / t5["t5"]
 v1, v5, vtt = w / o1["o1"], w / o5["o5"], w / ott["ott"]
 rawov = {k: max(r["rawov"][k] for r in rounds) for k in rounds[0]["rawov"]
-         if k.startswith(("throughput_b", "parallel_models_b"))}
+         if k.startswith(("throughput_b", "parallel_models_b", "parallel_static_b"))}
 best_raw = max(max(raw.values()), max(rawov.values()))
 print(f"{n} soundscapes x 4 min ({w} windows), efficientvit_b0 182 classes, 2 cores, best of {len(rounds)} rounds")
 print(f"{'run':<40} {'windows/s':>10} {'wall s':>8} {'peak MB':>8}")
@@ -124,7 +125,8 @@ for key, value in raw.items():
 print(f"{'raw ORT, 5 models (= best raw / 5)':<40} {r5:>10.1f}")
 for key, value in rawov.items():
     how, batch = key.rsplit("_b", 1)
-    how = "throughput mode, 2 threads" if how == "throughput" else "2 models x 1 thread"
+    how = {"throughput": "throughput mode, 2 threads", "parallel_models": "2 models x 1 thread",
+           "parallel_static": "2 x 1 thread, static"}[how]
     print(f"{'raw OpenVINO, 1 model, ' + how + ', batch ' + batch:<40} {value:>10.1f}")
 print(f"{'birdclef-infer, 1 model':<40} {e1:>10.1f} {t1['t1']:>8.1f} {t1['m1'] / 1024:>8.0f}")
 print(f"{'birdclef-infer, 5 models':<40} {e5:>10.1f} {t5['t5']:>8.1f} {t5['m5'] / 1024:>8.0f}")

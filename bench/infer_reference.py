@@ -73,10 +73,11 @@ def raw(args):
 
 
 def raw_openvino(args):
-    """OpenVINO alone (fp32, CPU plugin) on precomputed inputs, for each batch size two ways:
+    """OpenVINO alone (fp32, CPU plugin) on precomputed inputs, for each batch size three ways:
     throughput mode (`threads` threads, the streams OpenVINO picks, 2 requests per stream kept in
     flight by an AsyncInferQueue), and `threads` single-stream, single-threaded compiled models
-    run in parallel from Python threads, which is how birdclef-infer's workers run it."""
+    run in parallel from Python threads, with the file's dynamic batch and with the batch fixed
+    (a static input shape, which is how birdclef-infer compiles it)."""
     import threading
     import openvino as ov
 
@@ -103,8 +104,12 @@ def raw_openvino(args):
         queue.wait_all()
         return done * batch / (time.perf_counter() - start), n
 
-    def parallel(batch):
-        compiled = [core.compile_model(model, "CPU", {**fp32, "PERFORMANCE_HINT": "LATENCY",
+    def parallel(batch, static=False):
+        net = model
+        if static:  # as birdclef-infer compiles it: the batch fixed
+            net = core.read_model(args.model)
+            net.reshape([batch, c, h, w])
+        compiled = [core.compile_model(net, "CPU", {**fp32, "PERFORMANCE_HINT": "LATENCY",
                                                       "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": 1,
                                                       "ENABLE_CPU_PINNING": False})
                     for _ in range(args.threads)]
@@ -132,6 +137,7 @@ def raw_openvino(args):
         out[f"throughput_b{batch}"] = max(r for r, _ in rates)
         out[f"requests_b{batch}"] = rates[0][1]
         out[f"parallel_models_b{batch}"] = max(parallel(batch) for _ in range(args.repeats))
+        out[f"parallel_static_b{batch}"] = max(parallel(batch, True) for _ in range(args.repeats))
     rates = {k: v for k, v in out.items() if not k.startswith("requests")}
     best = max(rates, key=rates.get)
     out["best"] = best

@@ -20,3 +20,5 @@ pub mod score;
 pub mod session;
 pub mod shard;
 pub mod submission;
+#[cfg(test)]
+mod test_dir;

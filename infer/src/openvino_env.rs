@@ -336,36 +336,7 @@ pub fn doctor(cli_path: Option<&Path>) -> Result<String, OpenVinoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "birdclef-ov-env-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create temp dir");
-            Self(dir)
-        }
-
-        fn file(&self, rel: &str) -> PathBuf {
-            let p = self.0.join(rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&p, b"not really a library").expect("write");
-            p
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn python_must_not_run() -> Result<Vec<PathBuf>, String> {
         panic!("the Python fallback must not be consulted")
@@ -373,7 +344,7 @@ mod tests {
 
     #[test]
     fn the_search_order_is_flag_env_beside_project_python() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ov-env");
         let flag_dir = t.0.join("flag");
         let flagged = t.file("flag/libopenvino_c.so.2640");
         t.file("flag/libopenvino_c.so.2510");
@@ -425,7 +396,7 @@ mod tests {
 
     #[test]
     fn an_explicit_choice_that_is_wrong_is_an_error_naming_it() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ov-env");
         let empty = t.0.join("empty");
         std::fs::create_dir_all(&empty).expect("mkdir");
         let e = resolve(Some(&empty), None, None, &[], python_must_not_run).expect_err("empty");
@@ -451,7 +422,7 @@ mod tests {
 
     #[test]
     fn nothing_found_lists_every_place_in_order() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ov-env");
         let beside = t.0.join("kit/openvino");
         std::fs::create_dir_all(&beside).expect("mkdir");
         let roots = vec![(t.0.join("ws"), RootVia::ExecutableAncestor)];
@@ -474,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_library_is_refused_naming_it() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ov-env");
         let fake = t.file("libopenvino_c.so.2640");
         let found = Found {
             path: fake.clone(),

@@ -655,38 +655,7 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A fresh, empty directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "birdclef-ort-env-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create temp dir");
-            Self(dir)
-        }
-
-        /// Create `rel` (and its parents) with some content; returns its path.
-        fn file(&self, rel: &str) -> PathBuf {
-            let p = self.0.join(rel);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&p, b"not really a library").expect("write");
-            p
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn no_python() -> Result<Vec<PathBuf>, String> {
         Err("no lib/python3*/... under /opt/py".to_string())
@@ -702,7 +671,7 @@ mod tests {
 
     #[test]
     fn cli_flag_wins_over_everything() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let cli = t.file("cli/libonnxruntime.so");
         let env = t.file("env/libonnxruntime.so");
         t.file(PROJECT_LIB);
@@ -724,7 +693,7 @@ mod tests {
 
     #[test]
     fn missing_cli_path_is_an_error_not_a_fallthrough() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let env = t.file("env/libonnxruntime.so");
         t.file(PROJECT_LIB);
         let missing = t.0.join("nope/libonnxruntime.so");
@@ -742,7 +711,7 @@ mod tests {
 
     #[test]
     fn env_var_wins_over_project_env() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let env = t.file("env/libonnxruntime.so");
         t.file(PROJECT_LIB);
         let found = resolve(
@@ -763,7 +732,7 @@ mod tests {
 
     #[test]
     fn missing_env_var_path_is_an_error() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         t.file(PROJECT_LIB);
         let missing = t.0.join("gone.so");
         let err = resolve(
@@ -780,7 +749,7 @@ mod tests {
 
     #[test]
     fn empty_env_var_counts_as_unset() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let lib = t.file(PROJECT_LIB);
         let found =
             resolve(None, Some(OsStr::new("")), &root(&t.0), python_must_not_run).expect("found");
@@ -789,7 +758,7 @@ mod tests {
 
     #[test]
     fn project_env_is_found_in_the_first_root_that_has_it() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let lib = t.file(&format!("ws/{PROJECT_LIB}"));
         let roots = vec![
             (t.0.join("ws/target/release"), RootVia::ExecutableAncestor),
@@ -812,7 +781,7 @@ mod tests {
 
     #[test]
     fn library_beside_the_executable_wins_over_project_env_and_missing_one_is_listed() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let beside = t.file(&format!("kit/{BESIDE_LIB}"));
         t.file(PROJECT_LIB);
         let found = resolve_with(None, None, Some(&beside), &root(&t.0), python_must_not_run)
@@ -840,7 +809,7 @@ mod tests {
         let found = resolve_with(None, None, Some(&absent), &root(&t.0), python_must_not_run)
             .expect("found");
         assert!(matches!(found.source, Source::ProjectEnv { .. }));
-        let empty = TempDir::new();
+        let empty = TempDir::new("birdclef-ort-env");
         let err = resolve_with(None, None, Some(&absent), &root(&empty.0), no_python)
             .expect_err("nothing there");
         let msg = format!("{err:#}");
@@ -852,7 +821,7 @@ mod tests {
 
     #[test]
     fn python_is_the_last_resort() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let lib = t.file("site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1");
         let listed = vec![t.0.join("capi/libonnxruntime.so.gone"), lib.clone()];
         let found = resolve(None, None, &root(&t.0), move || Ok(listed)).expect("found");
@@ -867,7 +836,7 @@ mod tests {
 
     #[test]
     fn nothing_found_lists_every_place_and_the_fix() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         // A dangling symlink in the second root.
         std::fs::create_dir_all(t.0.join("b/.env")).expect("mkdir");
         #[cfg(unix)]
@@ -903,7 +872,7 @@ mod tests {
 
     #[test]
     fn pip_packages_are_found_by_reading_directories() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         // Two installations on PATH, one without the package; a venv; a directory of PATH
         // without Python; ~/.local with the package for an older Python.
         t.file("usr/bin/python3");
@@ -987,7 +956,7 @@ mod tests {
 
     #[test]
     fn text_file_is_rejected_before_dlopen() {
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let txt = t.file("libonnxruntime.so");
         let msg = format!("{:#}", check_shared_library(&txt).expect_err("text"));
         assert!(msg.contains(&txt.display().to_string()), "{msg}");
@@ -1034,7 +1003,7 @@ mod tests {
             "ONNX Runtime found via --ort-lib could not be used: cannot load ONNX Runtime from \
              /x/libonnxruntime.so: ort panicked: boom"
         );
-        let t = TempDir::new();
+        let t = TempDir::new("birdclef-ort-env");
         let txt = t.file("libonnxruntime.so");
         let e = load(&txt).expect_err("a text file");
         assert!(matches!(e, LibraryError::NotElf { .. }), "{e:?}");
