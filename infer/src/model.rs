@@ -216,8 +216,8 @@ struct OpenVinoNet {
     /// The batch size the model was compiled for, when it was given a static input shape: every
     /// run then feeds batches of exactly this many windows (a shorter one padded with zeros).
     /// OpenVINO's CPU plugin runs a static shape faster than the ONNX file's dynamic batch: on the
-    /// 2-core development VM two single-threaded requests of efficientvit_b0 ran 1.17x the
-    /// windows/s of the dynamic shape at batch 4 and 1.33x at batch 8
+    /// 2-core development VM two single-threaded requests of efficientvit_b0 ran 1.10-1.17x the
+    /// windows/s of the dynamic shape at batch 4 and 1.22-1.33x at batch 8
     /// (`bench/infer_reference.py raw_openvino`).
     static_batch: Option<usize>,
     _compiled: openvino::CompiledModel,
