@@ -17,11 +17,11 @@
 //! into place when complete; an existing `--out` is never replaced.
 use std::path::{Path, PathBuf};
 
-use birdclef_models::card::{Card, ONNX_CARD_KEY};
+use birdclef_models::card::Card;
 
 use crate::engine::Engine;
-use crate::model::check_cards;
-use crate::{onnx_meta, openvino_env, ort_env};
+use crate::model::{check_cards, read_card};
+use crate::{openvino_env, ort_env};
 
 /// The OpenVINO files a CPU run of an ONNX model needs (by name prefix), besides nothing else:
 /// the C API, the core, the CPU plugin, the ONNX frontend, and TBB with its allocator and hwloc.
@@ -42,14 +42,9 @@ pub enum KitError {
     /// `--out` exists (a kit is never written over anything).
     #[error("{0}: already exists; remove it or choose another --out (a kit is never written over anything)")]
     Exists(PathBuf),
-    /// A model file cannot be used.
-    #[error("{path}: {reason}")]
-    Model {
-        /// The model file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A model file cannot be used (the error names it).
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// Two models have the same file name (the kit keeps names).
     #[error("{first} and {second} have the same file name; rename one (the kit keeps file names)")]
     SameName {
@@ -118,25 +113,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KitError + '_ {
         path: path.to_path_buf(),
         cause,
     }
-}
-
-/// The model's card, read from the file's metadata (no engine needed).
-fn card_of(path: &Path) -> Result<Card, KitError> {
-    let bad = |reason: String| KitError::Model {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if !path.is_file() {
-        return Err(bad("not a model file".into()));
-    }
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let json = onnx_meta::metadata_value(&bytes, ONNX_CARD_KEY)
-        .map_err(|e| bad(e.to_string()))?
-        .ok_or_else(|| bad(format!("no model card (metadata key {ONNX_CARD_KEY:?}); was it written by birdclef-export?")))?;
-    let card = Card::from_json(&json).map_err(|e| bad(format!("model card: {e}")))?;
-    card.validate_for_model()
-        .map_err(|e| bad(format!("model card: {e}")))?;
-    Ok(card)
 }
 
 /// The files of OpenVINO's directory `dir` that a kit needs: for each of [`OPENVINO_FILES`], the
@@ -260,7 +236,7 @@ pub fn write_kit(opts: &KitOptions) -> Result<KitReport, KitError> {
                 second: m.clone(),
             });
         }
-        cards.push(card_of(m)?);
+        cards.push(read_card(m)?);
     }
     let named: Vec<(&Path, &Card)> = opts
         .models
@@ -385,9 +361,8 @@ mod tests {
 
     #[test]
     fn a_missing_openvino_file_is_named() {
-        let dir = std::env::temp_dir().join(format!("birdclef-kit-ov-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        let tmp = crate::test_dir::TempDir::new("birdclef-kit-ov");
+        let dir = tmp.0.clone();
         for name in [
             "libopenvino_c.so.2640",
             "libopenvino.so.2640",
@@ -433,6 +408,5 @@ mod tests {
                 "libhwloc.so.15",
             ]
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

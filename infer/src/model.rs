@@ -384,25 +384,7 @@ impl OnnxModel {
         batch: Option<usize>,
     ) -> Result<Self, ModelError> {
         let path_buf = || path.to_path_buf();
-        if path.is_dir() {
-            return Err(ModelError::Directory { path: path_buf() });
-        }
-        if !path.is_file() {
-            return Err(ModelError::Missing { path: path_buf() });
-        }
-        let card_of = |json: Option<String>| -> Result<Card, ModelError> {
-            let json = json.ok_or_else(|| ModelError::NoCard { path: path_buf() })?;
-            let card = Card::from_json(&json).map_err(|e| ModelError::Card {
-                path: path_buf(),
-                cause: Box::new(e),
-            })?;
-            card.validate_for_model()
-                .map_err(|problem| ModelError::CardProblem {
-                    path: path_buf(),
-                    problem,
-                })?;
-            Ok(card)
-        };
+        check_model_file(path)?;
         let (card, backend) = match engine {
             Engine::Ort => {
                 let session = build_session(ModelSource::File(path), threads).map_err(|e| {
@@ -421,7 +403,7 @@ impl OnnxModel {
                     .map(|i| i.name().to_string())
                     .ok_or_else(|| ModelError::NoInput { path: path_buf() })?;
                 (
-                    card_of(json)?,
+                    card_from_json(path, json)?,
                     Backend::Ort {
                         session: Box::new(session),
                         input_name,
@@ -429,19 +411,10 @@ impl OnnxModel {
                 )
             }
             Engine::Openvino => {
-                let bytes = std::fs::read(path).map_err(|cause| ModelError::Read {
-                    path: path_buf(),
-                    cause,
-                })?;
-                let json = onnx_meta::metadata_value(&bytes, ONNX_CARD_KEY).map_err(|cause| {
-                    ModelError::NotOnnx {
-                        path: path_buf(),
-                        cause,
-                    }
-                })?;
+                let bytes = read_model_file(path)?;
                 // The card is checked before OpenVINO compiles anything: it gives the input
                 // shape of a static batch.
-                let card = card_of(json)?;
+                let card = card_in_onnx(path, &bytes)?;
                 let net = OpenVinoNet::compile(&bytes, threads, card.input_shape, batch).map_err(
                     |(action, message)| ModelError::OpenVino {
                         path: path_buf(),
@@ -514,6 +487,68 @@ impl OnnxModel {
         }
         Ok(values)
     }
+}
+
+/// A model path must name a file: a directory (a checkpoint, say) or nothing is refused first.
+fn check_model_file(path: &Path) -> Result<(), ModelError> {
+    if path.is_dir() {
+        return Err(ModelError::Directory {
+            path: path.to_path_buf(),
+        });
+    }
+    if !path.is_file() {
+        return Err(ModelError::Missing {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of a model file.
+fn read_model_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|cause| ModelError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
+/// The model card in `json` (the metadata value of [`ONNX_CARD_KEY`], if any), parsed and
+/// checked for a model.
+fn card_from_json(path: &Path, json: Option<String>) -> Result<Card, ModelError> {
+    let path_buf = || path.to_path_buf();
+    let json = json.ok_or_else(|| ModelError::NoCard { path: path_buf() })?;
+    let card = Card::from_json(&json).map_err(|e| ModelError::Card {
+        path: path_buf(),
+        cause: Box::new(e),
+    })?;
+    card.validate_for_model()
+        .map_err(|problem| ModelError::CardProblem {
+            path: path_buf(),
+            problem,
+        })?;
+    Ok(card)
+}
+
+/// The model card of the ONNX file `path` whose bytes are `bytes`, read by the project's own
+/// metadata reader.
+fn card_in_onnx(path: &Path, bytes: &[u8]) -> Result<Card, ModelError> {
+    let json =
+        onnx_meta::metadata_value(bytes, ONNX_CARD_KEY).map_err(|cause| ModelError::NotOnnx {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+    card_from_json(path, json)
+}
+
+/// The model card of an ONNX file written by `birdclef-export`, without an engine: what
+/// `birdclef-infer kit` checks before it copies anything.
+///
+/// # Errors
+///
+/// [`ModelError`] naming the file: not a file, unreadable, not ONNX, no card or a bad one.
+pub fn read_card(path: &Path) -> Result<Card, ModelError> {
+    check_model_file(path)?;
+    card_in_onnx(path, &read_model_file(path)?)
 }
 
 /// Check that models can be ensembled: identical labels in the same order, and frontends that cut
