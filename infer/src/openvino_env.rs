@@ -196,26 +196,16 @@ fn resolve(
         }
         let state = if dir.is_dir() {
             format!("no {LIB}* in it")
-        } else if dir.symlink_metadata().is_ok() {
-            "a dangling symlink (was the venv removed? re-run scripts/setup.sh)".to_string()
         } else {
-            "missing".to_string()
+            ort_env::absent(&dir).to_string()
         };
         looked.push(format!("{}: {state}", dir.display()));
     }
-    match python() {
-        Ok(candidates) => {
-            if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-                return Ok(Found {
-                    path: ort_env::absolute(p),
-                    source: Source::Python,
-                });
-            }
-            looked.push(format!(
-                "pip's openvino package: no {LIB}* is a file (found {candidates:?})"
-            ));
-        }
-        Err(e) => looked.push(format!("pip's openvino package: {e}")),
+    if let Some(path) = ort_env::first_pip_file(python(), "openvino", LIB, &mut looked) {
+        return Ok(Found {
+            path,
+            source: Source::Python,
+        });
     }
     Err(OpenVinoError::NotFound { looked })
 }

@@ -609,29 +609,48 @@ fn resolve_with(
                 },
             });
         }
-        let state = if candidate.symlink_metadata().is_ok() {
-            "a dangling symlink (was the venv removed? re-run scripts/setup.sh)"
-        } else {
-            "missing"
-        };
-        looked.push(format!("{}: {state}", candidate.display()));
+        looked.push(format!("{}: {}", candidate.display(), absent(&candidate)));
     }
-    match python() {
+    if let Some(path) = first_pip_file(python(), "onnxruntime", "libonnxruntime.so", &mut looked) {
+        return Ok(Found {
+            path,
+            source: Source::Python,
+        });
+    }
+    Err(OrtError::NotFound { looked })
+}
+
+/// What is at a project-environment path that holds no library: a dangling symlink (the venv it
+/// pointed into is gone) or nothing.
+pub(crate) fn absent(path: &Path) -> &'static str {
+    if path.symlink_metadata().is_ok() {
+        "a dangling symlink (was the venv removed? re-run scripts/setup.sh)"
+    } else {
+        "missing"
+    }
+}
+
+/// The first of pip's `candidates` (the last rule of a library search) that is a file, made
+/// absolute; otherwise why none was, added to `looked`. `package` names the pip package, `lib`
+/// the library's file name.
+pub(crate) fn first_pip_file(
+    candidates: Result<Vec<PathBuf>, String>,
+    package: &str,
+    lib: &str,
+    looked: &mut Vec<String>,
+) -> Option<PathBuf> {
+    match candidates {
         Ok(candidates) => {
             if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-                return Ok(Found {
-                    path: absolute(p),
-                    source: Source::Python,
-                });
+                return Some(absolute(p));
             }
             looked.push(format!(
-                "pip's onnxruntime package: no libonnxruntime.so* is a file (found {candidates:?})"
+                "pip's {package} package: no {lib}* is a file (found {candidates:?})"
             ));
         }
-        Err(e) => looked.push(format!("pip's onnxruntime package: {e}")),
+        Err(e) => looked.push(format!("pip's {package} package: {e}")),
     }
-
-    Err(OrtError::NotFound { looked })
+    None
 }
 
 /// An explicitly named library must exist; never fall through to another one.
