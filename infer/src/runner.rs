@@ -314,12 +314,12 @@ impl Ctx<'_> {
         }
     }
 
-    /// Append the last view's model inputs to `piece` again (a view equal to the window).
-    fn repeat_last_view(&self, piece: &mut Piece) {
-        for (fe, buf) in self.frontends.iter().zip(&mut piece.inputs) {
+    /// Append again the view whose inputs start at `at` (one offset per frontend, as
+    /// [`Piece::inputs`]' lengths were before it was pushed): a view equal to one already there.
+    fn repeat_view(&self, piece: &mut Piece, at: &[usize]) {
+        for ((fe, buf), &at) in self.frontends.iter().zip(&mut piece.inputs).zip(at) {
             let [c, h, w] = fe.config().input_shape();
-            let n = c * h * w;
-            buf.extend_from_within(buf.len() - n..);
+            buf.extend_from_within(at..at + c * h * w);
         }
     }
 
@@ -339,10 +339,7 @@ impl Ctx<'_> {
             }
             if start == g {
                 // Clamped onto the window itself: its inputs again, not computed twice.
-                for ((fe, buf), &at) in self.frontends.iter().zip(&mut piece.inputs).zip(&own) {
-                    let [c, h, w] = fe.config().input_shape();
-                    buf.extend_from_within(at..at + c * h * w);
-                }
+                self.repeat_view(piece, &own);
             } else {
                 self.push_clip(piece, clip(start));
             }
@@ -352,9 +349,10 @@ impl Ctx<'_> {
 
     /// Append `clip` (shorter than a window: a file's last, partial window) as every view.
     fn push_partial_window(&self, piece: &mut Piece, clip: &[f32]) {
+        let own: Vec<usize> = piece.inputs.iter().map(Vec::len).collect();
         self.push_clip(piece, clip);
         for _ in &self.offsets {
-            self.repeat_last_view(piece);
+            self.repeat_view(piece, &own);
         }
         piece.windows += 1;
     }
