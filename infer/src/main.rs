@@ -1,4 +1,4 @@
-//! `birdclef-infer`: CPU-only scoring of soundscapes with ONNX Runtime.
+//! `birdclef-infer`: CPU-only scoring of soundscapes with ONNX Runtime or OpenVINO.
 mod features;
 use birdclef_infer::engine::Engine;
 use birdclef_infer::postprocess::{Ensemble, FileMax, Kernel, Shifts};
