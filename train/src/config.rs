@@ -222,6 +222,47 @@ pub struct AugmentConfig {
     pub freq_masks: usize,
     /// Maximum width of a frequency mask in mel bands. Default 16.
     pub freq_mask_width: usize,
+    /// Probability of a speed change of the crop (tempo and pitch together, by band-limited
+    /// resampling). Default 0.0.
+    pub speed_prob: f64,
+    /// Speed factor, log-uniform in `[lo, hi]` (> 1 faster and higher; rounded to 0.005).
+    /// Default [0.8, 1.2].
+    pub speed: [f64; 2],
+    /// Probability of a time stretch of the crop (tempo only: librosa's phase vocoder).
+    /// Default 0.0.
+    pub time_stretch_prob: f64,
+    /// Stretch rate, log-uniform in `[lo, hi]` (> 1 faster). Default [0.8, 1.2].
+    pub time_stretch: [f64; 2],
+    /// Probability of a pitch shift of the crop (length kept: stretch, then resample).
+    /// Default 0.0.
+    pub pitch_shift_prob: f64,
+    /// Pitch shift in semitones, uniform in `[lo, hi]`. Default [-4.0, 4.0].
+    pub pitch_shift_semitones: [f64; 2],
+    /// Probability of adding coloured Gaussian noise to the sample. Default 0.0.
+    pub noise_prob: f64,
+    /// Spectral exponent β of the noise, uniform in `[lo, hi]`: power ∝ f^−β, 0 white, 1 pink,
+    /// 2 brown. Default [0.0, 2.0].
+    pub noise_exponent: [f64; 2],
+    /// Signal-to-noise ratio of the noise in dB, uniform in `[lo, hi]`. Default [3.0, 30.0].
+    pub noise_snr_db: [f64; 2],
+    /// Probability of time CutMix: a stretch of the crop replaced by the same stretch of a
+    /// second training crop. Default 0.0.
+    pub cutmix_prob: f64,
+    /// Share of the crop replaced, uniform in `[lo, hi]`. Default [0.2, 0.5].
+    pub cutmix_fraction: [f64; 2],
+    /// Targets after CutMix: the element-wise maximum (true) or weighted by the two shares
+    /// (false). Default true.
+    pub cutmix_max_labels: bool,
+    /// Probability of a gamma curve on the model input (each value, as a share of the image's
+    /// range, raised to the exponent). Default 0.0.
+    pub image_power_prob: f64,
+    /// Exponent of the gamma curve, log-uniform in `[lo, hi]`. Default [0.5, 2.0].
+    pub image_power: [f64; 2],
+    /// Probability of a contrast change of the model input (deviations from its mean
+    /// scaled). Default 0.0.
+    pub image_contrast_prob: f64,
+    /// Contrast factor, log-uniform in `[lo, hi]`. Default [0.75, 1.333].
+    pub image_contrast: [f64; 2],
 }
 
 impl Default for AugmentConfig {
@@ -240,6 +281,22 @@ impl Default for AugmentConfig {
             time_mask_width: 20,
             freq_masks: 2,
             freq_mask_width: 16,
+            speed_prob: 0.0,
+            speed: [0.8, 1.2],
+            time_stretch_prob: 0.0,
+            time_stretch: [0.8, 1.2],
+            pitch_shift_prob: 0.0,
+            pitch_shift_semitones: [-4.0, 4.0],
+            noise_prob: 0.0,
+            noise_exponent: [0.0, 2.0],
+            noise_snr_db: [3.0, 30.0],
+            cutmix_prob: 0.0,
+            cutmix_fraction: [0.2, 0.5],
+            cutmix_max_labels: true,
+            image_power_prob: 0.0,
+            image_power: [0.5, 2.0],
+            image_contrast_prob: 0.0,
+            image_contrast: [0.75, 1.333],
         }
     }
 }
@@ -559,13 +616,45 @@ impl TrainConfig {
             ("tail_prob", a.tail_prob),
             ("background_prob", a.background_prob),
             ("mixup_prob", a.mixup_prob),
+            ("speed_prob", a.speed_prob),
+            ("time_stretch_prob", a.time_stretch_prob),
+            ("pitch_shift_prob", a.pitch_shift_prob),
+            ("noise_prob", a.noise_prob),
+            ("cutmix_prob", a.cutmix_prob),
+            ("image_power_prob", a.image_power_prob),
+            ("image_contrast_prob", a.image_contrast_prob),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("augment.{name} must be a probability, got {p}"));
             }
         }
-        if a.gain_db[0] > a.gain_db[1] || a.background_gain_db[0] > a.background_gain_db[1] {
-            return bad("augment gain ranges must be [low, high]".into());
+        for (name, [lo, hi], min, max) in [
+            ("gain_db", a.gain_db, f64::NEG_INFINITY, f64::INFINITY),
+            (
+                "background_gain_db",
+                a.background_gain_db,
+                f64::NEG_INFINITY,
+                f64::INFINITY,
+            ),
+            ("speed", a.speed, 0.25, 4.0),
+            ("time_stretch", a.time_stretch, 0.25, 4.0),
+            (
+                "pitch_shift_semitones",
+                a.pitch_shift_semitones,
+                -24.0,
+                24.0,
+            ),
+            ("noise_exponent", a.noise_exponent, -2.0, 4.0),
+            ("noise_snr_db", a.noise_snr_db, -60.0, 120.0),
+            ("cutmix_fraction", a.cutmix_fraction, 0.0, 1.0),
+            ("image_power", a.image_power, 0.05, 20.0),
+            ("image_contrast", a.image_contrast, 0.05, 20.0),
+        ] {
+            if !(lo <= hi && lo >= min && hi <= max) {
+                return bad(format!(
+                    "augment.{name} must be a range [low, high] within [{min}, {max}], got [{lo}, {hi}]"
+                ));
+            }
         }
         if a.mixup_alpha < 0.0 || a.time_shift_seconds < 0.0 || a.crop_seconds <= 0.0 {
             return bad("augment.mixup_alpha, time_shift_seconds ≥ 0 and crop_seconds > 0".into());
@@ -694,6 +783,28 @@ mod tests {
         assert!(TrainConfig::from_toml("[optim]\nlrr = 1\n", "t", &[]).is_err());
         assert!(TrainConfig::from_toml("", "t", &["data.folds=[7]".into()]).is_err());
         assert!(TrainConfig::from_toml("", "t", &["optim.epochs".into()]).is_err());
+        for (set, says) in [
+            ("augment.speed=[1.3, 1.1]", "augment.speed must be a range"),
+            (
+                "augment.time_stretch=[0.0, 1.2]",
+                "augment.time_stretch must be a range",
+            ),
+            (
+                "augment.cutmix_fraction=[0.5, 1.5]",
+                "augment.cutmix_fraction",
+            ),
+            (
+                "augment.noise_prob=1.5",
+                "augment.noise_prob must be a probability",
+            ),
+            (
+                "augment.gain_db=[6.0, -6.0]",
+                "augment.gain_db must be a range",
+            ),
+        ] {
+            let err = TrainConfig::from_toml("", "t", &[set.into()]).expect_err(set);
+            assert!(err.to_string().contains(says), "{set}: {err}");
+        }
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! `Sync`; the training loop turns a finished [`Batch`] into tensors with `Tensor::from_slice`).
 //!
 //! Each sample: a random crop of [`AugmentConfig::crop_seconds`] from the recording's head or
-//! tail segment (zero-padded when shorter), a circular time shift, a random gain, an optional
-//! background clip, optional mixup with a second crop (targets combined by maximum or by weight),
-//! then the model card's frontend ([`Frontend::compute_clip`], the code inference runs) and
-//! SpecAugment time and frequency masks (filled with the image mean).
+//! tail segment (zero-padded when shorter), optionally stretched in time, changed in speed and
+//! shifted in pitch ([`super::augment`]; the crop is read long enough to come out at its
+//! length), a circular time shift, a random gain, an optional background clip, optional mixup
+//! and time CutMix with a second crop (targets combined by maximum or by weight), optional
+//! coloured noise, then the model card's frontend ([`Frontend::compute_clip`], the code
+//! inference runs), an optional gamma curve and contrast change, and SpecAugment time and
+//! frequency masks (filled with the image mean). An augmentation whose probability is 0 draws
+//! nothing from the generator, so configs without the newer ones give the batches they gave.
 //!
 //! With a [`PseudoSet`] (distillation), a sample may instead be a pseudo-labelled soundscape
 //! window ([`Item::Pseudo`]): the window's audio with the same shift and gain, and its soft
@@ -18,6 +22,7 @@ use birdclef_models::frontend::Frontend;
 use birdclef_models::rng::Rng;
 use rayon::prelude::*;
 
+use super::augment;
 use super::soft::PseudoSet;
 use super::{AudioStore, DataError, Dataset};
 use crate::config::{AugmentConfig, DistillConfig, LossConfig, MixLabel, Sampler};
@@ -87,6 +92,16 @@ fn time_shift(clip: &mut [f32], max_shift: usize, rng: &mut Rng) -> i64 {
 
 fn db_to_gain(db: f64) -> f32 {
     10f64.powf(db / 20.0) as f32
+}
+
+/// True with probability `p`; draws from `rng` only when `p > 0`.
+fn chance(rng: &mut Rng, p: f64) -> bool {
+    p > 0.0 && rng.uniform() < p
+}
+
+/// Uniform in `[lo, hi]` (`lo` when the range is empty).
+fn in_range(rng: &mut Rng, [lo, hi]: [f64; 2]) -> f64 {
+    rng.range(lo, hi.max(lo))
 }
 
 impl<'a> BatchBuilder<'a> {
@@ -171,31 +186,49 @@ impl<'a> BatchBuilder<'a> {
         }
     }
 
-    /// A random crop of a recording, or a pseudo-labelled window, with time shift and gain.
+    /// A random crop of a recording, or a pseudo-labelled window, with time stretch, speed,
+    /// pitch shift, time shift and gain.
     fn clip(&self, item: Item, rng: &mut Rng) -> Result<Vec<f32>, DataError> {
         let n = self.crop_samples();
-        let mut out = vec![0.0f32; n];
+        let a = &self.aug;
+        let stretch =
+            chance(rng, a.time_stretch_prob).then(|| augment::log_uniform(rng, a.time_stretch));
+        let speed = chance(rng, a.speed_prob)
+            .then(|| augment::quantise_ratio(augment::log_uniform(rng, a.speed)));
+        // Read as much as comes out at n samples after the stretch and the speed change.
+        let m = (n as f64 * stretch.unwrap_or(1.0) * speed.unwrap_or(1.0)).round() as usize;
+        let mut out = vec![0.0f32; m];
         match item {
             Item::Clip(rec) => {
                 let seg = self.store.segments(rec)?;
-                let src = if !seg.tail.is_empty() && rng.uniform() < self.aug.tail_prob {
+                let src = if !seg.tail.is_empty() && rng.uniform() < a.tail_prob {
                     &seg.tail
                 } else {
                     &seg.head
                 };
-                if src.len() > n {
-                    let start = rng.below(src.len() - n + 1);
-                    out.copy_from_slice(&src[start..start + n]);
+                if src.len() > m {
+                    let start = rng.below(src.len() - m + 1);
+                    out.copy_from_slice(&src[start..start + m]);
                 } else {
                     out[..src.len()].copy_from_slice(src);
                 }
             }
-            Item::Pseudo(i) => out = self.pseudo_set()?.audio(i, n)?,
+            Item::Pseudo(i) => out = self.pseudo_set()?.audio(i, m)?,
+        }
+        if let Some(rate) = stretch {
+            out = augment::time_stretch(&out, rate);
+        }
+        if let Some(step) = speed {
+            out = augment::resample(&out, step, n);
+        }
+        out.resize(n, 0.0);
+        if chance(rng, a.pitch_shift_prob) {
+            out = augment::pitch_shift(&out, in_range(rng, a.pitch_shift_semitones));
         }
         let max_shift =
-            (self.aug.time_shift_seconds * f64::from(self.frontend.config().sample_rate)) as usize;
+            (a.time_shift_seconds * f64::from(self.frontend.config().sample_rate)) as usize;
         time_shift(&mut out, max_shift, rng);
-        let [lo, hi] = self.aug.gain_db;
+        let [lo, hi] = a.gain_db;
         let g = db_to_gain(rng.range(lo, hi.max(lo + f64::EPSILON)));
         out.iter_mut().for_each(|v| *v *= g);
         Ok(out)
@@ -246,24 +279,19 @@ impl<'a> BatchBuilder<'a> {
         Ok(Some((j, lam)))
     }
 
-    /// Sample `pos` of the epoch from `item`; `pool` is where mixup partners come from.
-    pub fn sample(
-        &self,
-        item: Item,
-        pool: &[Item],
-        epoch: usize,
-        pos: usize,
-    ) -> Result<Sample, DataError> {
-        let mut rng = Rng::new(sample_seed(self.seed, epoch as u64, pos as u64));
-        let mut clip = self.clip(item, &mut rng)?;
+    /// The waveform of a sample and its targets and loss weights, before the frontend: the crop,
+    /// pseudo-labelled mixing, background, mixup, time CutMix and noise.
+    fn sample_audio(&self, item: Item, pool: &[Item], rng: &mut Rng) -> Result<Sample, DataError> {
+        let aug = &self.aug;
+        let mut clip = self.clip(item, rng)?;
         let (mut y, mut w) = self.item_targets(item)?;
         if let Item::Clip(_) = item {
-            self.mix_pseudo(&mut clip, &mut y, &mut w, &mut rng)?;
+            self.mix_pseudo(&mut clip, &mut y, &mut w, rng)?;
         }
-        if !self.backgrounds.is_empty() && rng.uniform() < self.aug.background_prob {
+        if !self.backgrounds.is_empty() && rng.uniform() < aug.background_prob {
             let bg = &self.backgrounds[rng.below(self.backgrounds.len())];
             if !bg.is_empty() {
-                let [lo, hi] = self.aug.background_gain_db;
+                let [lo, hi] = aug.background_gain_db;
                 let g = db_to_gain(rng.range(lo, hi.max(lo + f64::EPSILON)));
                 let start = if bg.len() > clip.len() {
                     rng.below(bg.len() - clip.len() + 1)
@@ -275,12 +303,12 @@ impl<'a> BatchBuilder<'a> {
                 }
             }
         }
-        if !pool.is_empty() && rng.uniform() < self.aug.mixup_prob {
+        if !pool.is_empty() && rng.uniform() < aug.mixup_prob {
             let other = pool[rng.below(pool.len())];
-            let clip2 = self.clip(other, &mut rng)?;
+            let clip2 = self.clip(other, rng)?;
             let (y2, w2) = self.item_targets(other)?;
-            let (a, b) = if self.aug.mixup_alpha > 0.0 {
-                let lam = rng.beta(self.aug.mixup_alpha) as f32;
+            let (a, b) = if aug.mixup_alpha > 0.0 {
+                let lam = rng.beta(aug.mixup_alpha) as f32;
                 (lam, 1.0 - lam)
             } else {
                 (1.0, 1.0)
@@ -288,13 +316,13 @@ impl<'a> BatchBuilder<'a> {
             for (c, d) in clip.iter_mut().zip(&clip2) {
                 *c = a * *c + b * d;
             }
-            let (ya, yb) = if self.aug.mixup_alpha > 0.0 {
+            let (ya, yb) = if aug.mixup_alpha > 0.0 {
                 (a, b)
             } else {
                 (0.5, 0.5)
             };
             for k in 0..y.len() {
-                y[k] = if self.aug.mixup_max_labels {
+                y[k] = if aug.mixup_max_labels {
                     y[k].max(y2[k])
                 } else {
                     ya * y[k] + yb * y2[k]
@@ -302,7 +330,50 @@ impl<'a> BatchBuilder<'a> {
                 w[k] = w[k].min(w2[k]);
             }
         }
+        if !pool.is_empty() && chance(rng, aug.cutmix_prob) {
+            let other = pool[rng.below(pool.len())];
+            let clip2 = self.clip(other, rng)?;
+            let (y2, w2) = self.item_targets(other)?;
+            let fraction = in_range(rng, aug.cutmix_fraction);
+            let share = augment::time_cutmix(&mut clip, &clip2, fraction, rng) as f32;
+            for k in 0..y.len() {
+                y[k] = if aug.cutmix_max_labels {
+                    y[k].max(y2[k])
+                } else {
+                    (1.0 - share) * y[k] + share * y2[k]
+                };
+                w[k] = w[k].min(w2[k]);
+            }
+        }
+        if chance(rng, aug.noise_prob) {
+            let exponent = in_range(rng, aug.noise_exponent);
+            let snr = in_range(rng, aug.noise_snr_db);
+            augment::add_coloured_noise(&mut clip, exponent, snr, rng);
+        }
+        Ok((clip, y, w))
+    }
+
+    /// Sample `pos` of the epoch from `item`; `pool` is where mixup partners come from.
+    pub fn sample(
+        &self,
+        item: Item,
+        pool: &[Item],
+        epoch: usize,
+        pos: usize,
+    ) -> Result<Sample, DataError> {
+        let mut rng = Rng::new(sample_seed(self.seed, epoch as u64, pos as u64));
+        let (clip, y, w) = self.sample_audio(item, pool, &mut rng)?;
+        let aug = &self.aug;
         let mut image = self.frontend.compute_clip(&clip);
+        if let Some(values) = image.as_slice_mut() {
+            if chance(&mut rng, aug.image_power_prob) {
+                augment::image_power(values, augment::log_uniform(&mut rng, aug.image_power));
+            }
+            if chance(&mut rng, aug.image_contrast_prob) {
+                let factor = augment::log_uniform(&mut rng, aug.image_contrast);
+                augment::image_contrast(values, factor);
+            }
+        }
         let (_, mels, frames) = image.dim();
         let mean = image.mean().unwrap_or(0.0);
         let mut mask = |time: bool, count: usize, width: usize| {
@@ -324,8 +395,8 @@ impl<'a> BatchBuilder<'a> {
                 }
             }
         };
-        mask(true, self.aug.time_masks, self.aug.time_mask_width);
-        mask(false, self.aug.freq_masks, self.aug.freq_mask_width);
+        mask(true, aug.time_masks, aug.time_mask_width);
+        mask(false, aug.freq_masks, aug.freq_mask_width);
         Ok((image.iter().copied().collect(), y, w))
     }
 
@@ -495,6 +566,267 @@ mod tests {
             "every shift in ±{max} is drawn: {seen:?}"
         );
         assert!(seen.first() == Some(&-(max as i64)) && seen.last() == Some(&(max as i64)));
+    }
+
+    /// Two recordings of constant audio (0.1 and 0.3) or of a 1-kHz sine (`sine`), labels `a`
+    /// and `b`, and a builder with every random augmentation off except the `overrides`.
+    fn two_recordings(sine: bool, overrides: &[&str]) -> (Dataset, MemoryStore, TrainConfig) {
+        let mut set: Vec<String> = [
+            "augment.time_shift_seconds=0.0",
+            "augment.gain_db=[0.0, 0.0]",
+            "augment.mixup_prob=0.0",
+            "augment.time_masks=0",
+            "augment.freq_masks=0",
+            "model.n_mels=32",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        set.extend(overrides.iter().map(|s| s.to_string()));
+        let cfg = TrainConfig::from_toml("", "test", &set).expect("config");
+        let rec = |name: &str, primary| Recording {
+            filename: format!("{name}.ogg"),
+            path: PathBuf::from(format!("{name}.ogg")),
+            primary,
+            secondary: Vec::new(),
+            rating: None,
+            group: None,
+        };
+        let ds = Dataset {
+            root: PathBuf::from("/synthetic"),
+            labels: vec!["a".into(), "b".into()],
+            recordings: vec![rec("a", 0), rec("b", 1)],
+        };
+        let n = 10 * 32_000;
+        let audio = |level: f32| -> Vec<f32> {
+            if sine {
+                (0..n)
+                    .map(|i| {
+                        level * (std::f64::consts::TAU * 1000.0 * i as f64 / 32_000.0).sin() as f32
+                    })
+                    .collect()
+            } else {
+                vec![level; n]
+            }
+        };
+        let store = MemoryStore(vec![
+            Segments {
+                head: audio(0.1),
+                tail: Vec::new(),
+            },
+            Segments {
+                head: audio(0.3),
+                tail: Vec::new(),
+            },
+        ]);
+        (ds, store, cfg)
+    }
+
+    fn builder<'a>(ds: &'a Dataset, store: &'a MemoryStore, cfg: &TrainConfig) -> BatchBuilder<'a> {
+        let (fcfg, _) = crate::training::resolve_frontend(cfg).expect("frontend");
+        BatchBuilder::new(
+            ds,
+            store,
+            Frontend::new(fcfg).expect("frontend"),
+            cfg.augment.clone(),
+            cfg.loss.clone(),
+            &[],
+            1,
+        )
+    }
+
+    #[test]
+    fn cutmix_takes_one_stretch_of_the_partner() {
+        for max in [true, false] {
+            let (ds, store, cfg) = two_recordings(
+                false,
+                &[
+                    "augment.cutmix_prob=1.0",
+                    "augment.cutmix_fraction=[0.25, 0.25]",
+                    &format!("augment.cutmix_max_labels={max}"),
+                ],
+            );
+            let b = builder(&ds, &store, &cfg);
+            let n = b.crop_samples();
+            let (clip, y, w) = b
+                .sample_audio(Item::Clip(0), &[Item::Clip(1)], &mut Rng::new(4))
+                .expect("sample");
+            let from_b: Vec<usize> = (0..n).filter(|&i| clip[i] == 0.3).collect();
+            assert_eq!(from_b.len(), n / 4);
+            assert_eq!(from_b[n / 4 - 1] - from_b[0], n / 4 - 1, "one stretch");
+            assert_eq!(clip.iter().filter(|&&v| v == 0.1).count(), n - n / 4);
+            assert_eq!(
+                y,
+                if max {
+                    vec![1.0, 1.0]
+                } else {
+                    vec![0.75, 0.25]
+                }
+            );
+            assert_eq!(w, vec![1.0, 1.0]);
+        }
+    }
+
+    #[test]
+    fn speed_stretch_and_pitch_change_what_they_should() {
+        // Zero crossings of a 1-kHz sine over a 5-s crop: 10,000.
+        let crossings = |x: &[f32]| {
+            x[1000..x.len() - 1000]
+                .windows(2)
+                .filter(|p| (p[0] < 0.0) != (p[1] < 0.0))
+                .count() as f64
+                * x.len() as f64
+                / (x.len() - 2000) as f64
+        };
+        for (set, want) in [
+            (
+                ["augment.speed_prob=1.0", "augment.speed=[1.2, 1.2]"],
+                12_000.0,
+            ),
+            (
+                ["augment.speed_prob=1.0", "augment.speed=[0.8, 0.8]"],
+                8_000.0,
+            ),
+            (
+                [
+                    "augment.time_stretch_prob=1.0",
+                    "augment.time_stretch=[0.8, 0.8]",
+                ],
+                10_000.0,
+            ),
+            (
+                [
+                    "augment.pitch_shift_prob=1.0",
+                    "augment.pitch_shift_semitones=[-12.0, -12.0]",
+                ],
+                5_000.0,
+            ),
+        ] {
+            let (ds, store, cfg) = two_recordings(true, &set);
+            let b = builder(&ds, &store, &cfg);
+            let clip = b.clip(Item::Clip(0), &mut Rng::new(2)).expect("clip");
+            assert_eq!(clip.len(), b.crop_samples());
+            let got = crossings(&clip);
+            assert!(
+                (got - want).abs() < 0.002 * want,
+                "{set:?}: {got} crossings"
+            );
+            assert!(clip.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    fn noise_and_image_augmentations_add_to_an_unchanged_sample() {
+        let (ds, store, cfg) = two_recordings(true, &[]);
+        let plain = builder(&ds, &store, &cfg);
+        let (clean, _, _) = plain
+            .sample_audio(Item::Clip(0), &[], &mut Rng::new(8))
+            .expect("sample");
+        let (_, _, noisy_cfg) = two_recordings(
+            true,
+            &[
+                "augment.noise_prob=1.0",
+                "augment.noise_snr_db=[10.0, 10.0]",
+            ],
+        );
+        let (noisy, _, _) = builder(&ds, &store, &noisy_cfg)
+            .sample_audio(Item::Clip(0), &[], &mut Rng::new(8))
+            .expect("sample");
+        let power = |x: &[f32]| x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
+        let noise: Vec<f32> = noisy.iter().zip(&clean).map(|(a, b)| a - b).collect();
+        let snr = 10.0 * (power(&clean) / power(&noise)).log10();
+        assert!((snr - 10.0).abs() < 1e-3, "snr {snr}");
+
+        let image = plain.sample(Item::Clip(0), &[], 0, 3).expect("sample").0;
+        let (_, _, gamma_cfg) = two_recordings(
+            true,
+            &[
+                "augment.image_power_prob=1.0",
+                "augment.image_power=[2.0, 2.0]",
+            ],
+        );
+        let curved = builder(&ds, &store, &gamma_cfg)
+            .sample(Item::Clip(0), &[], 0, 3)
+            .expect("sample")
+            .0;
+        let mut want = image.clone();
+        augment::image_power(&mut want, 2.0);
+        assert_eq!(curved, want);
+        assert_ne!(curved, image);
+    }
+
+    /// Augmentations whose probability is 0 draw nothing: with the default config (all of the
+    /// newer ones off) a sample is what it was before they existed. The figures (sum and sum of
+    /// squares of the model input, targets) were printed by this code at commit 7b74816.
+    #[test]
+    fn default_samples_are_those_before_the_newer_augmentations() {
+        let cfg = TrainConfig::from_toml("", "test", &["model.n_mels=32".into()]).expect("config");
+        let rec = |name: &str, primary: usize| Recording {
+            filename: format!("{name}.ogg"),
+            path: PathBuf::from(format!("{name}.ogg")),
+            primary,
+            secondary: vec![1 - primary],
+            rating: None,
+            group: None,
+        };
+        let ds = Dataset {
+            root: PathBuf::from("/synthetic"),
+            labels: vec!["a".into(), "b".into()],
+            recordings: vec![rec("a", 0), rec("b", 1)],
+        };
+        let audio = |f: f64| -> Vec<f32> {
+            (0..8 * 32_000)
+                .map(|i| {
+                    let t = i as f64;
+                    let tone = (std::f64::consts::TAU * f * t / 32_000.0).sin();
+                    (0.2 * tone * (1.0 + (t / 9000.0).sin())) as f32
+                })
+                .collect()
+        };
+        let store = MemoryStore(vec![
+            Segments {
+                head: audio(1000.0),
+                tail: audio(3000.0),
+            },
+            Segments {
+                head: audio(500.0),
+                tail: Vec::new(),
+            },
+        ]);
+        let bg = vec![audio(7000.0)];
+        let (fcfg, _) = crate::training::resolve_frontend(&cfg).expect("frontend");
+        let b = BatchBuilder::new(
+            &ds,
+            &store,
+            Frontend::new(fcfg).expect("frontend"),
+            cfg.augment.clone(),
+            cfg.loss.clone(),
+            &bg,
+            7,
+        );
+        let before: [(f64, f64, [f32; 2]); 6] = [
+            (-884.344, 1533.314, [1.0, 0.5]),
+            (1102.069, 3906.744, [0.5, 1.0]),
+            (-1072.780, 574.777, [1.0, 0.5]),
+            (1685.992, 6092.134, [0.5, 1.0]),
+            (-863.838, 315.729, [1.0, 0.5]),
+            (415.304, 4278.968, [0.5, 1.0]),
+        ];
+        let pool = [Item::Clip(0), Item::Clip(1)];
+        for (pos, (sum, squares, targets)) in before.into_iter().enumerate() {
+            let (x, y, _) = b.sample(pool[pos % 2], &pool, 2, pos).expect("sample");
+            let got_sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
+            let got_squares: f64 = x.iter().map(|&v| f64::from(v).powi(2)).sum();
+            assert!(
+                (got_sum - sum).abs() < 0.01,
+                "sample {pos}: sum {got_sum}, was {sum}"
+            );
+            assert!(
+                (got_squares - squares).abs() < 0.01,
+                "sample {pos}: sum of squares {got_squares}, was {squares}"
+            );
+            assert_eq!(y, targets);
+        }
     }
 
     #[test]

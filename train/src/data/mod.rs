@@ -91,6 +91,7 @@ impl AudioStore for MemoryStore {
         })
     }
 }
+pub mod augment;
 pub mod batch;
 pub mod cache;
 pub mod folds;
