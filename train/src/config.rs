@@ -173,6 +173,11 @@ pub struct LossConfig {
     /// Leave secondary labels out of the loss altogether (loss weight 0) instead of giving them
     /// `secondary_weight`. Default false.
     pub secondary_mask: bool,
+    /// Class-weighted loss: each species' loss weight is `n^(−p)` for its `n` training
+    /// recordings (at least 1), scaled so that the weights average 1 over the species; 0 = every
+    /// species alike, 1 = inverse frequency, 0.5 = inverse square root. Labelled clips only.
+    /// Default 0.0.
+    pub class_weight_power: f64,
 }
 
 impl Default for LossConfig {
@@ -183,6 +188,7 @@ impl Default for LossConfig {
             label_smoothing: 0.0,
             secondary_weight: 0.5,
             secondary_mask: false,
+            class_weight_power: 0.0,
         }
     }
 }
@@ -317,6 +323,11 @@ pub struct DataConfig {
     pub val_batch_size: usize,
     /// Validation looks at at most this many 5-s windows of each recording's head. Default 6.
     pub val_max_windows: usize,
+    /// Class-balanced sampling: an epoch's recordings are drawn with replacement, each with
+    /// probability ∝ `n^(−b)` for the `n` training recordings of its primary label; 0 = every
+    /// recording once per repeat, shuffled; 1 = every species equally often. The epoch keeps its
+    /// length. Default 0.0.
+    pub balance: f64,
 }
 
 impl Default for DataConfig {
@@ -328,6 +339,7 @@ impl Default for DataConfig {
             num_workers: 0,
             val_batch_size: 64,
             val_max_windows: 6,
+            balance: 0.0,
         }
     }
 }
@@ -659,7 +671,16 @@ impl TrainConfig {
         if a.mixup_alpha < 0.0 || a.time_shift_seconds < 0.0 || a.crop_seconds <= 0.0 {
             return bad("augment.mixup_alpha, time_shift_seconds ≥ 0 and crop_seconds > 0".into());
         }
+        if !(0.0..=4.0).contains(&l.class_weight_power) {
+            return bad(format!(
+                "loss.class_weight_power must be in [0, 4], got {}",
+                l.class_weight_power
+            ));
+        }
         let d = &self.data;
+        if !(0.0..=4.0).contains(&d.balance) {
+            return bad(format!("data.balance must be in [0, 4], got {}", d.balance));
+        }
         if d.n_folds < 2 {
             return bad(format!(
                 "data.n_folds must be at least 2, got {}",

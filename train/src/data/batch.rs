@@ -63,6 +63,8 @@ pub struct BatchBuilder<'a> {
     seed: u64,
     pseudo: Option<&'a PseudoSet>,
     distill: DistillConfig,
+    /// Per-species loss weights of labelled clips ([`LossConfig::class_weight_power`]).
+    class_weights: Option<Vec<f32>>,
 }
 
 /// Mix three integers into one well-spread seed.
@@ -92,6 +94,45 @@ fn time_shift(clip: &mut [f32], max_shift: usize, rng: &mut Rng) -> i64 {
 
 fn db_to_gain(db: f64) -> f32 {
     10f64.powf(db / 20.0) as f32
+}
+
+/// Per-species loss weights `max(n, 1)^(−power)` scaled to a mean of 1; `None` when `power` is
+/// 0 or there are no species.
+pub fn class_weights(counts: &[usize], power: f64) -> Option<Vec<f32>> {
+    if power == 0.0 || counts.is_empty() {
+        return None;
+    }
+    let raw: Vec<f64> = counts
+        .iter()
+        .map(|&n| (n.max(1) as f64).powf(-power))
+        .collect();
+    let mean = raw.iter().sum::<f64>() / raw.len() as f64;
+    Some(raw.iter().map(|w| (w / mean) as f32).collect())
+}
+
+/// An epoch's order of the training recordings `train` (`repeats` times as many as there are),
+/// drawn with replacement with probability ∝ `n^(−balance)` for the `counts[primary]`
+/// recordings of each one's primary label ([`crate::config::DataConfig::balance`]).
+pub fn balanced_order(
+    ds: &Dataset,
+    train: &[usize],
+    counts: &[usize],
+    balance: f64,
+    repeats: usize,
+    rng: &mut Rng,
+) -> Vec<usize> {
+    let draw = super::WeightedDraw::new(train.iter().map(|&r| {
+        let n = ds
+            .recordings
+            .get(r)
+            .and_then(|rec| counts.get(rec.primary))
+            .copied()
+            .unwrap_or(1);
+        (n.max(1) as f64).powf(-balance)
+    }));
+    (0..train.len() * repeats)
+        .map(|_| train[draw.draw(rng)])
+        .collect()
 }
 
 /// True with probability `p`; draws from `rng` only when `p > 0`.
@@ -126,7 +167,15 @@ impl<'a> BatchBuilder<'a> {
             seed,
             pseudo: None,
             distill: DistillConfig::default(),
+            class_weights: None,
         }
+    }
+
+    /// Weigh each species' loss in labelled clips by `n^(−p)` for its `counts[k]` training
+    /// recordings (`p` = [`LossConfig::class_weight_power`]; nothing changes when it is 0).
+    pub fn with_class_counts(mut self, counts: &[usize]) -> Self {
+        self.class_weights = class_weights(counts, self.loss.class_weight_power);
+        self
     }
 
     /// Also draw samples from pseudo-labelled windows ([`Item::Pseudo`]), and mix labelled clips
@@ -167,6 +216,9 @@ impl<'a> BatchBuilder<'a> {
         if r.primary < k {
             y[r.primary] = 1.0 - eps;
             w[r.primary] = 1.0;
+        }
+        if let Some(cw) = &self.class_weights {
+            w.iter_mut().zip(cw).for_each(|(w, c)| *w *= c);
         }
         (y, w)
     }
@@ -826,6 +878,57 @@ mod tests {
                 "sample {pos}: sum of squares {got_squares}, was {squares}"
             );
             assert_eq!(y, targets);
+        }
+    }
+
+    #[test]
+    fn class_weights_and_balanced_order_follow_the_counts() {
+        // Counts 1, 4, 0: weights n^-1 (0 counts as 1) = 1, 0.25, 1, mean 0.75.
+        let w = class_weights(&[1, 4, 0], 1.0).expect("weights");
+        let want = [4.0 / 3.0, 1.0 / 3.0, 4.0 / 3.0];
+        assert!(
+            w.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{w:?}"
+        );
+        assert_eq!(class_weights(&[1, 4], 0.0), None);
+
+        // Labelled clips carry them as loss weights.
+        let (ds, store, mut cfg) = two_recordings(false, &[]);
+        cfg.loss.class_weight_power = 0.5;
+        let b = builder(&ds, &store, &cfg).with_class_counts(&[9, 1]);
+        // 9^-0.5 = 1/3 and 1, mean 2/3: 0.5 and 1.5.
+        let (_, w) = b.targets(0);
+        assert!(
+            (w[0] - 0.5).abs() < 1e-6 && (w[1] - 1.5).abs() < 1e-6,
+            "{w:?}"
+        );
+
+        // Balanced order: 90 recordings of species a, 10 of b; with balance 1 each species is
+        // drawn about equally often, with 0.5 in the ratio sqrt(90) : sqrt(10) = 3 : 1.
+        let rec = |primary: usize| Recording {
+            filename: "x.ogg".into(),
+            path: PathBuf::from("x.ogg"),
+            primary,
+            secondary: Vec::new(),
+            rating: None,
+            group: None,
+        };
+        let ds = Dataset {
+            root: PathBuf::from("/synthetic"),
+            labels: vec!["a".into(), "b".into()],
+            recordings: (0..100).map(|i| rec(usize::from(i >= 90))).collect(),
+        };
+        let train: Vec<usize> = (0..100).collect();
+        let counts = crate::data::primary_counts(&ds, &train);
+        assert_eq!(counts, vec![90, 10]);
+        for (balance, want_b) in [(1.0, 0.5), (0.5, 0.25)] {
+            let order = balanced_order(&ds, &train, &counts, balance, 200, &mut Rng::new(3));
+            assert_eq!(order.len(), 20_000);
+            let share_b = order.iter().filter(|&&r| r >= 90).count() as f64 / 20_000.0;
+            assert!(
+                (share_b - want_b).abs() < 0.015,
+                "balance {balance}: {share_b}"
+            );
         }
     }
 

@@ -12,6 +12,60 @@ use std::path::PathBuf;
 
 pub use metadata::DataError;
 
+use birdclef_models::rng::Rng;
+
+/// Draws of indices with probability proportional to their weights (with replacement).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedDraw {
+    cumulative: Vec<f64>,
+}
+
+impl WeightedDraw {
+    /// Draws over `0..weights.len()`; negative and NaN weights count as 0.
+    pub fn new(weights: impl IntoIterator<Item = f64>) -> Self {
+        let mut sum = 0.0;
+        let cumulative = weights
+            .into_iter()
+            .map(|w| {
+                if w > 0.0 {
+                    sum += w;
+                }
+                sum
+            })
+            .collect();
+        Self { cumulative }
+    }
+
+    /// An index drawn with probability proportional to its weight (indices of weight 0 are
+    /// never drawn; when every weight is 0, uniformly). `0` when there are none.
+    pub fn draw(&self, rng: &mut Rng) -> usize {
+        let n = self.cumulative.len();
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        if total.is_nan() || total <= 0.0 {
+            return rng.below(n.max(1));
+        }
+        let u = rng.uniform() * total;
+        self.cumulative
+            .partition_point(|&c| c <= u)
+            .min(n.saturating_sub(1))
+    }
+}
+
+/// Per class, the number of recordings in `idx` whose primary label it is.
+pub fn primary_counts(ds: &Dataset, idx: &[usize]) -> Vec<usize> {
+    let mut counts = vec![0usize; ds.labels.len()];
+    for &r in idx {
+        if let Some(c) = ds
+            .recordings
+            .get(r)
+            .and_then(|rec| counts.get_mut(rec.primary))
+        {
+            *c += 1;
+        }
+    }
+    counts
+}
+
 /// One labelled recording (a row of train_metadata.csv).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recording {

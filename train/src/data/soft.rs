@@ -4,7 +4,7 @@
 
 use birdclef_models::rng::Rng;
 
-use super::{AudioStore, DataError};
+use super::{AudioStore, DataError, WeightedDraw};
 
 /// A pseudo-labelled window: a stored soundscape and the sample its window starts at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +21,9 @@ pub struct PseudoSet {
     windows: Vec<PseudoWindow>,
     targets: Vec<f32>,
     weights: Vec<f32>,
-    /// Running sums of the windows' draw weights (the sum of each one's soft targets), for
+    /// The windows' draw weights (the sum of each one's soft targets), for
     /// [`draw_weighted`](PseudoSet::draw_weighted).
-    cumulative: Vec<f64>,
+    draw: WeightedDraw,
 }
 
 impl std::fmt::Debug for PseudoSet {
@@ -58,34 +58,24 @@ impl PseudoSet {
             });
         }
         let k = weights.len().max(1);
-        let mut sum = 0.0;
-        let cumulative = targets
-            .chunks(k)
-            .map(|t| {
-                sum += t.iter().map(|&v| f64::from(v)).sum::<f64>();
-                sum
-            })
-            .collect();
+        let draw = WeightedDraw::new(
+            targets
+                .chunks(k)
+                .map(|t| t.iter().map(|&v| f64::from(v)).sum::<f64>()),
+        );
         Ok(Self {
             store,
             windows,
             targets,
             weights,
-            cumulative,
+            draw,
         })
     }
 
     /// A window drawn with probability proportional to the sum of its soft targets (windows
     /// whose targets are all 0 are never drawn; when every window's are, uniformly).
     pub fn draw_weighted(&self, rng: &mut Rng) -> usize {
-        let total = self.cumulative.last().copied().unwrap_or(0.0);
-        if total.is_nan() || total <= 0.0 {
-            return rng.below(self.len());
-        }
-        let u = rng.uniform() * total;
-        self.cumulative
-            .partition_point(|&c| c <= u)
-            .min(self.len().saturating_sub(1))
+        self.draw.draw(rng)
     }
 
     /// Number of windows.

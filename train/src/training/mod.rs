@@ -38,7 +38,7 @@ pub use state::{holds_run, FoldRun, TrainState, STATE_JSON, STATE_TENSORS};
 pub use trainer::{EpochStats, Schedule};
 
 use crate::config::{BestMetric, LossConfig, LossKind, Sampler, TrainConfig};
-use crate::data::batch::{epoch_items, BatchBuilder, Item};
+use crate::data::batch::{balanced_order, epoch_items, BatchBuilder, Item};
 use crate::data::soft::PseudoSet;
 use crate::data::{AudioStore, Dataset};
 use crate::error::TrainError;
@@ -400,6 +400,8 @@ pub fn fit_with(
         backgrounds,
         seed,
     );
+    let class_counts = crate::data::primary_counts(ds, &train_idx);
+    builder = builder.with_class_counts(&class_counts);
     if let Some(p) = pseudo {
         builder = builder.with_pseudo(p, cfg.distill.clone());
     }
@@ -429,11 +431,23 @@ pub fn fit_with(
     for epoch in trainer.state.epoch..o.epochs {
         let t0 = Instant::now();
         tch::manual_seed((seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9)) as i64 & i64::MAX);
-        let mut order: Vec<usize> = (0..o.repeats)
-            .flat_map(|_| train_idx.iter().copied())
-            .collect();
         let mut rng = Rng::new(seed ^ 0x00F1_7000 ^ ((epoch as u64) << 32));
-        rng.shuffle(&mut order);
+        let order: Vec<usize> = if cfg.data.balance > 0.0 {
+            balanced_order(
+                ds,
+                &train_idx,
+                &class_counts,
+                cfg.data.balance,
+                o.repeats,
+                &mut rng,
+            )
+        } else {
+            let mut order: Vec<usize> = (0..o.repeats)
+                .flat_map(|_| train_idx.iter().copied())
+                .collect();
+            rng.shuffle(&mut order);
+            order
+        };
         let bs = o.batch_size.min(order.len());
         let items: Vec<Item> = match pseudo {
             Some(p) if cfg.distill.pseudo_fraction > 0.0 => {
