@@ -119,6 +119,44 @@ pub struct OptimConfig {
     /// Scale the loss dynamically even without fp16 autocast (on the CPU too): a check of the
     /// loss-scale machinery, which only fp16 needs. Default false.
     pub force_loss_scale: bool,
+    /// Learning-rate schedule after the warm-up: `cosine` (down to `lr · min_lr_ratio` at the
+    /// last step), `step` (× `step_gamma` every `step_epochs` epochs), `exponential`
+    /// (× `exp_gamma` every epoch), `plateau` (× `plateau_factor` when `plateau_metric` has not
+    /// improved for more than `plateau_patience` epochs) or `constant`; the decaying ones never
+    /// go below `lr · min_lr_ratio`. Default `cosine`.
+    pub schedule: LrSchedule,
+    /// Epochs between two decays of `step`. Default 10.
+    pub step_epochs: usize,
+    /// Factor of each decay of `step`. Default 0.1.
+    pub step_gamma: f64,
+    /// Factor per epoch of `exponential`. Default 0.9.
+    pub exp_gamma: f64,
+    /// The validation number `plateau` watches; unset: `run.best_metric`. Default none.
+    pub plateau_metric: Option<BestMetric>,
+    /// Factor of each decay of `plateau`. Default 0.1.
+    pub plateau_factor: f64,
+    /// Epochs without improvement that `plateau` tolerates before a decay. Default 2.
+    pub plateau_patience: usize,
+    /// `plateau` counts a relative change of more than this (in the better direction) as an
+    /// improvement. Default 1e-4.
+    pub plateau_threshold: f64,
+}
+
+/// The learning-rate schedule after the warm-up (see [`OptimConfig::schedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Cosine from `lr` to `lr · min_lr_ratio` over the run.
+    #[default]
+    Cosine,
+    /// Multiplied by `step_gamma` every `step_epochs` epochs.
+    Step,
+    /// Multiplied by `exp_gamma` every epoch.
+    Exponential,
+    /// Reduced on a plateau of a validation metric.
+    Plateau,
+    /// `lr` throughout.
+    Constant,
 }
 
 impl Default for OptimConfig {
@@ -142,6 +180,14 @@ impl Default for OptimConfig {
             loss_scale_backoff: 0.5,
             loss_scale_growth_interval: 2000,
             force_loss_scale: false,
+            schedule: LrSchedule::Cosine,
+            step_epochs: 10,
+            step_gamma: 0.1,
+            exp_gamma: 0.9,
+            plateau_metric: None,
+            plateau_factor: 0.1,
+            plateau_patience: 2,
+            plateau_threshold: 1e-4,
         }
     }
 }
@@ -616,6 +662,14 @@ impl TrainConfig {
             || !(0.0..1.0).contains(&o.loss_scale_backoff)
         {
             return bad("optim.loss_scale > 0, loss_scale_growth ≥ 1, loss_scale_backoff in (0, 1) are required".into());
+        }
+        if o.step_epochs == 0
+            || !(o.step_gamma > 0.0 && o.step_gamma <= 1.0)
+            || !(o.exp_gamma > 0.0 && o.exp_gamma <= 1.0)
+            || !(o.plateau_factor > 0.0 && o.plateau_factor < 1.0)
+            || !(0.0..1.0).contains(&o.plateau_threshold)
+        {
+            return bad("optim.step_epochs ≥ 1, step_gamma and exp_gamma in (0, 1], plateau_factor in (0, 1) and plateau_threshold in [0, 1) are required".into());
         }
         let l = &self.loss;
         if !(0.0..1.0).contains(&l.label_smoothing) || !(0.0..=1.0).contains(&l.secondary_weight) {

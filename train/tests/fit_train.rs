@@ -335,6 +335,34 @@ fn fit_debug_config_runs() {
     Checkpoint::open(&out.join("last")).expect("last/");
 }
 
+/// `optim.schedule = "plateau"` watching a loss that can never improve by 99%: after the first
+/// epoch sets the best, every epoch halves the rate; the state saved with `last/` carries the
+/// schedule's factor (which a resumed run reads back: training::state's tests).
+#[test]
+fn the_plateau_schedule_decays_after_its_patience() {
+    let (ds, store, folds) = dataset();
+    let overrides: Vec<String> = [
+        "optim.schedule=\"plateau\"",
+        "optim.plateau_metric=\"val_loss\"",
+        "optim.plateau_patience=0",
+        "optim.plateau_factor=0.5",
+        "optim.plateau_threshold=0.99",
+        "optim.warmup_epochs=0.0",
+        "optim.min_lr_ratio=0.001",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut cfg = TrainConfig::from_toml(&config(4).to_toml(), "test", &overrides).expect("cfg");
+    cfg.run.debug_batches = Some(2);
+    let lrs = |rows: &[EpochRow]| rows.iter().map(|r| r.lr).collect::<Vec<_>>();
+    let out = scratch("plateau");
+    let s = fit(&ds, &store, &folds, 0, &cfg, &[], &out, Device::Cpu, false).expect("fit");
+    assert_eq!(lrs(&s.history), vec![1e-3, 1e-3, 5e-4, 2.5e-4]);
+    let (state, _) = saved_state(&out.join("last"));
+    assert_eq!(state["plateau"]["scale"].as_f64(), Some(0.125));
+}
+
 /// A run whose loss scale is forced on the CPU (`optim.force_loss_scale`) at `scale`, for
 /// `epochs` epochs of `steps` batches.
 fn scaled_run(out: &Path, scale: f64, epochs: usize, steps: usize) -> FitSummary {

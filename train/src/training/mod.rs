@@ -37,7 +37,7 @@ pub use optim::lr_at;
 pub use state::{holds_run, FoldRun, TrainState, STATE_JSON, STATE_TENSORS};
 pub use trainer::{EpochStats, Schedule};
 
-use crate::config::{BestMetric, LossConfig, LossKind, Sampler, TrainConfig};
+use crate::config::{BestMetric, LossConfig, LossKind, LrSchedule, Sampler, TrainConfig};
 use crate::data::batch::{balanced_order, epoch_items, BatchBuilder, Item};
 use crate::data::soft::PseudoSet;
 use crate::data::{AudioStore, Dataset};
@@ -489,6 +489,18 @@ pub fn fit_with(
             let value = row.metric(cfg.run.best_metric);
             let state = &mut t.state;
             state.epoch = epoch + 1;
+            if o.schedule == LrSchedule::Plateau {
+                let m = o.plateau_metric.unwrap_or(cfg.run.best_metric);
+                if state.plateau.update(row.metric(m), m == BestMetric::ValLoss, o) {
+                    eprintln!(
+                        "{kind}: epoch {}: {} has not improved for {} epochs; the learning rate is now {} × its schedule",
+                        epoch + 1,
+                        m.name(),
+                        o.plateau_patience + 1,
+                        state.plateau.scale
+                    );
+                }
+            }
             let better = match cfg.run.best_metric {
                 BestMetric::ValLoss => value < state.best_value,
                 _ => value > state.best_value,

@@ -6,20 +6,91 @@
 //! 0.24's optimiser does not expose its moments: ours are saved with every checkpoint, so a
 //! resumed run continues bit for bit (on the CPU).
 
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::config::OptimConfig;
+use super::trainer::Schedule;
+use crate::config::{LrSchedule, OptimConfig};
 
-/// Learning rate at batch `step` of `total`: linear warm-up over `warmup` steps, then cosine from
-/// `lr` to `lr * min_ratio` at the last step.
-pub fn lr_at(step: u64, total: u64, warmup: u64, lr: f64, min_ratio: f64) -> f64 {
+/// Learning rate at batch `step` of `schedule`: linear warm-up over `schedule.warmup` steps, then
+/// `cfg.schedule` ([`LrSchedule`]): cosine from `lr` to `lr · min_lr_ratio` at the last step, or a
+/// decay by whole epochs counted from the end of the warm-up (`step`, `exponential`, `plateau`
+/// with the factor `plateau_scale` it has reached), never below `lr · min_lr_ratio`, or
+/// constant.
+pub fn lr_at(step: u64, schedule: &Schedule, cfg: &OptimConfig, plateau_scale: f64) -> f64 {
+    let (lr, warmup) = (cfg.lr, schedule.warmup);
     if step < warmup {
         return lr * (step + 1) as f64 / warmup as f64;
     }
-    let span = total.saturating_sub(warmup).max(1) as f64;
-    let t = ((step - warmup) as f64 / span).min(1.0);
-    let floor = lr * min_ratio;
-    floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+    let floor = lr * cfg.min_lr_ratio;
+    let epochs = (step - warmup) / schedule.steps_per_epoch.max(1) as u64;
+    let decayed = |factor: f64| (lr * factor).max(floor);
+    match cfg.schedule {
+        LrSchedule::Cosine => {
+            let span = schedule.total.saturating_sub(warmup).max(1) as f64;
+            let t = ((step - warmup) as f64 / span).min(1.0);
+            floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+        LrSchedule::Step => {
+            let decays = epochs / cfg.step_epochs.max(1) as u64;
+            decayed(cfg.step_gamma.powf(decays as f64))
+        }
+        LrSchedule::Exponential => decayed(cfg.exp_gamma.powf(epochs as f64)),
+        LrSchedule::Plateau => decayed(plateau_scale),
+        LrSchedule::Constant => lr,
+    }
+}
+
+/// Where the `plateau` schedule stands: saved with the training state, so a resumed run
+/// continues it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Plateau {
+    /// The factor on `lr` reached so far.
+    pub scale: f64,
+    /// The best value of the watched metric so far.
+    pub best: Option<f64>,
+    /// Epochs since it last improved.
+    pub bad_epochs: usize,
+}
+
+impl Default for Plateau {
+    fn default() -> Self {
+        Self {
+            scale: 1.0,
+            best: None,
+            bad_epochs: 0,
+        }
+    }
+}
+
+impl Plateau {
+    /// Account for an epoch whose watched metric is `value` (`lower_is_better` for a loss):
+    /// an improvement is a relative change of more than `plateau_threshold` past the best so
+    /// far; after more than `plateau_patience` epochs without one the factor is multiplied by
+    /// `plateau_factor` and the count starts again. A non-finite value is no improvement.
+    /// Returns whether the factor changed.
+    pub fn update(&mut self, value: f64, lower_is_better: bool, cfg: &OptimConfig) -> bool {
+        let thr = cfg.plateau_threshold;
+        let improved = value.is_finite()
+            && match self.best {
+                None => true,
+                Some(b) if lower_is_better => value < b - thr * b.abs(),
+                Some(b) => value > b + thr * b.abs(),
+            };
+        if improved {
+            self.best = Some(value);
+            self.bad_epochs = 0;
+            return false;
+        }
+        self.bad_epochs += 1;
+        if self.bad_epochs > cfg.plateau_patience {
+            self.scale *= cfg.plateau_factor;
+            self.bad_epochs = 0;
+            return true;
+        }
+        false
+    }
 }
 
 /// AdamW (PyTorch's update) with its first and second moments, one pair per trainable tensor.
@@ -208,14 +279,86 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays() {
-        let lr = |s| lr_at(s, 100, 10, 1e-3, 0.1);
-        assert!((lr(0) - 1e-4).abs() < 1e-12);
-        assert!((lr(9) - 1e-3).abs() < 1e-12);
-        assert!((lr(10) - 1e-3).abs() < 1e-12);
-        assert!((lr(100) - 1e-4).abs() < 1e-12);
+        let sched = Schedule {
+            steps_per_epoch: 10,
+            total: 100,
+            warmup: 10,
+        };
+        let mut cfg = OptimConfig {
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            ..OptimConfig::default()
+        };
+        let lr = |s, cfg: &OptimConfig| lr_at(s, &sched, cfg, 1.0);
+        assert!((lr(0, &cfg) - 1e-4).abs() < 1e-12);
+        assert!((lr(9, &cfg) - 1e-3).abs() < 1e-12);
+        assert!((lr(10, &cfg) - 1e-3).abs() < 1e-12);
+        assert!((lr(100, &cfg) - 1e-4).abs() < 1e-12);
         for s in 10..100 {
-            assert!(lr(s + 1) <= lr(s));
+            assert!(lr(s + 1, &cfg) <= lr(s, &cfg));
         }
+        // step: × 0.5 every 2 epochs after the warm-up epoch, floored at 1e-4.
+        cfg.schedule = LrSchedule::Step;
+        cfg.step_epochs = 2;
+        cfg.step_gamma = 0.5;
+        let want = [
+            1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4, 1e-4,
+        ];
+        for (e, w) in want.iter().enumerate() {
+            let s = 10 + 10 * e as u64;
+            assert!(
+                (lr(s, &cfg) - w).abs() < 1e-12,
+                "epoch {e}: {}",
+                lr(s, &cfg)
+            );
+            assert!((lr(s + 9, &cfg) - w).abs() < 1e-12);
+        }
+        cfg.schedule = LrSchedule::Exponential;
+        cfg.exp_gamma = 0.9;
+        assert!((lr(35, &cfg) - 1e-3 * 0.81).abs() < 1e-12);
+        cfg.schedule = LrSchedule::Constant;
+        assert!((lr(95, &cfg) - 1e-3).abs() < 1e-12);
+        cfg.schedule = LrSchedule::Plateau;
+        assert!((lr(50, &cfg) - 1e-3).abs() < 1e-12);
+        assert!((lr_at(50, &sched, &cfg, 0.3) - 3e-4).abs() < 1e-12);
+        assert!((lr_at(50, &sched, &cfg, 0.01) - 1e-4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn plateau_decays_after_its_patience() {
+        let cfg = OptimConfig {
+            plateau_patience: 1,
+            plateau_factor: 0.5,
+            plateau_threshold: 0.01,
+            ..OptimConfig::default()
+        };
+        let mut p = Plateau::default();
+        // AUC (higher is better): 0.5, 0.6 improve; 0.605 is within 1% of 0.6, no improvement;
+        // NaN neither: two bad epochs > patience 1, so the factor halves.
+        let seen: Vec<(bool, f64)> = [0.5, 0.6, 0.605, f64::NAN, 0.7, 0.69, 0.69, 0.69]
+            .iter()
+            .map(|&v| (p.update(v, false, &cfg), p.scale))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (false, 1.0),
+                (false, 1.0),
+                (false, 1.0),
+                (true, 0.5),
+                (false, 0.5),
+                (false, 0.5),
+                (true, 0.25),
+                (false, 0.25),
+            ]
+        );
+        // A loss (lower is better).
+        let mut p = Plateau::default();
+        assert!(!p.update(1.0, true, &cfg));
+        assert!(!p.update(0.5, true, &cfg));
+        assert!(!p.update(0.6, true, &cfg));
+        assert!(p.update(0.6, true, &cfg));
+        assert_eq!(p.best, Some(0.5));
     }
 
     #[test]

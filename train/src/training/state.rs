@@ -45,6 +45,10 @@ pub struct TrainState {
     pub ema: bool,
     /// The configuration of the run, as TOML.
     pub config: String,
+    /// Where the `plateau` learning-rate schedule stands (absent from states written before it
+    /// existed: the default).
+    #[serde(default)]
+    pub plateau: super::optim::Plateau,
 }
 
 /// `dir`, or the copy moved aside by an interrupted [`fsio::write_dir_atomic`].
@@ -178,4 +182,44 @@ pub fn write_state(dir: &Path, state: &TrainState) -> Result<(), TrainError> {
         cause,
     })?;
     Ok(fsio::write_atomic(&path, text.as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> TrainState {
+        TrainState {
+            epoch: 3,
+            adam_step: 30,
+            batch_step: 30,
+            best_value: 0.5,
+            best_epoch: 2,
+            loss_scale: 1.0,
+            growth_tracker: 0,
+            fold: 0,
+            n_folds: 5,
+            ema: false,
+            config: String::new(),
+            plateau: super::super::optim::Plateau {
+                scale: 0.25,
+                best: Some(0.4),
+                bad_epochs: 1,
+            },
+        }
+    }
+
+    /// The plateau schedule's position survives a save, and a state written before the schedule
+    /// existed reads as a fresh one.
+    #[test]
+    fn the_plateau_position_is_saved_and_old_states_still_read() {
+        let s = state();
+        let text = serde_json::to_string_pretty(&s).expect("json");
+        let back: TrainState = serde_json::from_str(&text).expect("read");
+        assert_eq!(back, s);
+        let mut old: serde_json::Value = serde_json::from_str(&text).expect("value");
+        old.as_object_mut().expect("object").remove("plateau");
+        let back: TrainState = serde_json::from_value(old).expect("old state");
+        assert_eq!(back.plateau, Default::default());
+    }
 }

@@ -136,6 +136,7 @@ impl<'a> Trainer<'a> {
             n_folds: cfg.data.n_folds,
             ema: ema.is_some(),
             config: cfg.to_toml(),
+            plateau: Default::default(),
         };
         Ok(Self {
             cfg,
@@ -336,10 +337,9 @@ impl<'a> Trainer<'a> {
                 samples += batch.shape[0];
                 lr = lr_at(
                     self.state.batch_step,
-                    schedule.total,
-                    schedule.warmup,
-                    o.lr,
-                    o.min_lr_ratio,
+                    &schedule,
+                    o,
+                    self.state.plateau.scale,
                 );
                 match self.step(&batch, lr)? {
                     Some(l) => {
