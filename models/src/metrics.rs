@@ -97,8 +97,11 @@ pub enum MetricError {
         value: f64,
     },
     /// No class has a positive row, so ROC-AUC scores nothing.
-    #[error("no class has a positive row in the solution: macro ROC-AUC is undefined")]
-    NoScoredClasses,
+    #[error("no class has a positive row in the solution: macro {metric} is undefined")]
+    NoScoredClasses {
+        /// The metric asked for (`ROC-AUC`, `F1`).
+        metric: &'static str,
+    },
     /// A scored class (one with positives) has no negative row, so its ROC-AUC is undefined.
     #[error(
         "class {class}{} has no negative row: ROC-AUC is undefined for it",
@@ -270,13 +273,135 @@ where
     }
     let scored: Vec<f64> = per_class.iter().filter_map(|v| *v).collect();
     if scored.is_empty() {
-        return Err(MetricError::NoScoredClasses);
+        return Err(MetricError::NoScoredClasses { metric: "ROC-AUC" });
     }
     Ok(RocAucReport {
         macro_auc: mean(&scored),
         scored_classes: scored.len(),
         per_class,
     })
+}
+
+/// How scores become predicted labels, for [`f1_scores`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// A class is predicted where its score is at least this.
+    Threshold(f64),
+    /// Each row predicts its highest-scoring class only (the first of equal ones): for
+    /// single-label data.
+    Argmax,
+}
+
+/// F1 over the classes with at least one positive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct F1Report {
+    /// Unweighted mean of the scored classes' F1.
+    pub macro_f1: f64,
+    /// Mean of the scored classes' F1 weighted by their number of positives.
+    pub weighted_f1: f64,
+    /// F1 of each class (`None` for a class without positives).
+    pub per_class: Vec<Option<f64>>,
+}
+
+/// The class with the highest score in each row (the first of equal ones, as numpy's argmax).
+fn row_argmax<S: Copy + Into<f64>>(row: ArrayView1<'_, S>) -> usize {
+    let mut best = 0;
+    let mut best_value = f64::NEG_INFINITY;
+    for (c, &v) in row.iter().enumerate() {
+        let v: f64 = v.into();
+        if v > best_value {
+            best = c;
+            best_value = v;
+        }
+    }
+    best
+}
+
+/// Macro and support-weighted F1 of the labels `decision` predicts from `submission`, over the
+/// classes that have a positive in `solution` (a scored class never predicted and never hit has
+/// F1 0). Equals scikit-learn's `f1_score(solution, predicted, labels=kept, average="macro" /
+/// "weighted", zero_division=0)`.
+///
+/// # Errors
+///
+/// Input validation errors (see [`MetricError`]) and [`MetricError::NoScoredClasses`] when no
+/// class has a positive.
+pub fn f1_scores<L, S>(
+    solution: ArrayView2<'_, L>,
+    submission: ArrayView2<'_, S>,
+    decision: Decision,
+) -> Result<F1Report, MetricError>
+where
+    L: Copy + Into<f64>,
+    S: Copy + Into<f64>,
+{
+    validate(&solution, &submission)?;
+    let classes = solution.ncols();
+    // (true positives, predicted, positives) per class.
+    let mut counts = vec![(0u64, 0u64, 0u64); classes];
+    for (truth, scores) in solution.outer_iter().zip(submission.outer_iter()) {
+        let top = row_argmax(scores);
+        for (c, (&t, &s)) in truth.iter().zip(scores.iter()).enumerate() {
+            let positive = t.into() == 1.0;
+            let predicted = match decision {
+                Decision::Threshold(thr) => s.into() >= thr,
+                Decision::Argmax => c == top,
+            };
+            let e = &mut counts[c];
+            e.0 += u64::from(positive && predicted);
+            e.1 += u64::from(predicted);
+            e.2 += u64::from(positive);
+        }
+    }
+    let per_class: Vec<Option<f64>> = counts
+        .iter()
+        .map(|&(tp, predicted, positives)| {
+            (positives > 0).then(|| 2.0 * tp as f64 / (predicted + positives) as f64)
+        })
+        .collect();
+    let scored: Vec<(f64, u64)> = per_class
+        .iter()
+        .zip(&counts)
+        .filter_map(|(f, c)| f.map(|f| (f, c.2)))
+        .collect();
+    if scored.is_empty() {
+        return Err(MetricError::NoScoredClasses { metric: "F1" });
+    }
+    let macro_f1 = scored.iter().map(|s| s.0).sum::<f64>() / scored.len() as f64;
+    let support: u64 = scored.iter().map(|s| s.1).sum();
+    let weighted_f1 = scored.iter().map(|&(f, n)| f * n as f64).sum::<f64>() / support as f64;
+    Ok(F1Report {
+        macro_f1,
+        weighted_f1,
+        per_class,
+    })
+}
+
+/// Confusion matrix `[true class, predicted class]` of the rows with a positive: the true class
+/// is the row's first positive (the primary label when it comes first), the predicted one the
+/// highest-scoring class. Equals scikit-learn's `confusion_matrix(truth, predicted,
+/// labels=range(classes))` on those rows.
+///
+/// # Errors
+///
+/// Input validation errors (see [`MetricError`]).
+pub fn confusion_matrix<L, S>(
+    solution: ArrayView2<'_, L>,
+    submission: ArrayView2<'_, S>,
+) -> Result<ndarray::Array2<u64>, MetricError>
+where
+    L: Copy + Into<f64>,
+    S: Copy + Into<f64>,
+{
+    validate(&solution, &submission)?;
+    let classes = solution.ncols();
+    let mut m = ndarray::Array2::<u64>::zeros((classes, classes));
+    for (truth, scores) in solution.outer_iter().zip(submission.outer_iter()) {
+        if let Some(t) = truth.iter().position(|&v| v.into() == 1.0) {
+            m[[t, row_argmax(scores)]] += 1;
+        }
+    }
+    Ok(m)
 }
 
 /// Checks shapes, emptiness, label values and score finiteness (solution first, row-major).
@@ -485,7 +610,7 @@ mod tests {
         let sub = Array2::<f64>::zeros((3, 2));
         assert_eq!(
             macro_roc_auc(sol.view(), sub.view()),
-            Err(MetricError::NoScoredClasses)
+            Err(MetricError::NoScoredClasses { metric: "ROC-AUC" })
         );
         let r = padded_cmap(sol.view(), sub.view(), 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.per_class, vec![0.0, 0.0]);

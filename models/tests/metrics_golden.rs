@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 
 use birdclef_models::metrics::{
-    macro_roc_auc, macro_roc_auc_with_labels, padded_cmap, MetricError, DEFAULT_PADDING_FACTOR,
+    confusion_matrix, f1_scores, macro_roc_auc, macro_roc_auc_with_labels, padded_cmap, Decision,
+    MetricError, DEFAULT_PADDING_FACTOR,
 };
 use ndarray::Array2;
 use serde::Deserialize;
@@ -19,6 +20,7 @@ struct Golden {
     numpy: String,
     sklearn: String,
     paddings: Vec<usize>,
+    f1_thresholds: Vec<String>,
     cases: Vec<Case>,
 }
 
@@ -32,6 +34,17 @@ struct Case {
     submission: Vec<Vec<f64>>,
     roc_auc: RocAucExpected,
     padded_cmap: std::collections::BTreeMap<String, CmapExpected>,
+    /// Per threshold (and `argmax`); `None` where no class has a positive.
+    f1: std::collections::BTreeMap<String, Option<F1Expected>>,
+    confusion: Vec<Vec<u64>>,
+}
+
+#[derive(Deserialize)]
+struct F1Expected {
+    #[serde(rename = "macro")]
+    macro_: f64,
+    weighted: f64,
+    per_class: Vec<Option<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -135,8 +148,18 @@ fn macro_roc_auc_matches_sklearn() {
                 assert_eq!(report.scored_classes, scored, "{}", case.name);
             }
             (Some(ExpectedError::NoScoredClasses), Err(a), Err(b)) => {
-                assert_eq!(a, MetricError::NoScoredClasses, "{}", case.name);
-                assert_eq!(b, MetricError::NoScoredClasses, "{}", case.name);
+                assert_eq!(
+                    a,
+                    MetricError::NoScoredClasses { metric: "ROC-AUC" },
+                    "{}",
+                    case.name
+                );
+                assert_eq!(
+                    b,
+                    MetricError::NoScoredClasses { metric: "ROC-AUC" },
+                    "{}",
+                    case.name
+                );
             }
             (Some(ExpectedError::NoNegatives { class, name }), Err(a), Err(b)) => {
                 assert_eq!(
@@ -223,4 +246,63 @@ fn f32_path_matches_for_f32_exact_scores() {
         .unwrap_or_else(|| panic!("no padding 5"))
         .macro_;
     assert_close("float32_grid padded cmAP (f32)", c.cmap, want);
+}
+
+#[test]
+fn f1_and_confusion_match_sklearn() {
+    let golden = load();
+    assert_eq!(golden.f1_thresholds.len(), 2);
+    for case in golden.cases {
+        let sol = matrix("solution", &case.solution, case.rows, case.classes);
+        let sub = matrix("submission", &case.submission, case.rows, case.classes);
+        let mut decisions: Vec<(String, Decision)> = golden
+            .f1_thresholds
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    Decision::Threshold(t.parse().expect("threshold")),
+                )
+            })
+            .collect();
+        decisions.push(("argmax".into(), Decision::Argmax));
+        for (key, decision) in decisions {
+            let want = case.f1.get(&key).expect("f1 case");
+            let got = f1_scores(sol.view(), sub.view(), decision);
+            match (want, got) {
+                (Some(w), Ok(g)) => {
+                    let what = format!("{} {key}", case.name);
+                    assert_close(&format!("{what} macro F1"), g.macro_f1, w.macro_);
+                    assert_close(&format!("{what} weighted F1"), g.weighted_f1, w.weighted);
+                    assert_eq!(g.per_class.len(), w.per_class.len());
+                    for (c, (a, b)) in g.per_class.iter().zip(&w.per_class).enumerate() {
+                        match (a, b) {
+                            (Some(a), Some(b)) => {
+                                assert_close(&format!("{what} class {c}"), *a, *b)
+                            }
+                            (None, None) => {}
+                            _ => panic!("{what} class {c}: {a:?} vs {b:?}"),
+                        }
+                    }
+                }
+                (None, Err(e)) => {
+                    assert_eq!(
+                        e,
+                        MetricError::NoScoredClasses { metric: "F1" },
+                        "{}",
+                        case.name
+                    )
+                }
+                (w, g) => panic!("{} {key}: expected {:?}, got {g:?}", case.name, w.is_some()),
+            }
+        }
+        let m = confusion_matrix(sol.view(), sub.view()).expect("confusion");
+        let want: Vec<u64> = case.confusion.iter().flatten().copied().collect();
+        assert_eq!(
+            m.iter().copied().collect::<Vec<_>>(),
+            want,
+            "{} confusion",
+            case.name
+        );
+    }
 }

@@ -11,6 +11,11 @@ The reference computations follow the Kaggle metric code:
   then sklearn.metrics.roc_auc_score(solution[:, kept], submission[:, kept], average="macro").
 * BirdCLEF 2023 padded cmAP: append `padding_factor` rows of ones to solution and submission,
   then sklearn.metrics.average_precision_score(..., average="macro").
+* F1 over the classes with a positive (`kept`): sklearn.metrics.f1_score(solution, predicted,
+  labels=kept, average="macro" / "weighted" / None, zero_division=0), the predictions being
+  `submission >= threshold` or the one-hot argmax of each row.
+* Confusion matrix: sklearn.metrics.confusion_matrix(first positive of each row with one,
+  argmax of its scores, labels=range(classes)).
 
 Scores are rounded to a few decimals (or built from small grids) so that every value is
 written and re-read exactly, and so that ties are plentiful; the expected values are computed
@@ -26,10 +31,50 @@ from pathlib import Path
 import numpy as np
 import sklearn
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score
 
 OUT = Path(__file__).resolve().parent / "cases.json"
 PADDINGS = [0, 1, 5]
+F1_THRESHOLDS = ["0.5", "0.3"]
+
+
+def f1(sol, pred):
+    """F1 over the classes with a positive; None when there are none. With one column, sklearn
+    reads an (n, 1) indicator matrix as binary labels and `labels=[0]` as the negative class, so
+    a single-class case takes f1_score of the column itself (its positive class)."""
+    kept = [c for c in range(sol.shape[1]) if sol[:, c].sum() > 0]
+    if not kept:
+        return None
+    per_class = [None] * sol.shape[1]
+    if sol.shape[1] == 1:
+        v = float(f1_score(sol[:, 0], pred[:, 0], zero_division=0))
+        per_class[0] = v
+        return {"macro": v, "weighted": v, "per_class": per_class}
+    per = np.atleast_1d(f1_score(sol, pred, labels=kept, average=None, zero_division=0))
+    for c, v in zip(kept, per):
+        per_class[c] = float(v)
+    return {
+        "macro": float(f1_score(sol, pred, labels=kept, average="macro", zero_division=0)),
+        "weighted": float(f1_score(sol, pred, labels=kept, average="weighted", zero_division=0)),
+        "per_class": per_class,
+    }
+
+
+def f1_cases(sol, sub):
+    out = {t: f1(sol, (sub >= float(t)).astype(int)) for t in F1_THRESHOLDS}
+    onehot = np.zeros_like(sol, dtype=int)
+    onehot[np.arange(sol.shape[0]), np.argmax(sub, axis=1)] = 1
+    out["argmax"] = f1(sol, onehot)
+    return out
+
+
+def confusion(sol, sub):
+    rows = [r for r in range(sol.shape[0]) if sol[r].sum() > 0]
+    truth = [int(np.argmax(sol[r])) for r in rows]
+    pred = [int(np.argmax(sub[r])) for r in rows]
+    if not rows:
+        return np.zeros((sol.shape[1], sol.shape[1]), dtype=int).tolist()
+    return confusion_matrix(truth, pred, labels=list(range(sol.shape[1]))).tolist()
 
 
 def kaggle_roc_auc(sol, sub):
@@ -102,6 +147,8 @@ def case(name, description, sol, sub, labels=None):
             "sklearn_behaviour": sklearn_said,
         },
         "padded_cmap": {},
+        "f1": f1_cases(sol, sub),
+        "confusion": confusion(sol, sub),
     }
     for p in PADDINGS:
         macro, per = padded_cmap(sol, sub, p)
@@ -228,6 +275,7 @@ def main():
         "numpy": np.__version__,
         "sklearn": sklearn.__version__,
         "paddings": PADDINGS,
+        "f1_thresholds": F1_THRESHOLDS,
         "cases": cases,
     }
     text = json.dumps(doc, indent=None, separators=(",", ":"), allow_nan=False)
