@@ -377,29 +377,53 @@ where
     })
 }
 
-/// Confusion matrix `[true class, predicted class]` of the rows with a positive: the true class
-/// is the row's first positive (the primary label when it comes first), the predicted one the
-/// highest-scoring class. Equals scikit-learn's `confusion_matrix(truth, predicted,
-/// labels=range(classes))` on those rows.
+/// Confusion matrix `[true class, predicted class]`: row `r` counts once, at its true class
+/// `truth[r]` and the highest-scoring class of `submission` (the first of equal ones). Equals
+/// scikit-learn's `confusion_matrix(truth, argmax, labels=range(classes))`.
 ///
 /// # Errors
 ///
-/// Input validation errors (see [`MetricError`]).
-pub fn confusion_matrix<L, S>(
-    solution: ArrayView2<'_, L>,
+/// [`MetricError::ShapeMismatch`] when `truth` does not have one class per row (given as
+/// `(truth.len(), classes)`), [`MetricError::InvalidLabel`] for a true class that is not a column,
+/// and the score checks of the other metrics.
+pub fn confusion_matrix<S>(
+    truth: &[usize],
     submission: ArrayView2<'_, S>,
 ) -> Result<ndarray::Array2<u64>, MetricError>
 where
-    L: Copy + Into<f64>,
     S: Copy + Into<f64>,
 {
-    validate(&solution, &submission)?;
-    let classes = solution.ncols();
+    let (rows, classes) = submission.dim();
+    if truth.len() != rows {
+        return Err(MetricError::ShapeMismatch {
+            solution: (truth.len(), classes),
+            submission: (rows, classes),
+        });
+    }
+    if rows == 0 || classes == 0 {
+        return Err(MetricError::Empty { rows, classes });
+    }
+    if let Some((row, &t)) = truth.iter().enumerate().find(|(_, &t)| t >= classes) {
+        return Err(MetricError::InvalidLabel {
+            row,
+            class: t,
+            value: t as f64,
+        });
+    }
     let mut m = ndarray::Array2::<u64>::zeros((classes, classes));
-    for (truth, scores) in solution.outer_iter().zip(submission.outer_iter()) {
-        if let Some(t) = truth.iter().position(|&v| v.into() == 1.0) {
-            m[[t, row_argmax(scores)]] += 1;
+    for (row, (&t, scores)) in truth.iter().zip(submission.outer_iter()).enumerate() {
+        if let Some((class, &v)) = scores
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| !v.into().is_finite())
+        {
+            return Err(MetricError::NonFiniteScore {
+                row,
+                class,
+                value: v.into(),
+            });
         }
+        m[[t, row_argmax(scores)]] += 1;
     }
     Ok(m)
 }

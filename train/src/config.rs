@@ -527,15 +527,22 @@ pub enum BestMetric {
     ValCmap,
     /// Validation loss (lower is better).
     ValLoss,
+    /// Macro F1 (higher is better).
+    ValMacroF1,
+    /// Support-weighted F1 (higher is better).
+    ValWeightedF1,
 }
 
 impl BestMetric {
-    /// Its name in configs and `history.csv` (`val_macro_roc_auc`, `val_cmap`, `val_loss`).
+    /// Its name in configs and `history.csv` (`val_macro_roc_auc`, `val_cmap`, `val_loss`,
+    /// `val_macro_f1`, `val_weighted_f1`).
     pub fn name(self) -> &'static str {
         match self {
             BestMetric::ValMacroRocAuc => "val_macro_roc_auc",
             BestMetric::ValCmap => "val_cmap",
             BestMetric::ValLoss => "val_loss",
+            BestMetric::ValMacroF1 => "val_macro_f1",
+            BestMetric::ValWeightedF1 => "val_weighted_f1",
         }
     }
 }
@@ -546,8 +553,14 @@ impl BestMetric {
 pub struct RunConfig {
     /// Seed of initialisation, shuffling, augmentation and dropout. Default 42.
     pub seed: u64,
-    /// `val_macro_roc_auc`, `val_cmap` or `val_loss`. Default `val_macro_roc_auc`.
+    /// `val_macro_roc_auc`, `val_cmap`, `val_loss`, `val_macro_f1` or `val_weighted_f1`.
+    /// Default `val_macro_roc_auc`.
     pub best_metric: BestMetric,
+    /// Validation F1 predicts a species where its probability is at least this. Default 0.5.
+    pub f1_threshold: f64,
+    /// Validation F1 predicts each window's most probable species only (single-label data)
+    /// instead of thresholding. Default false.
+    pub f1_argmax: bool,
     /// Stop each epoch after this many batches and validate on at most 4× as many windows
     /// (a quick end-to-end check). Default: none.
     pub debug_batches: Option<usize>,
@@ -558,6 +571,8 @@ impl Default for RunConfig {
         Self {
             seed: 42,
             best_metric: BestMetric::ValMacroRocAuc,
+            f1_threshold: 0.5,
+            f1_argmax: false,
             debug_batches: None,
         }
     }
@@ -724,6 +739,12 @@ impl TrainConfig {
         }
         if a.mixup_alpha < 0.0 || a.time_shift_seconds < 0.0 || a.crop_seconds <= 0.0 {
             return bad("augment.mixup_alpha, time_shift_seconds ≥ 0 and crop_seconds > 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.run.f1_threshold) {
+            return bad(format!(
+                "run.f1_threshold must be in [0, 1], got {}",
+                self.run.f1_threshold
+            ));
         }
         if !(0.0..=4.0).contains(&l.class_weight_power) {
             return bad(format!(

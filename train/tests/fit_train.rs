@@ -167,6 +167,27 @@ fn fit_learns_writes_history_and_exportable_checkpoints() {
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some(HISTORY_COLUMNS.join(",").as_str()));
     assert_eq!(lines.count(), 6);
+    // F1 at 0.5 and the confusion matrix of the last epoch: every validation window counted
+    // once, at its recording's primary label; most on the diagonal once the network learnt.
+    let last = s.history.last().expect("rows");
+    assert!((0.0..=1.0).contains(&last.val_macro_f1), "{last:?}");
+    assert!((0.0..=1.0).contains(&last.val_weighted_f1), "{last:?}");
+    let confusion = std::fs::read_to_string(out.join("confusion.csv")).expect("confusion.csv");
+    let rows: Vec<Vec<&str>> = confusion.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), SPECIES + 1);
+    assert_eq!(rows[0][0], "true\\predicted");
+    let counts: Vec<Vec<u64>> = rows[1..]
+        .iter()
+        .map(|r| r[1..].iter().map(|v| v.parse().expect("count")).collect())
+        .collect();
+    let total: u64 = counts.iter().flatten().sum();
+    assert_eq!(total as usize, s.sizes.1, "one count per validation window");
+    let diagonal: u64 = (0..SPECIES).map(|i| counts[i][i]).sum();
+    assert!(
+        2 * diagonal > total,
+        "diagonal {diagonal} of {total}: {confusion}"
+    );
+    assert!(out.join("confusion_best.csv").is_file());
     let png = std::fs::read(out.join("history.png")).expect("history.png");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
 

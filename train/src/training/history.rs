@@ -12,7 +12,7 @@ pub const HISTORY_CSV: &str = "history.csv";
 /// The history plot in the output directory.
 pub const HISTORY_PNG: &str = "history.png";
 /// Columns of `history.csv`.
-pub const HISTORY_COLUMNS: [&str; 9] = [
+pub const HISTORY_COLUMNS: [&str; 11] = [
     "epoch",
     "train_loss",
     "val_loss",
@@ -22,7 +22,12 @@ pub const HISTORY_COLUMNS: [&str; 9] = [
     "seconds",
     "train_samples_per_s",
     "skipped_steps",
+    "val_macro_f1",
+    "val_weighted_f1",
 ];
+
+/// Columns of histories written before the F1 columns existed (read on resume).
+const OLD_COLUMNS: usize = 9;
 
 /// One row of `history.csv` (epochs count from 1).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,6 +50,11 @@ pub struct EpochRow {
     pub train_samples_per_s: f64,
     /// Optimiser steps skipped for inf/NaN gradients.
     pub skipped_steps: usize,
+    /// Validation macro F1 (`run.f1_threshold` or `run.f1_argmax`; NaN when no class has a
+    /// positive, and in rows of older histories).
+    pub val_macro_f1: f64,
+    /// Validation F1 weighted by each class's positives.
+    pub val_weighted_f1: f64,
 }
 
 impl EpochRow {
@@ -54,12 +64,14 @@ impl EpochRow {
             BestMetric::ValMacroRocAuc => self.val_macro_roc_auc,
             BestMetric::ValCmap => self.val_cmap,
             BestMetric::ValLoss => self.val_loss,
+            BestMetric::ValMacroF1 => self.val_macro_f1,
+            BestMetric::ValWeightedF1 => self.val_weighted_f1,
         }
     }
 
     fn csv(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{:.3},{:.2},{}",
+            "{},{},{},{},{},{},{:.3},{:.2},{},{},{}",
             self.epoch,
             self.train_loss,
             self.val_loss,
@@ -68,13 +80,15 @@ impl EpochRow {
             self.lr,
             self.seconds,
             self.train_samples_per_s,
-            self.skipped_steps
+            self.skipped_steps,
+            self.val_macro_f1,
+            self.val_weighted_f1
         )
     }
 
     fn parse(line: &str) -> Option<Self> {
         let f: Vec<&str> = line.trim().split(',').collect();
-        if f.len() != HISTORY_COLUMNS.len() {
+        if f.len() != HISTORY_COLUMNS.len() && f.len() != OLD_COLUMNS {
             return None;
         }
         let p = |i: usize| f[i].parse::<f64>().ok();
@@ -88,8 +102,38 @@ impl EpochRow {
             seconds: p(6)?,
             train_samples_per_s: p(7)?,
             skipped_steps: f[8].parse().ok()?,
+            val_macro_f1: f.get(9).map_or(Some(f64::NAN), |v| v.parse().ok())?,
+            val_weighted_f1: f.get(10).map_or(Some(f64::NAN), |v| v.parse().ok())?,
         })
     }
+}
+
+/// The latest epoch's validation confusion matrix, beside `history.csv`.
+pub const CONFUSION_CSV: &str = "confusion.csv";
+/// The confusion matrix of the epoch `best/` holds.
+pub const CONFUSION_BEST_CSV: &str = "confusion_best.csv";
+
+/// Write confusion matrix `m` (`[true, predicted]` window counts) to `path` atomically, as CSV:
+/// a header `true\predicted,<label>,…`, then one row per true label.
+pub fn write_confusion(
+    path: &Path,
+    labels: &[String],
+    m: &ndarray::Array2<u64>,
+) -> Result<(), TrainError> {
+    let mut text = String::from("true\\predicted");
+    for l in labels {
+        text.push(',');
+        text.push_str(l);
+    }
+    text.push('\n');
+    for (label, row) in labels.iter().zip(m.outer_iter()) {
+        text.push_str(label);
+        for v in row {
+            text.push_str(&format!(",{v}"));
+        }
+        text.push('\n');
+    }
+    Ok(birdclef_models::fsio::write_atomic(path, text.as_bytes())?)
 }
 
 /// Write `history.csv` of `rows` into `out_dir`, atomically.
@@ -192,4 +236,33 @@ pub fn plot_history(path: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
         root.present().map_err(|e| err(&e))?;
     }
     Ok(file.commit()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows round-trip, and rows of a history written before the F1 columns (9 columns) still
+    /// read, with NaN F1, so that resuming such a run keeps its history.
+    #[test]
+    fn rows_round_trip_and_older_rows_read() {
+        let row = EpochRow {
+            epoch: 2,
+            train_loss: 0.5,
+            val_loss: 0.25,
+            val_macro_roc_auc: 0.75,
+            val_cmap: 0.625,
+            lr: 1e-3,
+            seconds: 1.5,
+            train_samples_per_s: 12.25,
+            skipped_steps: 1,
+            val_macro_f1: 0.375,
+            val_weighted_f1: 0.5,
+        };
+        assert_eq!(EpochRow::parse(&row.csv()), Some(row));
+        let old = EpochRow::parse("3,0.5,0.25,0.75,0.625,0.001,1.500,12.25,0").expect("old row");
+        assert_eq!(old.epoch, 3);
+        assert!(old.val_macro_f1.is_nan() && old.val_weighted_f1.is_nan());
+        assert_eq!(EpochRow::parse("3,0.5,0.25"), None);
+    }
 }

@@ -32,7 +32,9 @@ use birdclef_models::rng::Rng;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Reduction, Tensor};
 
-pub use history::{EpochRow, HISTORY_COLUMNS, HISTORY_CSV, HISTORY_PNG};
+pub use history::{
+    EpochRow, CONFUSION_BEST_CSV, CONFUSION_CSV, HISTORY_COLUMNS, HISTORY_CSV, HISTORY_PNG,
+};
 pub use optim::lr_at;
 pub use state::{holds_run, FoldRun, TrainState, STATE_JSON, STATE_TENSORS};
 pub use trainer::{EpochStats, Schedule};
@@ -43,7 +45,7 @@ use crate::data::soft::PseudoSet;
 use crate::data::{AudioStore, Dataset};
 use crate::error::TrainError;
 use crate::model::init::reference_input;
-use history::{plot_history, write_history};
+use history::{plot_history, write_confusion, write_history};
 use trainer::Trainer;
 use validate::ValSet;
 
@@ -485,6 +487,8 @@ pub fn fit_with(
                 seconds: 0.0,
                 train_samples_per_s: stats.samples as f64 / train_seconds.max(1e-9),
                 skipped_steps: stats.skipped,
+                val_macro_f1: v.macro_f1,
+                val_weighted_f1: v.weighted_f1,
             };
             let value = row.metric(cfg.run.best_metric);
             let state = &mut t.state;
@@ -529,6 +533,10 @@ pub fn fit_with(
             row.seconds = t0.elapsed().as_secs_f64();
             t.history.push(row);
             write_history(out_dir, &t.history)?;
+            write_confusion(&out_dir.join(CONFUSION_CSV), &ds.labels, &v.confusion)?;
+            if is_best {
+                write_confusion(&out_dir.join(CONFUSION_BEST_CSV), &ds.labels, &v.confusion)?;
+            }
             if let Err(e) = plot_history(&out_dir.join(HISTORY_PNG), &t.history) {
                 eprintln!("{kind}: {e} (history.png not updated)");
             }
@@ -539,13 +547,14 @@ pub fn fit_with(
             }
             t.save(&last_dir, &card, &reference, raw)?;
             eprintln!(
-                "{kind}: epoch {}/{}: train_loss {:.4} val_loss {:.4} val_macro_roc_auc {:.4} val_cmap {:.4} lr {:.2e} {:.1} s ({:.1} samples/s){}{}",
+                "{kind}: epoch {}/{}: train_loss {:.4} val_loss {:.4} val_macro_roc_auc {:.4} val_cmap {:.4} val_macro_f1 {:.4} lr {:.2e} {:.1} s ({:.1} samples/s){}{}",
                 row.epoch,
                 o.epochs,
                 row.train_loss,
                 row.val_loss,
                 row.val_macro_roc_auc,
                 row.val_cmap,
+                row.val_macro_f1,
                 row.lr,
                 row.seconds,
                 row.train_samples_per_s,

@@ -1,7 +1,7 @@
 //! Validation on the held-out fold: the first [`DataConfig::val_max_windows`] 5-s windows of each
 //! held-out recording's head, computed once per run, positives = primary and secondary labels;
-//! scored every epoch with the validation loss, macro ROC-AUC and padded cmAP
-//! ([`birdclef_models::metrics`]).
+//! scored every epoch with the validation loss, macro ROC-AUC, padded cmAP, macro and weighted
+//! F1 and a confusion matrix ([`birdclef_models::metrics`]).
 //!
 //! [`DataConfig::val_max_windows`]: crate::config::DataConfig::val_max_windows
 
@@ -22,13 +22,15 @@ pub struct ValSet {
     x: Vec<f32>,
     shape: [usize; 3],
     y: Vec<f32>,
+    /// The primary label of each window's recording (the true class of the confusion matrix).
+    primary: Vec<usize>,
     /// Number of windows.
     pub n: usize,
     k: usize,
 }
 
 /// One epoch's validation numbers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Validation {
     /// The training loss (BCE or focal, without label smoothing or masks) averaged over windows
     /// and classes.
@@ -37,6 +39,12 @@ pub struct Validation {
     pub macro_roc_auc: f64,
     /// Padded cmAP.
     pub cmap: f64,
+    /// Macro F1 over the classes with a positive (NaN when there are none).
+    pub macro_f1: f64,
+    /// Support-weighted F1.
+    pub weighted_f1: f64,
+    /// `[true, predicted]` counts: each window's primary label against its most probable class.
+    pub confusion: ndarray::Array2<u64>,
 }
 
 impl ValSet {
@@ -56,6 +64,7 @@ impl ValSet {
             x: Vec::new(),
             shape,
             y: Vec::new(),
+            primary: Vec::new(),
             n: 0,
             k,
         };
@@ -77,6 +86,7 @@ impl ValSet {
                 // Row-major, whatever the array's memory layout.
                 out.x.extend(images.index_axis(Axis(0), w).iter().copied());
                 out.y.extend_from_slice(&row);
+                out.primary.push(r.primary.min(k.saturating_sub(1)));
                 out.n += 1;
             }
         }
@@ -91,6 +101,7 @@ impl ValSet {
         batch: usize,
         autocast: bool,
         loss_cfg: &LossConfig,
+        decision: metrics::Decision,
     ) -> Result<(Validation, Option<String>), TrainError> {
         let (k, per) = (self.k, self.shape.iter().product::<usize>());
         let mut probs = Vec::with_capacity(self.n * k);
@@ -131,10 +142,16 @@ impl ValSet {
         let cmap = metrics::padded_cmap(sol.view(), sub.view(), metrics::DEFAULT_PADDING_FACTOR)
             .map(|r| r.cmap)
             .unwrap_or(f64::NAN);
+        let f1 = metrics::f1_scores(sol.view(), sub.view(), decision).ok();
+        let confusion = metrics::confusion_matrix(&self.primary, sub.view())
+            .unwrap_or_else(|_| ndarray::Array2::zeros((k, k)));
         let validation = Validation {
             loss: loss_sum / (self.n * k).max(1) as f64,
             macro_roc_auc,
             cmap,
+            macro_f1: f1.as_ref().map_or(f64::NAN, |f| f.macro_f1),
+            weighted_f1: f1.as_ref().map_or(f64::NAN, |f| f.weighted_f1),
+            confusion,
         };
         Ok((validation, note))
     }
