@@ -257,7 +257,29 @@ enum Command {
         /// Print each species' AUC and AP.
         #[arg(long)]
         per_species: bool,
+        /// Also print macro and weighted F1 (over the species with a positive), predicting a
+        /// species where its probability is at least THRESHOLD, or, with `argmax`, each row's
+        /// most probable species only.
+        #[arg(long, value_name = "THRESHOLD|argmax", value_parser = parse_decision)]
+        f1: Option<birdclef_models::metrics::Decision>,
+        /// Write the confusion matrix (each solution row with a positive: its first positive
+        /// species against the submission's most probable one) to this CSV.
+        #[arg(long, value_name = "CSV")]
+        confusion: Option<PathBuf>,
     },
+}
+
+fn parse_decision(s: &str) -> Result<birdclef_models::metrics::Decision, String> {
+    use birdclef_models::metrics::Decision;
+    if s == "argmax" {
+        return Ok(Decision::Argmax);
+    }
+    match s.parse::<f64>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(Decision::Threshold(t)),
+        _ => Err(format!(
+            "{s:?} is neither a threshold in [0, 1] nor `argmax`"
+        )),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -345,8 +367,16 @@ fn run(cli: Cli) -> Result<u8> {
             solution,
             padding,
             per_species,
+            f1,
+            confusion,
         } => {
-            let report = birdclef_infer::score::score(&submission, &solution, padding)?;
+            if let Some(path) = &confusion {
+                birdclef_models::fsio::check_output_file(path)?;
+            }
+            let report = birdclef_infer::score::score_with(&submission, &solution, padding, f1)?;
+            if let Some(path) = &confusion {
+                birdclef_infer::score::write_confusion(&report, path)?;
+            }
             if per_species {
                 println!("{report:#}");
             } else {

@@ -93,6 +93,11 @@ pub struct ScoreReport {
     pub cmap: f64,
     /// Rows of ones appended for cmAP.
     pub padding: usize,
+    /// F1 when asked for ([`score_with`]): how labels were predicted, and the scores.
+    pub f1: Option<(metrics::Decision, metrics::F1Report)>,
+    /// `[true, predicted]` counts of the solution rows with a positive: the row's first
+    /// positive species (in solution column order) against its highest-scoring one.
+    pub confusion: Array2<u64>,
 }
 
 impl fmt::Display for ScoreReport {
@@ -121,6 +126,17 @@ impl fmt::Display for ScoreReport {
         }
         writeln!(f)?;
         writeln!(f, "padded cmAP (pad {}) {:.6}", self.padding, self.cmap)?;
+        if let Some((decision, r)) = &self.f1 {
+            let how = match decision {
+                metrics::Decision::Threshold(t) => format!("at {t}"),
+                metrics::Decision::Argmax => "by argmax".to_string(),
+            };
+            writeln!(
+                f,
+                "F1 {how}: macro {:.6}, weighted {:.6}",
+                r.macro_f1, r.weighted_f1
+            )?;
+        }
         if f.alternate() {
             let width = self
                 .species
@@ -129,15 +145,27 @@ impl fmt::Display for ScoreReport {
                 .max()
                 .unwrap_or(7)
                 .max(7);
-            writeln!(f, "{:<width$}  positives   roc_auc   avg_prec", "species")?;
+            let f1_head = if self.f1.is_some() { "        f1" } else { "" };
+            writeln!(
+                f,
+                "{:<width$}  positives   roc_auc   avg_prec{f1_head}",
+                "species"
+            )?;
             for (i, s) in self.species.iter().enumerate() {
                 let auc = match self.per_species_auc[i] {
                     Some(a) => format!("{a:.6}"),
                     None => "-".to_string(),
                 };
+                let f1 = match &self.f1 {
+                    Some((_, r)) => match r.per_class[i] {
+                        Some(v) => format!("  {v:>8.6}"),
+                        None => format!("  {:>8}", "-"),
+                    },
+                    None => String::new(),
+                };
                 writeln!(
                     f,
-                    "{s:<width$}  {:>9}  {auc:>8}  {:>9.6}",
+                    "{s:<width$}  {:>9}  {auc:>8}  {:>9.6}{f1}",
                     self.positives[i], self.per_species_ap[i]
                 )?;
             }
@@ -271,6 +299,21 @@ pub fn score(
     solution: &Path,
     padding: usize,
 ) -> Result<ScoreReport, ScoreError> {
+    score_with(submission, solution, padding, None)
+}
+
+/// [`score`], and F1 with the predictions `f1` makes (macro and support-weighted over the
+/// species with a positive, as scikit-learn's `f1_score`) when it is given.
+///
+/// # Errors
+///
+/// As [`score`].
+pub fn score_with(
+    submission: &Path,
+    solution: &Path,
+    padding: usize,
+    f1: Option<metrics::Decision>,
+) -> Result<ScoreReport, ScoreError> {
     let sol = read_table(solution, "solution")?;
     let sub = read_table(submission, "submission")?;
     index_rows(&sol, solution)?;
@@ -343,6 +386,25 @@ pub fn score(
     let auc = metrics::macro_roc_auc_with_labels(truth.view(), preds.view(), &sol.columns)
         .map_err(metric_err)?;
     let cmap = metrics::padded_cmap(truth.view(), preds.view(), padding).map_err(metric_err)?;
+    let f1 = match f1 {
+        Some(d) => Some((
+            d,
+            metrics::f1_scores(truth.view(), preds.view(), d).map_err(metric_err)?,
+        )),
+        None => None,
+    };
+    let with_positive: Vec<usize> = (0..n)
+        .filter(|&r| truth.row(r).iter().any(|&v| v == 1.0))
+        .collect();
+    let first_positive: Vec<usize> = with_positive
+        .iter()
+        .map(|&r| truth.row(r).iter().position(|&v| v == 1.0).unwrap_or(0))
+        .collect();
+    let confusion = metrics::confusion_matrix(
+        &first_positive,
+        preds.select(ndarray::Axis(0), &with_positive).view(),
+    )
+    .unwrap_or_else(|_| Array2::zeros((c, c)));
     let positives = truth
         .columns()
         .into_iter()
@@ -360,5 +422,30 @@ pub fn score(
         per_species_ap: cmap.per_class,
         cmap: cmap.cmap,
         padding,
+        f1,
+        confusion,
     })
+}
+
+/// Write `report`'s confusion matrix to `path` atomically as CSV: a header
+/// `true\\predicted,<species>,…`, then one row per species of the solution.
+///
+/// # Errors
+///
+/// [`FileError`] when the file cannot be written (or `path` is not a regular file).
+pub fn write_confusion(report: &ScoreReport, path: &Path) -> Result<(), FileError> {
+    let mut text = String::from("true\\predicted");
+    for s in &report.species {
+        text.push(',');
+        text.push_str(s);
+    }
+    text.push('\n');
+    for (s, row) in report.species.iter().zip(report.confusion.outer_iter()) {
+        text.push_str(s);
+        for v in row {
+            text.push_str(&format!(",{v}"));
+        }
+        text.push('\n');
+    }
+    birdclef_models::fsio::write_atomic(path, text.as_bytes()).map_err(FileError::from)
 }

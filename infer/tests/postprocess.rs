@@ -542,6 +542,31 @@ fn scoring_small_cases() {
     let long = format!("{r:#}");
     assert!(long.contains("positives") && long.ends_with("macro_roc_auc=0.875000"));
     println!("{long}");
+    // F1 at 0.5: a predicted at r_5 and r_10, hit once of its 2 → 2·1/(2+2) = 0.5; b → 1; c
+    // unscored. By argmax (ties to the first column, a): a at r_5, r_15, r_20 → 2·2/(3+2) = 0.8.
+    use birdclef_models::metrics::Decision;
+    for (d, macro_f1, weighted) in [
+        (Decision::Threshold(0.5), 0.75, 2.0 / 3.0),
+        (Decision::Argmax, 0.9, 2.6 / 3.0),
+    ] {
+        let r = score::score_with(&sub, &sol, 5, Some(d)).unwrap();
+        let (_, f1) = r.f1.as_ref().expect("f1");
+        assert!((f1.macro_f1 - macro_f1).abs() < 1e-12, "{d:?}: {f1:?}");
+        assert!((f1.weighted_f1 - weighted).abs() < 1e-12, "{d:?}: {f1:?}");
+        let text = format!("{r:#}");
+        assert!(text.contains("F1 ") && text.ends_with("macro_roc_auc=0.875000"), "{text}");
+    }
+    // Confusion: the rows with a positive (r_5, r_10, r_20) land on the diagonal.
+    assert_eq!(
+        r.confusion.iter().copied().collect::<Vec<_>>(),
+        vec![2, 0, 0, 0, 1, 0, 0, 0, 0]
+    );
+    let out = dir.path("confusion.csv");
+    score::write_confusion(&r, &out).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "true\\predicted,a,b,c\na,2,0,0\nb,0,1,0\nc,0,0,0\n"
+    );
 
     // Missing rows: count and examples.
     let short = dir.path("short.csv");
