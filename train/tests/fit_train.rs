@@ -188,6 +188,8 @@ fn fit_learns_writes_history_and_exportable_checkpoints() {
         "diagonal {diagonal} of {total}: {confusion}"
     );
     assert!(out.join("confusion_best.csv").is_file());
+    let png = std::fs::read(out.join("confusion.png")).expect("confusion.png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
     let png = std::fs::read(out.join("history.png")).expect("history.png");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
 

@@ -136,6 +136,48 @@ pub fn write_confusion(
     Ok(birdclef_models::fsio::write_atomic(path, text.as_bytes())?)
 }
 
+/// The latest epoch's confusion matrix as an image, beside `confusion.csv`.
+pub const CONFUSION_PNG: &str = "confusion.png";
+
+/// Draw confusion matrix `m` as a grid (true label down, predicted across, in label order), each
+/// cell shaded from white (none) to dark blue (all of its row's windows); rows without windows
+/// stay light grey. No text (no fonts needed); `confusion.csv` has the numbers.
+pub fn plot_confusion(path: &Path, m: &ndarray::Array2<u64>) -> Result<(), TrainError> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Debug| TrainError::Plot {
+        path: path.to_path_buf(),
+        reason: format!("{e:?}"),
+    };
+    let k = m.nrows().max(1);
+    let cell = (640 / k).clamp(2, 40) as i32;
+    let side = (cell * k as i32) as u32;
+    let file = birdclef_models::fsio::AtomicFile::new(path)?;
+    {
+        let root = BitMapBackend::new(file.path(), (side, side)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        for (t, row) in m.outer_iter().enumerate() {
+            let total: u64 = row.sum();
+            for (p, &v) in row.iter().enumerate() {
+                let colour = if total == 0 {
+                    RGBColor(235, 235, 235)
+                } else {
+                    let share = v as f64 / total as f64;
+                    let fade = |full: f64| (255.0 - share * (255.0 - full)).round() as u8;
+                    RGBColor(fade(20.0), fade(40.0), fade(140.0))
+                };
+                let (x, y) = (p as i32 * cell, t as i32 * cell);
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    colour.filled(),
+                ))
+                .map_err(|e| err(&e))?;
+            }
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(file.commit()?)
+}
+
 /// Write `history.csv` of `rows` into `out_dir`, atomically.
 pub fn write_history(out_dir: &Path, rows: &[EpochRow]) -> Result<(), TrainError> {
     let mut text = HISTORY_COLUMNS.join(",");

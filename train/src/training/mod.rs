@@ -33,7 +33,8 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Reduction, Tensor};
 
 pub use history::{
-    EpochRow, CONFUSION_BEST_CSV, CONFUSION_CSV, HISTORY_COLUMNS, HISTORY_CSV, HISTORY_PNG,
+    EpochRow, CONFUSION_BEST_CSV, CONFUSION_CSV, CONFUSION_PNG, HISTORY_COLUMNS, HISTORY_CSV,
+    HISTORY_PNG,
 };
 pub use optim::lr_at;
 pub use state::{holds_run, FoldRun, TrainState, STATE_JSON, STATE_TENSORS};
@@ -45,7 +46,7 @@ use crate::data::soft::PseudoSet;
 use crate::data::{AudioStore, Dataset};
 use crate::error::TrainError;
 use crate::model::init::reference_input;
-use history::{plot_history, write_confusion, write_history};
+use history::{plot_confusion, plot_history, write_confusion, write_history};
 use trainer::Trainer;
 use validate::ValSet;
 
@@ -534,6 +535,9 @@ pub fn fit_with(
             t.history.push(row);
             write_history(out_dir, &t.history)?;
             write_confusion(&out_dir.join(CONFUSION_CSV), &ds.labels, &v.confusion)?;
+            if let Err(e) = plot_confusion(&out_dir.join(CONFUSION_PNG), &v.confusion) {
+                eprintln!("{kind}: {e} (confusion.png not updated)");
+            }
             if is_best {
                 write_confusion(&out_dir.join(CONFUSION_BEST_CSV), &ds.labels, &v.confusion)?;
             }
