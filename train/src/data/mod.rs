@@ -145,6 +145,7 @@ impl AudioStore for MemoryStore {
         })
     }
 }
+pub mod annotations;
 pub mod augment;
 pub mod batch;
 pub mod cache;
