@@ -554,7 +554,10 @@ fn scoring_small_cases() {
         assert!((f1.macro_f1 - macro_f1).abs() < 1e-12, "{d:?}: {f1:?}");
         assert!((f1.weighted_f1 - weighted).abs() < 1e-12, "{d:?}: {f1:?}");
         let text = format!("{r:#}");
-        assert!(text.contains("F1 ") && text.ends_with("macro_roc_auc=0.875000"), "{text}");
+        assert!(
+            text.contains("F1 ") && text.ends_with("macro_roc_auc=0.875000"),
+            "{text}"
+        );
     }
     // Confusion: the rows with a positive (r_5, r_10, r_20) land on the diagonal.
     assert_eq!(
