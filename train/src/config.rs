@@ -710,13 +710,8 @@ impl TrainConfig {
             }
         }
         for (name, [lo, hi], min, max) in [
-            ("gain_db", a.gain_db, f64::NEG_INFINITY, f64::INFINITY),
-            (
-                "background_gain_db",
-                a.background_gain_db,
-                f64::NEG_INFINITY,
-                f64::INFINITY,
-            ),
+            ("gain_db", a.gain_db, -120.0, 120.0),
+            ("background_gain_db", a.background_gain_db, -120.0, 120.0),
             ("speed", a.speed, 0.25, 4.0),
             ("time_stretch", a.time_stretch, 0.25, 4.0),
             (

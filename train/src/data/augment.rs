@@ -122,11 +122,14 @@ pub fn time_stretch(x: &[f32], rate: f64) -> Vec<f32> {
             .collect();
         PvFrame { mag, unit }
     };
-    let out_frames = out_len / hop + 1;
+    // librosa's frame count, `len(np.arange(0, frames, rate))`; the output is cut or
+    // zero-padded to `out_len` as its `istft(length=…)` does.
+    let out_frames = (frames as f64 / rate).ceil() as usize;
     let (mut at, mut fa, mut fb) = (0, analyse(0), analyse(1));
     let mut phasor = fa.unit.clone();
-    let mut out = vec![0.0f64; out_frames * hop + n];
-    let mut norm = vec![0.0f64; out_frames * hop + n];
+    let span = (out_frames * hop + n).max(out_len + n);
+    let mut out = vec![0.0f64; span];
+    let mut norm = vec![0.0f64; span];
     let mut frame = vec![0.0f64; n];
     let mut synth = inverse.make_input_vec();
     for k in 0..out_frames {
@@ -170,7 +173,8 @@ pub fn time_stretch(x: &[f32], rate: f64) -> Vec<f32> {
 
 /// `x` with its pitch moved by `semitones` and its length kept: stretched to `2^(s/12)` times
 /// its length, then resampled back (librosa's `pitch_shift` recipe); the ratio is rounded by
-/// [`quantise_ratio`], so the shift is within 0.06 semitones of `semitones` (from −4 up).
+/// [`quantise_ratio`], so the shift is within 0.06 semitones of `semitones` from −4 up (the
+/// rounding step grows as the ratio falls: about 0.17 semitones at −24).
 pub fn pitch_shift(x: &[f32], semitones: f64) -> Vec<f32> {
     let ratio = quantise_ratio(2f64.powf(semitones / 12.0));
     let stretched = time_stretch(x, 1.0 / ratio);
@@ -178,7 +182,7 @@ pub fn pitch_shift(x: &[f32], semitones: f64) -> Vec<f32> {
 }
 
 /// Unit-RMS Gaussian noise of `n` samples whose power spectrum falls as `f^(−exponent)` (0 white,
-/// 1 pink, 2 brown), shaped in the frequency domain (no DC).
+/// 1 pink, 2 brown), shaped in the frequency domain (without its DC bin unless white).
 pub fn coloured_noise(n: usize, exponent: f64, rng: &mut Rng) -> Vec<f32> {
     if n < 2 {
         return vec![0.0; n];
@@ -409,11 +413,16 @@ mod tests {
     fn time_stretch_matches_librosa() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/augment");
         let x = golden_signal();
-        for rate in ["0.8", "1.25"] {
-            let want =
-                birdclef_models::npy::read_f32(&dir.join(format!("time_stretch_{rate}.npy")))
-                    .expect("golden file");
-            let got = time_stretch(&x, rate.parse().expect("rate"));
+        // The last case's length is where librosa's frame count, ceil(frames / rate), exceeds
+        // the output length's own frame count by one.
+        for (rate, len, name) in [
+            ("0.8", 32_000, "time_stretch_0.8"),
+            ("1.25", 32_000, "time_stretch_1.25"),
+            ("0.8", 20_000, "time_stretch_20000_0.8"),
+        ] {
+            let want = birdclef_models::npy::read_f32(&dir.join(format!("{name}.npy")))
+                .expect("golden file");
+            let got = time_stretch(&x[..len], rate.parse().expect("rate"));
             assert_eq!(got.len(), want.len(), "rate {rate}");
             let err = got
                 .iter()

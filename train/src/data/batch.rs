@@ -135,6 +135,22 @@ pub fn balanced_order(
         .collect()
 }
 
+/// Combine a sample's targets `y` and loss weights `w` with a partner's (`y2`, `w2`): the
+/// element-wise maximum of the targets with `max`, else `a · y + b · y2`; the smaller weight.
+fn combine_targets(
+    y: &mut [f32],
+    w: &mut [f32],
+    y2: &[f32],
+    w2: &[f32],
+    max: bool,
+    (a, b): (f32, f32),
+) {
+    for ((yk, wk), (&t, &pw)) in y.iter_mut().zip(w.iter_mut()).zip(y2.iter().zip(w2)) {
+        *yk = if max { yk.max(t) } else { a * *yk + b * t };
+        *wk = wk.min(pw);
+    }
+}
+
 /// True with probability `p`; draws from `rng` only when `p > 0`.
 fn chance(rng: &mut Rng, p: f64) -> bool {
     p > 0.0 && rng.uniform() < p
@@ -265,7 +281,7 @@ impl<'a> BatchBuilder<'a> {
                     out[..src.len()].copy_from_slice(src);
                 }
             }
-            Item::Pseudo(i) => out = self.pseudo_set()?.audio(i, m)?,
+            Item::Pseudo(i) => out = self.pseudo_set()?.audio_around(i, n, m)?,
         }
         if let Some(rate) = stretch {
             out = augment::time_stretch(&out, rate);
@@ -317,17 +333,14 @@ impl<'a> BatchBuilder<'a> {
         for (c, v) in clip.iter_mut().zip(&window) {
             *c = (1.0 - lam) * *c + lam * v;
         }
-        for ((yk, wk), (&t, &pw)) in y
-            .iter_mut()
-            .zip(w.iter_mut())
-            .zip(p.targets(j).iter().zip(p.weights()))
-        {
-            *yk = match d.mix_label {
-                MixLabel::Max => yk.max(t),
-                MixLabel::Weighted => (1.0 - lam) * *yk + lam * t,
-            };
-            *wk = wk.min(pw);
-        }
+        combine_targets(
+            y,
+            w,
+            p.targets(j),
+            p.weights(),
+            d.mix_label == MixLabel::Max,
+            (1.0 - lam, lam),
+        );
         Ok(Some((j, lam)))
     }
 
@@ -373,14 +386,7 @@ impl<'a> BatchBuilder<'a> {
             } else {
                 (0.5, 0.5)
             };
-            for k in 0..y.len() {
-                y[k] = if aug.mixup_max_labels {
-                    y[k].max(y2[k])
-                } else {
-                    ya * y[k] + yb * y2[k]
-                };
-                w[k] = w[k].min(w2[k]);
-            }
+            combine_targets(&mut y, &mut w, &y2, &w2, aug.mixup_max_labels, (ya, yb));
         }
         if !pool.is_empty() && chance(rng, aug.cutmix_prob) {
             let other = pool[rng.below(pool.len())];
@@ -388,13 +394,10 @@ impl<'a> BatchBuilder<'a> {
             let (y2, w2) = self.item_targets(other)?;
             let fraction = in_range(rng, aug.cutmix_fraction);
             let share = augment::time_cutmix(&mut clip, &clip2, fraction, rng) as f32;
-            for k in 0..y.len() {
-                y[k] = if aug.cutmix_max_labels {
-                    y[k].max(y2[k])
-                } else {
-                    (1.0 - share) * y[k] + share * y2[k]
-                };
-                w[k] = w[k].min(w2[k]);
+            // Nothing cut (the width rounded to 0 samples): the partner's labels stay out.
+            if share > 0.0 {
+                let weights = (1.0 - share, share);
+                combine_targets(&mut y, &mut w, &y2, &w2, aug.cutmix_max_labels, weights);
             }
         }
         if chance(rng, aug.noise_prob) {
@@ -417,7 +420,7 @@ impl<'a> BatchBuilder<'a> {
         let (clip, y, w) = self.sample_audio(item, pool, &mut rng)?;
         let aug = &self.aug;
         let mut image = self.frontend.compute_clip(&clip);
-        if let Some(values) = image.as_slice_mut() {
+        if let Some(values) = image.as_slice_memory_order_mut() {
             if chance(&mut rng, aug.image_power_prob) {
                 augment::image_power(values, augment::log_uniform(&mut rng, aug.image_power));
             }
@@ -620,6 +623,26 @@ mod tests {
         assert!(seen.first() == Some(&-(max as i64)) && seen.last() == Some(&(max as i64)));
     }
 
+    fn recording(name: &str, primary: usize, secondary: Vec<usize>) -> Recording {
+        Recording {
+            filename: format!("{name}.ogg"),
+            path: PathBuf::from(format!("{name}.ogg")),
+            primary,
+            secondary,
+            rating: None,
+            group: None,
+        }
+    }
+
+    /// A dataset of species `a` and `b`.
+    fn labels_ab(recordings: Vec<Recording>) -> Dataset {
+        Dataset {
+            root: PathBuf::from("/synthetic"),
+            labels: vec!["a".into(), "b".into()],
+            recordings,
+        }
+    }
+
     /// Two recordings of constant audio (0.1 and 0.3) or of a 1-kHz sine (`sine`), labels `a`
     /// and `b`, and a builder with every random augmentation off except the `overrides`.
     fn two_recordings(sine: bool, overrides: &[&str]) -> (Dataset, MemoryStore, TrainConfig) {
@@ -636,19 +659,10 @@ mod tests {
         .collect();
         set.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = TrainConfig::from_toml("", "test", &set).expect("config");
-        let rec = |name: &str, primary| Recording {
-            filename: format!("{name}.ogg"),
-            path: PathBuf::from(format!("{name}.ogg")),
-            primary,
-            secondary: Vec::new(),
-            rating: None,
-            group: None,
-        };
-        let ds = Dataset {
-            root: PathBuf::from("/synthetic"),
-            labels: vec!["a".into(), "b".into()],
-            recordings: vec![rec("a", 0), rec("b", 1)],
-        };
+        let ds = labels_ab(vec![
+            recording("a", 0, Vec::new()),
+            recording("b", 1, Vec::new()),
+        ]);
         let n = 10 * 32_000;
         let audio = |level: f32| -> Vec<f32> {
             if sine {
@@ -717,6 +731,19 @@ mod tests {
             );
             assert_eq!(w, vec![1.0, 1.0]);
         }
+        // A share that rounds to no sample cuts nothing and adds no label.
+        let (ds, store, cfg) = two_recordings(
+            false,
+            &[
+                "augment.cutmix_prob=1.0",
+                "augment.cutmix_fraction=[0.0, 0.0]",
+            ],
+        );
+        let (clip, y, _) = builder(&ds, &store, &cfg)
+            .sample_audio(Item::Clip(0), &[Item::Clip(1)], &mut Rng::new(4))
+            .expect("sample");
+        assert!(clip.iter().all(|&v| v == 0.1));
+        assert_eq!(y, vec![1.0, 0.0]);
     }
 
     #[test]
@@ -748,6 +775,13 @@ mod tests {
             ),
             (
                 [
+                    "augment.time_stretch_prob=1.0",
+                    "augment.time_stretch=[1.25, 1.25]",
+                ],
+                10_000.0,
+            ),
+            (
+                [
                     "augment.pitch_shift_prob=1.0",
                     "augment.pitch_shift_semitones=[-12.0, -12.0]",
                 ],
@@ -763,6 +797,10 @@ mod tests {
                 (got - want).abs() < 0.002 * want,
                 "{set:?}: {got} crossings"
             );
+            // Read long enough: the crop is sound to its last second (no zero padding).
+            let tail = &clip[clip.len() - 32_000..];
+            let rms = (tail.iter().map(|v| v * v).sum::<f32>() / tail.len() as f32).sqrt();
+            assert!(rms > 0.05, "{set:?}: last second rms {rms}");
             assert!(clip.iter().all(|v| v.is_finite()));
         }
     }
@@ -805,6 +843,20 @@ mod tests {
         augment::image_power(&mut want, 2.0);
         assert_eq!(curved, want);
         assert_ne!(curved, image);
+        let (_, _, contrast_cfg) = two_recordings(
+            true,
+            &[
+                "augment.image_contrast_prob=1.0",
+                "augment.image_contrast=[0.5, 0.5]",
+            ],
+        );
+        let flat = builder(&ds, &store, &contrast_cfg)
+            .sample(Item::Clip(0), &[], 0, 3)
+            .expect("sample")
+            .0;
+        let mut want = image.clone();
+        augment::image_contrast(&mut want, 0.5);
+        assert_eq!(flat, want);
     }
 
     /// Augmentations whose probability is 0 draw nothing: with the default config (all of the
@@ -813,19 +865,7 @@ mod tests {
     #[test]
     fn default_samples_are_those_before_the_newer_augmentations() {
         let cfg = TrainConfig::from_toml("", "test", &["model.n_mels=32".into()]).expect("config");
-        let rec = |name: &str, primary: usize| Recording {
-            filename: format!("{name}.ogg"),
-            path: PathBuf::from(format!("{name}.ogg")),
-            primary,
-            secondary: vec![1 - primary],
-            rating: None,
-            group: None,
-        };
-        let ds = Dataset {
-            root: PathBuf::from("/synthetic"),
-            labels: vec!["a".into(), "b".into()],
-            recordings: vec![rec("a", 0), rec("b", 1)],
-        };
+        let ds = labels_ab(vec![recording("a", 0, vec![1]), recording("b", 1, vec![0])]);
         let audio = |f: f64| -> Vec<f32> {
             (0..8 * 32_000)
                 .map(|i| {
@@ -905,19 +945,11 @@ mod tests {
 
         // Balanced order: 90 recordings of species a, 10 of b; with balance 1 each species is
         // drawn about equally often, with 0.5 in the ratio sqrt(90) : sqrt(10) = 3 : 1.
-        let rec = |primary: usize| Recording {
-            filename: "x.ogg".into(),
-            path: PathBuf::from("x.ogg"),
-            primary,
-            secondary: Vec::new(),
-            rating: None,
-            group: None,
-        };
-        let ds = Dataset {
-            root: PathBuf::from("/synthetic"),
-            labels: vec!["a".into(), "b".into()],
-            recordings: (0..100).map(|i| rec(usize::from(i >= 90))).collect(),
-        };
+        let ds = labels_ab(
+            (0..100)
+                .map(|i| recording("x", usize::from(i >= 90), Vec::new()))
+                .collect(),
+        );
         let train: Vec<usize> = (0..100).collect();
         let counts = crate::data::primary_counts(&ds, &train);
         assert_eq!(counts, vec![90, 10]);

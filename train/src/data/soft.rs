@@ -107,6 +107,18 @@ impl PseudoSet {
         })?;
         self.store.head_range(w.rec, w.start, n)
     }
+
+    /// `m` samples centred on window `i` of `n` samples (for a crop that a stretch or speed
+    /// change brings back to `n`): from `start + n/2 − m/2` (at least 0), zero-padded past the
+    /// end.
+    pub fn audio_around(&self, i: usize, n: usize, m: usize) -> Result<Vec<f32>, DataError> {
+        let w = self.windows.get(i).ok_or(DataError::NoPseudoWindow {
+            index: i,
+            len: self.len(),
+        })?;
+        let start = (w.start + n / 2).saturating_sub(m / 2);
+        self.store.head_range(w.rec, start, m)
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +143,13 @@ mod tests {
         )
         .expect("set");
         assert_eq!(set.audio(0, 3).expect("audio"), vec![2.0, 3.0, 4.0]);
+        // Centred on the window: 5 samples around window 0 (2..5) start at 2 + 1 - 2 = 1; a
+        // shorter read of 1 starts at 3.
+        assert_eq!(
+            set.audio_around(0, 3, 5).expect("audio"),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        assert_eq!(set.audio_around(0, 3, 1).expect("audio"), vec![3.0]);
         assert_eq!(set.audio(1, 4).expect("audio"), vec![8.0, 9.0, 0.0, 0.0]);
         assert_eq!(set.targets(1), &[0.5, 0.5]);
         // Window 0 weighs 1.0, window 1 weighs 1.0: drawn about equally; a window with no

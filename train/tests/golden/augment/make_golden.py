@@ -10,6 +10,8 @@ tone with an onset at 0.5 s, rounded to float32 (what the Rust test feeds in).
   * time_stretch_<rate>.npy  float32: librosa.effects.time_stretch(x, rate=<rate>) computed in
     float64 (n_fft 2048, hop 512, Hann, centred frames with zero padding: librosa's defaults).
     In float32 the phases of near-silent bins are rounding noise that the vocoder carries on.
+  * time_stretch_20000_0.8.npy: the same of the first 20,000 samples at rate 0.8, a length where
+    librosa's frame count (ceil(frames / rate)) is one more than the output length's own.
 """
 import os
 
@@ -35,6 +37,9 @@ def main():
         y = librosa.effects.time_stretch(x.astype(np.float64), rate=float(rate))
         np.save(os.path.join(HERE, f"time_stretch_{rate}.npy"), y.astype(np.float32))
         print(rate, y.shape)
+    y = librosa.effects.time_stretch(x[:20000].astype(np.float64), rate=0.8)
+    np.save(os.path.join(HERE, "time_stretch_20000_0.8.npy"), y.astype(np.float32))
+    print("20000 at 0.8", y.shape)
     print("librosa", librosa.__version__)
 
 
