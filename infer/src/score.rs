@@ -427,25 +427,33 @@ pub fn score_with(
     })
 }
 
-/// Write `report`'s confusion matrix to `path` atomically as CSV: a header
-/// `true\\predicted,<species>,…`, then one row per species of the solution.
-///
-/// # Errors
-///
-/// [`FileError`] when the file cannot be written (or `path` is not a regular file).
-pub fn write_confusion(report: &ScoreReport, path: &Path) -> Result<(), FileError> {
+/// A confusion matrix (`[true, predicted]` counts, one row and column per label) as CSV: a
+/// header `true\\predicted,<label>,…`, then one row per true label. `fit`'s `confusion.csv`
+/// and `score --confusion` both write it.
+pub fn confusion_csv(labels: &[String], m: &Array2<u64>) -> String {
     let mut text = String::from("true\\predicted");
-    for s in &report.species {
+    for l in labels {
         text.push(',');
-        text.push_str(s);
+        text.push_str(l);
     }
     text.push('\n');
-    for (s, row) in report.species.iter().zip(report.confusion.outer_iter()) {
-        text.push_str(s);
+    for (label, row) in labels.iter().zip(m.outer_iter()) {
+        text.push_str(label);
         for v in row {
             text.push_str(&format!(",{v}"));
         }
         text.push('\n');
     }
+    text
+}
+
+/// Write `report`'s confusion matrix to `path` atomically as [`confusion_csv`], one row per
+/// species of the solution.
+///
+/// # Errors
+///
+/// [`FileError`] when the file cannot be written (or `path` is not a regular file).
+pub fn write_confusion(report: &ScoreReport, path: &Path) -> Result<(), FileError> {
+    let text = confusion_csv(&report.species, &report.confusion);
     birdclef_models::fsio::write_atomic(path, text.as_bytes()).map_err(FileError::from)
 }

@@ -827,33 +827,27 @@ mod tests {
         let snr = 10.0 * (power(&clean) / power(&noise)).log10();
         assert!((snr - 10.0).abs() < 1e-3, "snr {snr}");
 
-        let image = plain.sample(Item::Clip(0), &[], 0, 3).expect("sample").0;
-        let (_, _, gamma_cfg) = two_recordings(
-            true,
-            &[
-                "augment.image_power_prob=1.0",
-                "augment.image_power=[2.0, 2.0]",
-            ],
-        );
-        let curved = builder(&ds, &store, &gamma_cfg)
-            .sample(Item::Clip(0), &[], 0, 3)
-            .expect("sample")
-            .0;
+        // The model input of the same sample with only `overrides` on.
+        let image_with = |overrides: &[&str]| {
+            let (_, _, cfg) = two_recordings(true, overrides);
+            builder(&ds, &store, &cfg)
+                .sample(Item::Clip(0), &[], 0, 3)
+                .expect("sample")
+                .0
+        };
+        let image = image_with(&[]);
+        let curved = image_with(&[
+            "augment.image_power_prob=1.0",
+            "augment.image_power=[2.0, 2.0]",
+        ]);
         let mut want = image.clone();
         augment::image_power(&mut want, 2.0);
         assert_eq!(curved, want);
         assert_ne!(curved, image);
-        let (_, _, contrast_cfg) = two_recordings(
-            true,
-            &[
-                "augment.image_contrast_prob=1.0",
-                "augment.image_contrast=[0.5, 0.5]",
-            ],
-        );
-        let flat = builder(&ds, &store, &contrast_cfg)
-            .sample(Item::Clip(0), &[], 0, 3)
-            .expect("sample")
-            .0;
+        let flat = image_with(&[
+            "augment.image_contrast_prob=1.0",
+            "augment.image_contrast=[0.5, 0.5]",
+        ]);
         let mut want = image.clone();
         augment::image_contrast(&mut want, 0.5);
         assert_eq!(flat, want);

@@ -113,26 +113,15 @@ pub const CONFUSION_CSV: &str = "confusion.csv";
 /// The confusion matrix of the epoch `best/` holds.
 pub const CONFUSION_BEST_CSV: &str = "confusion_best.csv";
 
-/// Write confusion matrix `m` (`[true, predicted]` window counts) to `path` atomically, as CSV:
-/// a header `true\predicted,<label>,…`, then one row per true label.
+/// Write confusion matrix `m` (`[true, predicted]` window counts) to `path` atomically, as
+/// [`birdclef_infer::score::confusion_csv`] (the layout `birdclef-infer score --confusion`
+/// writes).
 pub fn write_confusion(
     path: &Path,
     labels: &[String],
     m: &ndarray::Array2<u64>,
 ) -> Result<(), TrainError> {
-    let mut text = String::from("true\\predicted");
-    for l in labels {
-        text.push(',');
-        text.push_str(l);
-    }
-    text.push('\n');
-    for (label, row) in labels.iter().zip(m.outer_iter()) {
-        text.push_str(label);
-        for v in row {
-            text.push_str(&format!(",{v}"));
-        }
-        text.push('\n');
-    }
+    let text = birdclef_infer::score::confusion_csv(labels, m);
     Ok(birdclef_models::fsio::write_atomic(path, text.as_bytes())?)
 }
 
