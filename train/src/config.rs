@@ -27,6 +27,8 @@ pub struct TrainConfig {
     pub run: RunConfig,
     /// Distillation from pseudo-labelled soundscape windows (`birdclef-train distill`).
     pub distill: DistillConfig,
+    /// Annotated soundscapes (`fit --annotations`).
+    pub annotations: AnnotationsConfig,
 }
 
 /// Network and input.
@@ -51,6 +53,10 @@ pub struct ModelConfig {
     pub n_fft: Option<usize>,
     /// Override the card's input channel count. Default: the card's.
     pub channels: Option<usize>,
+    /// Override the card's window length in seconds (what the network sees and what
+    /// birdclef-infer scores, one row per window end; `augment.crop_seconds` must equal it).
+    /// Default: the card's.
+    pub window_seconds: Option<f64>,
     /// Stochastic depth: every residual branch is dropped per sample in training, with a rate
     /// rising linearly through the network to this (2025 1st place: 0.15 in self-training).
     /// Training only: eval outputs, checkpoints and ONNX are as without. Default 0.
@@ -67,6 +73,7 @@ impl Default for ModelConfig {
             hop_length: None,
             n_fft: None,
             channels: None,
+            window_seconds: None,
             drop_path_rate: 0.0,
         }
     }
@@ -547,6 +554,92 @@ impl BestMetric {
     }
 }
 
+/// Annotated soundscapes (`birdclef-train fit --annotations TABLE --audio DIR`; ignored
+/// otherwise): the table's columns, the windows cut around each annotation, negatives, the class
+/// filter and the split. See `crate::data::annotated`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnnotationsConfig {
+    /// File name column (relative to `--audio`). Default `filename`.
+    pub filename_column: String,
+    /// Start column, in seconds. Default `start`.
+    pub start_column: String,
+    /// End column, in seconds (empty or equal to the start: a point annotation). Default `end`.
+    pub end_column: String,
+    /// Duration column, in seconds, read instead of the end when set. Default none.
+    pub duration_column: Option<String>,
+    /// Label column. Default `label`.
+    pub label_column: String,
+    /// Group column (time and place), optional in the table; without it every file is its own
+    /// group. Default `group`.
+    pub group_column: String,
+    /// Species column of Raven selection tables. Default `Species`.
+    pub raven_species_column: String,
+    /// The label order: a CSV with a `primary_label` column (taxonomy.csv); annotations of
+    /// other labels are dropped. A relative path is relative to the config file. Default none
+    /// (the table's labels, sorted).
+    pub labels: Option<PathBuf>,
+    /// Labels with fewer annotations are dropped (the Kenya setup: 10). Default 1.
+    pub min_count: usize,
+    /// Training windows are cut up to this far off the annotation's centre, uniformly;
+    /// validation and test windows are centred. Default 0.5.
+    pub jitter_seconds: f64,
+    /// Negative windows (no species) per annotated window, cut from stretches that no
+    /// annotation touches. Default 0.0.
+    pub negatives: f64,
+    /// `folds`: `data.n_folds` folds, stratified by species and grouped, `data.folds`
+    /// validated; `ratios`: one train/val/test split by `ratios`, the test split scored once
+    /// with the best checkpoint at the end. Default `folds`.
+    pub split: SplitMode,
+    /// Train, validation and test shares with `split = "ratios"`. Default [0.7, 0.15, 0.15].
+    pub ratios: [f64; 3],
+}
+
+impl Default for AnnotationsConfig {
+    fn default() -> Self {
+        Self {
+            filename_column: "filename".into(),
+            start_column: "start".into(),
+            end_column: "end".into(),
+            duration_column: None,
+            label_column: "label".into(),
+            group_column: "group".into(),
+            raven_species_column: "Species".into(),
+            labels: None,
+            min_count: 1,
+            jitter_seconds: 0.5,
+            negatives: 0.0,
+            split: SplitMode::Folds,
+            ratios: [0.7, 0.15, 0.15],
+        }
+    }
+}
+
+impl AnnotationsConfig {
+    /// The table's column names.
+    pub fn columns(&self) -> crate::data::annotations::AnnotationColumns {
+        crate::data::annotations::AnnotationColumns {
+            filename: self.filename_column.clone(),
+            start: self.start_column.clone(),
+            end: self.end_column.clone(),
+            duration: self.duration_column.clone(),
+            label: self.label_column.clone(),
+            group: self.group_column.clone(),
+            raven_species: self.raven_species_column.clone(),
+        }
+    }
+}
+
+/// How annotated soundscapes are split ([`AnnotationsConfig::split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitMode {
+    /// Group-stratified folds.
+    Folds,
+    /// One train/val/test split.
+    Ratios,
+}
+
 /// Seed, model selection and debugging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -574,6 +667,18 @@ impl Default for RunConfig {
             f1_threshold: 0.5,
             f1_argmax: false,
             debug_batches: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// How F1 decides a window's predicted species ([`RunConfig::f1_argmax`],
+    /// [`RunConfig::f1_threshold`]).
+    pub fn f1_decision(&self) -> birdclef_models::metrics::Decision {
+        if self.f1_argmax {
+            birdclef_models::metrics::Decision::Argmax
+        } else {
+            birdclef_models::metrics::Decision::Threshold(self.f1_threshold)
         }
     }
 }
@@ -635,10 +740,14 @@ impl TrainConfig {
         })?;
         let mut cfg = Self::from_toml(&text, &path.display().to_string(), overrides)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.model.card, &mut cfg.model.init]
-            .into_iter()
-            .flatten()
-            .chain(cfg.distill.kd_teachers.iter_mut())
+        for p in [
+            &mut cfg.model.card,
+            &mut cfg.model.init,
+            &mut cfg.annotations.labels,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(cfg.distill.kd_teachers.iter_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -794,6 +903,30 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&t.kd_weight) || t.kd_temperature <= 0.0 {
             return bad("distill.kd_weight must be in [0, 1], kd_temperature positive".into());
         }
+        let an = &self.annotations;
+        if !(an.jitter_seconds.is_finite()
+            && an.jitter_seconds >= 0.0
+            && (0.0..=100.0).contains(&an.negatives))
+        {
+            return bad(format!(
+                "annotations.jitter_seconds must be ≥ 0 and annotations.negatives in [0, 100], got {} and {}",
+                an.jitter_seconds, an.negatives
+            ));
+        }
+        if an.ratios.iter().any(|r| !(r.is_finite() && *r >= 0.0))
+            || an.ratios[0] <= 0.0
+            || an.ratios[1] <= 0.0
+        {
+            return bad(format!(
+                "annotations.ratios must be [train, val, test] shares ≥ 0 with train and val above 0, got {:?}",
+                an.ratios
+            ));
+        }
+        if let Some(w) = self.model.window_seconds {
+            if !(w.is_finite() && w > 0.0) {
+                return bad(format!("model.window_seconds must be positive, got {w}"));
+            }
+        }
         if !(0.0..1.0).contains(&self.model.drop_path_rate) {
             return bad(format!(
                 "model.drop_path_rate must be in [0, 1), got {}",
@@ -918,6 +1051,7 @@ mod tests {
             ("DataConfig", "data"),
             ("RunConfig", "run"),
             ("DistillConfig", "distill"),
+            ("AnnotationsConfig", "annotations"),
         ];
         let docs = documented_defaults(include_str!("config.rs"));
         let mut checked = 0;

@@ -14,7 +14,7 @@ use birdclef_train::config::TrainConfig;
 use birdclef_train::model::device::{self, CudaProbe, DeviceRequest};
 use birdclef_train::model::init::{init_checkpoint, InitOptions};
 use birdclef_train::pseudo::{self, PseudoLabelOptions};
-use birdclef_train::training::runs::{train_folds, RunOptions};
+use birdclef_train::training::runs::{train_folds, AnnotatedSource, RunOptions};
 use clap::{Args, Parser, Subcommand};
 
 /// Train BirdCLEF models with libtorch.
@@ -168,15 +168,26 @@ const FIT_EXAMPLES: &str = "Examples:
       --out runs/mini
   birdclef-train --device cuda fit --data /kaggle/input/birdclef-2024 --config teacher.toml \\
       --out runs/t1 --fold 0 --set optim.lr=5e-4 --set optim.epochs=30
-  birdclef-train fit ... --out runs/t1 --resume     # continue a killed run";
+  birdclef-train fit ... --out runs/t1 --resume     # continue a killed run
+  # annotated soundscapes (3-s windows, train/val/test by recording group)
+  birdclef-train fit --annotations kenya.csv --audio kenya/soundscapes \\
+      --config configs/annotated-3s.toml --out runs/kenya";
 
 /// `birdclef-train fit` options.
 #[derive(Args, Debug)]
 struct FitArgs {
     /// The competition directory (train_metadata.csv, train_audio/, taxonomy.csv or
-    /// sample_submission.csv, unlabeled_soundscapes/ for background mixing).
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    /// sample_submission.csv, unlabeled_soundscapes/ for background mixing). With
+    /// --annotations it only gives background clips and may be left out.
+    #[arg(long, value_name = "DIR", required_unless_present = "annotations")]
+    data: Option<PathBuf>,
+    /// Train on annotated soundscapes instead: a CSV (filename,start,end,label[,group]; the
+    /// columns are set in the config's [annotations] section) or a Raven selection table.
+    #[arg(long, value_name = "TABLE", requires = "audio")]
+    annotations: Option<PathBuf>,
+    /// The directory the annotation table's file names are relative to.
+    #[arg(long, value_name = "DIR", requires = "annotations")]
+    audio: Option<PathBuf>,
     /// Experiment config (TOML); every key is documented in train/src/config.rs.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
@@ -300,8 +311,13 @@ impl FitArgs {
             min_count_for_val: self.min_count_for_val,
             background_seconds: self.background_seconds,
             backgrounds: self.backgrounds,
+            annotations: self
+                .annotations
+                .clone()
+                .zip(self.audio.clone())
+                .map(|(table, audio)| AnnotatedSource { table, audio }),
             device,
-            ..RunOptions::new(&self.data, &self.out)
+            ..RunOptions::new(self.data.as_deref().unwrap_or(Path::new("")), &self.out)
         }
     }
 }
@@ -338,6 +354,13 @@ fn fit(
             s.epochs_run,
             s.out_dir.display()
         );
+        if let Some(t) = &s.test {
+            println!(
+                "fold {fold}: test split: macro ROC-AUC {:.4}, cmAP {:.4}, macro F1 {:.4}, \
+                 weighted F1 {:.4} (test_metrics.json)",
+                t.macro_roc_auc, t.cmap, t.macro_f1, t.weighted_f1
+            );
+        }
     }
     Ok(())
 }

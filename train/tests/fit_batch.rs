@@ -33,6 +33,7 @@ fn dataset(n: usize, seconds: f64) -> (Dataset, MemoryStore) {
             } else {
                 vec![]
             },
+            positives: Vec::new(),
             rating: None,
             group: None,
         });

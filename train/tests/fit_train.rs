@@ -48,6 +48,7 @@ fn dataset() -> (Dataset, MemoryStore, Vec<usize>) {
                 path: PathBuf::from(format!("/synthetic/{}/XC{s}{r}.ogg", species[s].label)),
                 primary: s,
                 secondary,
+                positives: Vec::new(),
                 rating: Some(4.0),
                 group: None,
             });

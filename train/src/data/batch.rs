@@ -112,7 +112,8 @@ pub fn class_weights(counts: &[usize], power: f64) -> Option<Vec<f32>> {
 
 /// An epoch's order of the training recordings `train` (`repeats` times as many as there are),
 /// drawn with replacement with probability ∝ `n^(−balance)` for the `counts[primary]`
-/// recordings of each one's primary label ([`crate::config::DataConfig::balance`]).
+/// recordings of each one's primary label ([`crate::config::DataConfig::balance`]); negatives
+/// ([`super::NO_LABEL`]) are drawn as one class of as many as there are.
 pub fn balanced_order(
     ds: &Dataset,
     train: &[usize],
@@ -121,13 +122,14 @@ pub fn balanced_order(
     repeats: usize,
     rng: &mut Rng,
 ) -> Vec<usize> {
+    // Negatives (no primary label) count as a class of their own.
+    let primary = |r: usize| ds.recordings.get(r).map(|rec| rec.primary);
+    let negatives = train
+        .iter()
+        .filter(|&&r| primary(r).is_some_and(|p| p >= counts.len()))
+        .count();
     let draw = super::WeightedDraw::new(train.iter().map(|&r| {
-        let n = ds
-            .recordings
-            .get(r)
-            .and_then(|rec| counts.get(rec.primary))
-            .copied()
-            .unwrap_or(1);
+        let n = primary(r).map_or(1, |p| counts.get(p).copied().unwrap_or(negatives));
         (n.max(1) as f64).powf(-balance)
     }));
     (0..train.len() * repeats)
@@ -229,9 +231,11 @@ impl<'a> BatchBuilder<'a> {
                 }
             }
         }
-        if r.primary < k {
-            y[r.primary] = 1.0 - eps;
-            w[r.primary] = 1.0;
+        for &p in std::iter::once(&r.primary).chain(&r.positives) {
+            if p < k {
+                y[p] = 1.0 - eps;
+                w[p] = 1.0;
+            }
         }
         if let Some(cw) = &self.class_weights {
             w.iter_mut().zip(cw).for_each(|(w, c)| *w *= c);
@@ -584,6 +588,7 @@ mod tests {
                 path: PathBuf::from("a.ogg"),
                 primary: 0,
                 secondary: Vec::new(),
+                positives: Vec::new(),
                 rating: None,
                 group: None,
             }],
@@ -629,6 +634,7 @@ mod tests {
             path: PathBuf::from(format!("{name}.ogg")),
             primary,
             secondary,
+            positives: Vec::new(),
             rating: None,
             group: None,
         }
@@ -1010,6 +1016,7 @@ mod tests {
                 path: PathBuf::from("/x/a/1.wav"),
                 primary: 0,
                 secondary: Vec::new(),
+                positives: Vec::new(),
                 rating: None,
                 group: None,
             }],

@@ -318,6 +318,11 @@ impl AudioStore for Cache {
         })
     }
 
+    fn head_len(&self, index: usize) -> Result<usize, DataError> {
+        let row = self.row(index)?;
+        Ok((self.head_offsets[row + 1] - self.head_offsets[row]) as usize)
+    }
+
     fn head_range(&self, index: usize, start: usize, len: usize) -> Result<Vec<f32>, DataError> {
         let row = self.row(index)?;
         let (a, b) = (

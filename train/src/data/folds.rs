@@ -27,6 +27,10 @@ use super::Dataset;
 /// The fold value of recordings that are in the training set of every fold.
 pub const ALWAYS_TRAIN: usize = usize::MAX;
 
+/// In a fold vector: a recording that is neither trained nor validated on (a test split, scored
+/// after the run).
+pub const HELD_OUT: usize = usize::MAX - 1;
+
 /// Fold of each recording (same order as `ds.recordings`): a value in `0..k`, or
 /// [`ALWAYS_TRAIN`] for rare classes (fewer than `min_count_for_val` recordings with that primary
 /// label) and the groups holding them. `k` must be at least 1.

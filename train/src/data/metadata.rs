@@ -301,6 +301,7 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
                         path,
                         primary,
                         secondary,
+                        positives: Vec::new(),
                         rating,
                         group,
                     });
@@ -447,7 +448,7 @@ fn read_labels(root: &Path, problems: &mut Vec<String>) -> Vec<String> {
 }
 
 /// One column of a CSV file, by header name.
-fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
+pub(crate) fn read_column(path: &Path, name: &str) -> Result<Vec<String>, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let mut reader = csv::ReaderBuilder::new().from_reader(text.as_slice());
     let header = reader

@@ -51,7 +51,8 @@ impl WeightedDraw {
     }
 }
 
-/// Per class, the number of recordings in `idx` whose primary label it is.
+/// Per class, the number of recordings in `idx` whose primary label it is (negatives,
+/// [`NO_LABEL`], are not counted).
 pub fn primary_counts(ds: &Dataset, idx: &[usize]) -> Vec<usize> {
     let mut counts = vec![0usize; ds.labels.len()];
     for &r in idx {
@@ -66,17 +67,24 @@ pub fn primary_counts(ds: &Dataset, idx: &[usize]) -> Vec<usize> {
     counts
 }
 
-/// One labelled recording (a row of train_metadata.csv).
+/// [`Recording::primary`] of a negative window: no species calls in it.
+pub const NO_LABEL: usize = usize::MAX;
+
+/// One labelled recording (a row of train_metadata.csv, or a window cut around an annotation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recording {
     /// The `filename` column, relative to `train_audio/` (e.g. `asbfly/XC134896.ogg`).
     pub filename: String,
     /// Full path of the audio file.
     pub path: PathBuf,
-    /// Index of the primary label in [`Dataset::labels`].
+    /// Index of the primary label in [`Dataset::labels`], or [`NO_LABEL`] for a window without
+    /// any species (a negative cut from an unannotated stretch).
     pub primary: usize,
     /// Indices of the secondary labels (known labels only).
     pub secondary: Vec<usize>,
+    /// Further labels that are full positives like the primary one (an annotated window's
+    /// other annotations); empty for focal recordings.
+    pub positives: Vec<usize>,
     /// The `rating` column when present.
     pub rating: Option<f32>,
     /// The value of the group column (recordist, site, ...) when one is configured.
@@ -115,6 +123,17 @@ pub trait AudioStore: Sync {
     /// The segments of recording `index` (same order as [`Dataset::recordings`]).
     fn segments(&self, index: usize) -> Result<Segments, DataError>;
 
+    /// The audio validation windows are cut from: the head by default (an annotated window's
+    /// store gives its centred window).
+    fn validation_audio(&self, index: usize) -> Result<Vec<f32>, DataError> {
+        Ok(self.segments(index)?.head)
+    }
+
+    /// Samples in recording `index`'s head.
+    fn head_len(&self, index: usize) -> Result<usize, DataError> {
+        Ok(self.segments(index)?.head.len())
+    }
+
     /// `len` samples of recording `index`'s head from sample `start`, zero-padded past its end
     /// (used for windows of whole soundscapes stored as one long head).
     fn head_range(&self, index: usize, start: usize, len: usize) -> Result<Vec<f32>, DataError> {
@@ -145,6 +164,7 @@ impl AudioStore for MemoryStore {
         })
     }
 }
+pub mod annotated;
 pub mod annotations;
 pub mod augment;
 pub mod batch;

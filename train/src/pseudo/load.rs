@@ -118,6 +118,7 @@ pub fn load_pseudo(
             path: soundscape_dir.join(f),
             primary: 0,
             secondary: Vec::new(),
+            positives: Vec::new(),
             rating: None,
             group: None,
         })

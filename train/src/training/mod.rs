@@ -50,9 +50,7 @@ use history::{plot_confusion, plot_history, write_confusion, write_history};
 use trainer::Trainer;
 use validate::ValSet;
 
-/// In the fold vector passed to [`fit`]: a recording that is always in the training set and
-/// never validated on.
-pub const ALWAYS_TRAIN: usize = usize::MAX;
+pub use crate::data::folds::{ALWAYS_TRAIN, HELD_OUT};
 
 /// What [`fit`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +65,9 @@ pub struct FitSummary {
     pub epochs_run: usize,
     /// Training recordings and validation windows.
     pub sizes: (usize, usize),
+    /// The best checkpoint's scores on the test split (annotated soundscapes with
+    /// `split = "ratios"`; set by [`runs::train_folds`]).
+    pub test: Option<validate::Validation>,
 }
 
 /// The frontend a configuration asks for: the card's (or the built-in nvbird224 card with
@@ -96,6 +97,10 @@ pub fn resolve_frontend(cfg: &TrainConfig) -> Result<(FrontendConfig, String), T
     }
     if let Some(c) = cfg.model.channels {
         f.channels = c;
+    }
+    if let Some(w) = cfg.model.window_seconds {
+        f.windows.window_seconds = w;
+        f.windows.min_last_window_seconds = f.windows.min_last_window_seconds.min(w);
     }
     f.validate().map_err(|cause| TrainError::Frontend {
         what: "model",
@@ -212,9 +217,9 @@ pub fn kd_teachers(
 
 /// Train fold `fold` of `ds` (audio from `store`) as `cfg` says, writing into `out_dir`.
 ///
-/// `folds` has one entry per recording: its fold, or [`ALWAYS_TRAIN`] for recordings that are
-/// always trained on. Recordings whose fold is `fold` are validated on; all others are trained
-/// on. `backgrounds` are 32 kHz clips for background mixing (may be empty). With `resume`, the run
+/// `folds` has one entry per recording: its fold, [`ALWAYS_TRAIN`] for recordings that are
+/// always trained on, or [`HELD_OUT`] for recordings never used. Recordings whose fold is `fold`
+/// are validated on; all others are trained on. `backgrounds` are 32 kHz clips for background mixing (may be empty). With `resume`, the run
 /// continues from `out_dir/last` (the epoch that was running when it stopped is redone); a run
 /// stopped before its first epoch finished ([`FoldRun::Unfinished`]) is said so on stderr and
 /// trained from its beginning; a directory with no run at all ([`FoldRun::Nothing`]) is an error.
@@ -274,7 +279,9 @@ pub fn fit_with(
         });
     }
     let k = ds.labels.len();
-    let train_idx: Vec<usize> = (0..n_rec).filter(|&i| folds[i] != fold).collect();
+    let train_idx: Vec<usize> = (0..n_rec)
+        .filter(|&i| folds[i] != fold && folds[i] != HELD_OUT)
+        .collect();
     let val_idx: Vec<usize> = (0..n_rec).filter(|&i| folds[i] == fold).collect();
     if train_idx.is_empty() || val_idx.is_empty() {
         return Err(TrainError::EmptyFold {
@@ -575,6 +582,7 @@ pub fn fit_with(
         best: (trainer.state.best_epoch, trainer.state.best_value),
         epochs_run,
         sizes: (train_idx.len(), val.n),
+        test: None,
     })
 }
 

@@ -8,12 +8,20 @@ use std::path::{Path, PathBuf};
 use birdclef_models::fsio;
 use tch::Device;
 
-use super::{fit_with, holds_run, FitSummary, FoldRun};
-use crate::config::TrainConfig;
+use birdclef_models::card::Card;
+use birdclef_models::frontend::Frontend;
+
+use super::history::write_confusion;
+use super::validate::{ValSet, Validation};
+use super::{fit_with, holds_run, resolve_frontend, FitSummary, FoldRun, HELD_OUT};
+use crate::config::{SplitMode, TrainConfig};
+use crate::data::annotated::{load_annotated, split_csv};
 use crate::data::cache::{load_backgrounds, Cache, CacheOptions};
 use crate::data::folds::assign_folds;
 use crate::data::metadata::{load_dataset, DataOptions};
+use crate::data::{AudioStore, Dataset};
 use crate::error::TrainError;
+use crate::model::net::Net;
 use crate::pseudo::load::load_pseudo;
 
 /// Everything a training run needs besides its configuration.
@@ -43,9 +51,28 @@ pub struct RunOptions {
     pub pseudo: Option<PathBuf>,
     /// Where the pseudo-labelled soundscapes are (default: `DATA/unlabeled_soundscapes`).
     pub soundscapes: Option<PathBuf>,
+    /// Train on annotated soundscapes instead of the competition's recordings (`--data` then
+    /// only gives background clips, and may be empty).
+    pub annotations: Option<AnnotatedSource>,
     /// Training device.
     pub device: Device,
 }
+
+/// Annotated soundscapes: `fit --annotations TABLE --audio DIR`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnnotatedSource {
+    /// The annotation table (CSV or Raven selection table).
+    pub table: PathBuf,
+    /// The directory its file names are relative to.
+    pub audio: PathBuf,
+}
+
+/// The split of a run on annotated soundscapes: `file,group,split` per soundscape.
+pub const SPLIT_CSV: &str = "split.csv";
+/// The best checkpoint's scores on the test split.
+pub const TEST_METRICS_JSON: &str = "test_metrics.json";
+/// The best checkpoint's confusion matrix on the test split.
+pub const CONFUSION_TEST_CSV: &str = "confusion_test.csv";
 
 impl RunOptions {
     /// Defaults for a competition directory and a run directory (CPU).
@@ -63,6 +90,7 @@ impl RunOptions {
             backgrounds: 16,
             pseudo: None,
             soundscapes: None,
+            annotations: None,
             device: Device::Cpu,
         }
     }
@@ -80,6 +108,12 @@ impl RunOptions {
     /// Check the options that the configuration does not (before any work).
     pub fn validate(&self, cfg: &TrainConfig) -> Result<(), TrainError> {
         let bad = |option, message: String| Err(TrainError::BadOption { option, message });
+        if self.ratio_split(cfg) && self.fold.is_some_and(|f| f != 0) {
+            return bad(
+                "--fold",
+                "with annotations.split = \"ratios\" there is one split, trained as fold 0".into(),
+            );
+        }
         if let Some(f) = self.fold {
             if f >= cfg.data.n_folds {
                 return bad(
@@ -118,12 +152,19 @@ impl RunOptions {
         Ok(())
     }
 
-    /// The folds to train: `--fold`, else the configuration's `data.folds`.
+    /// The folds to train: `--fold`, else the configuration's `data.folds` (fold 0 alone for
+    /// annotated soundscapes split by ratios).
     pub fn folds(&self, cfg: &TrainConfig) -> Vec<usize> {
         match self.fold {
             Some(f) => vec![f],
+            None if self.ratio_split(cfg) => vec![0],
             None => cfg.data.folds.clone(),
         }
+    }
+
+    /// Whether this is a run on annotated soundscapes with one train/val/test split.
+    fn ratio_split(&self, cfg: &TrainConfig) -> bool {
+        self.annotations.is_some() && cfg.annotations.split == SplitMode::Ratios
     }
 }
 
@@ -213,32 +254,79 @@ pub fn train_folds(
 ) -> Result<Vec<(usize, FitSummary)>, TrainError> {
     cfg.validate()?;
     let plan = plan_folds(opts, cfg)?;
-    let loaded = load_dataset(
-        &opts.data,
-        &DataOptions {
-            group_column: opts.group_column.clone(),
-            cap_per_species: opts.cap_per_species,
-            ..DataOptions::default()
-        },
-    )?;
-    for w in &loaded.warnings {
-        eprintln!("warning: {w}");
-    }
-    let ds = loaded.dataset;
     let cache_dir = opts.cache_dir();
-    let cache = Cache::build_or_open(
-        &ds,
-        &cache_dir,
-        &CacheOptions {
-            seconds: cfg.data.cache_seconds,
-            threads: cfg.data.num_workers,
-            ..CacheOptions::default()
-        },
-    )?;
-    let backgrounds = if cfg.augment.background_prob > 0.0 && opts.backgrounds > 0 {
-        load_backgrounds(&opts.data, opts.background_seconds, opts.backgrounds)?
-    } else {
+    let (ds, store, folds): (Dataset, Box<dyn AudioStore>, Vec<usize>) = match &opts.annotations {
+        Some(src) => {
+            let (fcfg, _) = resolve_frontend(cfg)?;
+            let a = load_annotated(
+                &src.table,
+                &src.audio,
+                cfg,
+                fcfg.windows.window_seconds,
+                &cache_dir,
+            )?;
+            for w in &a.warnings {
+                eprintln!("warning: {w}");
+            }
+            let negatives: usize = a.per_split.iter().map(|c| c.1).sum();
+            eprintln!(
+                "info: {} annotated and {negatives} negative windows of {:.2} s from {} \
+                 soundscape(s) in {}; windows per split (annotated + negative): {}",
+                a.dataset.recordings.len() - negatives,
+                fcfg.windows.window_seconds,
+                a.files.len(),
+                src.table.display(),
+                a.per_split
+                    .iter()
+                    .map(|(p, n)| format!("{p}+{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            std::fs::create_dir_all(&opts.out).map_err(TrainError::io("creating", &opts.out))?;
+            fsio::write_atomic(
+                &opts.out.join(SPLIT_CSV),
+                split_csv(&a.files, cfg.annotations.split).as_bytes(),
+            )?;
+            (a.dataset, Box::new(a.store), a.folds)
+        }
+        None => {
+            let loaded = load_dataset(
+                &opts.data,
+                &DataOptions {
+                    group_column: opts.group_column.clone(),
+                    cap_per_species: opts.cap_per_species,
+                    ..DataOptions::default()
+                },
+            )?;
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            let ds = loaded.dataset;
+            let cache = Cache::build_or_open(
+                &ds,
+                &cache_dir,
+                &CacheOptions {
+                    seconds: cfg.data.cache_seconds,
+                    threads: cfg.data.num_workers,
+                    ..CacheOptions::default()
+                },
+            )?;
+            eprintln!("info: audio cache {}", cache.path().display());
+            let folds = assign_folds(&ds, cfg.data.n_folds, cfg.run.seed, opts.min_count_for_val);
+            (ds, Box::new(cache), folds)
+        }
+    };
+    let backgrounds = if cfg.augment.background_prob == 0.0 || opts.backgrounds == 0 {
         Vec::new()
+    } else if opts.annotations.is_some() && opts.data.as_os_str().is_empty() {
+        eprintln!(
+            "warning: augment.background_prob is {} but no --data directory gives background \
+             clips: training without background mixing",
+            cfg.augment.background_prob
+        );
+        Vec::new()
+    } else {
+        load_backgrounds(&opts.data, opts.background_seconds, opts.backgrounds)?
     };
     let pseudo = match &opts.pseudo {
         Some(p) => {
@@ -283,19 +371,17 @@ pub fn train_folds(
         None => None,
     };
     eprintln!(
-        "info: {} recordings, {} labels, {} background clips; audio cache {}",
+        "info: {} recordings, {} labels, {} background clips",
         ds.recordings.len(),
         ds.labels.len(),
         backgrounds.len(),
-        cache.path().display()
     );
-    let folds = assign_folds(&ds, cfg.data.n_folds, cfg.run.seed, opts.min_count_for_val);
     let mut out = Vec::new();
     for (fold, resume) in plan {
         let dir = fold_dir(&opts.out, fold);
-        let s = fit_with(
+        let mut s = fit_with(
             &ds,
-            &cache,
+            &*store,
             &folds,
             fold,
             cfg,
@@ -309,9 +395,80 @@ pub fn train_folds(
             fold,
             cause: Box::new(cause),
         })?;
+        s.test = score_test(&ds, &*store, &folds, &dir, cfg, opts.device).map_err(|cause| {
+            TrainError::Fold {
+                fold,
+                cause: Box::new(cause),
+            }
+        })?;
         out.push((fold, s));
     }
     Ok(out)
+}
+
+/// Score the best checkpoint of `fold_dir` on the recordings `folds` marks [`HELD_OUT`] (none:
+/// `None`), writing [`TEST_METRICS_JSON`] and [`CONFUSION_TEST_CSV`] beside it.
+pub fn score_test(
+    ds: &Dataset,
+    store: &dyn AudioStore,
+    folds: &[usize],
+    fold_dir: &Path,
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<Option<Validation>, TrainError> {
+    let test_idx: Vec<usize> = (0..folds.len()).filter(|&i| folds[i] == HELD_OUT).collect();
+    if test_idx.is_empty() {
+        return Ok(None);
+    }
+    let best = fold_dir.join("best");
+    let net = Net::from_checkpoint(&best, device)?;
+    let card_path = best.join(birdclef_models::checkpoint::CARD_FILE);
+    let card = Card::load(&card_path).map_err(|cause| TrainError::ModelCard {
+        path: card_path.clone(),
+        cause,
+    })?;
+    let frontend = Frontend::new(card.frontend).map_err(|cause| TrainError::Frontend {
+        what: "model",
+        cause,
+    })?;
+    let set = ValSet::build(ds, store, &test_idx, &frontend, 1, None)?;
+    let (v, note) = set.score(
+        &net,
+        cfg.data.val_batch_size,
+        false,
+        &cfg.loss,
+        cfg.run.f1_decision(),
+    )?;
+    if let Some(n) = note {
+        eprintln!("fit: test split: {n}");
+    }
+    let json = serde_json::json!({
+        "checkpoint": best,
+        "windows": set.n,
+        "loss": finite(v.loss),
+        "macro_roc_auc": finite(v.macro_roc_auc),
+        "cmap": finite(v.cmap),
+        "macro_f1": finite(v.macro_f1),
+        "weighted_f1": finite(v.weighted_f1),
+    });
+    let text = serde_json::to_string_pretty(&json).unwrap_or_default() + "\n";
+    fsio::write_atomic(&fold_dir.join(TEST_METRICS_JSON), text.as_bytes())?;
+    write_confusion(&fold_dir.join(CONFUSION_TEST_CSV), &ds.labels, &v.confusion)?;
+    eprintln!(
+        "fit: test split ({} windows, best checkpoint): loss {:.4} macro_roc_auc {:.4} cmap {:.4} \
+         macro_f1 {:.4} weighted_f1 {:.4}",
+        set.n, v.loss, v.macro_roc_auc, v.cmap, v.macro_f1, v.weighted_f1
+    );
+    Ok(Some(v))
+}
+
+/// A JSON number, or null for NaN and infinities.
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!(v)
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 #[cfg(test)]

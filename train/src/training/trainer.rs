@@ -387,11 +387,7 @@ impl<'a> Trainer<'a> {
             self.cfg.data.val_batch_size,
             self.autocast,
             &self.cfg.loss,
-            if self.cfg.run.f1_argmax {
-                birdclef_models::metrics::Decision::Argmax
-            } else {
-                birdclef_models::metrics::Decision::Threshold(self.cfg.run.f1_threshold)
-            },
+            self.cfg.run.f1_decision(),
         )
     }
 

@@ -22,7 +22,8 @@ pub struct ValSet {
     x: Vec<f32>,
     shape: [usize; 3],
     y: Vec<f32>,
-    /// The primary label of each window's recording (the true class of the confusion matrix).
+    /// The primary label of each window's recording (the true class of the confusion matrix;
+    /// [`crate::data::NO_LABEL`] for a negative window).
     primary: Vec<usize>,
     /// Number of windows.
     pub n: usize,
@@ -69,12 +70,14 @@ impl ValSet {
             k,
         };
         for &i in val_idx {
-            let seg = store.segments(i)?;
-            let images = frontend.compute(&seg.head);
+            let images = frontend.compute(&store.validation_audio(i)?);
             let windows = images.shape()[0].min(max_windows);
             let r = &ds.recordings[i];
             let mut row = vec![0.0f32; k];
-            for &s in std::iter::once(&r.primary).chain(&r.secondary) {
+            for &s in std::iter::once(&r.primary)
+                .chain(&r.secondary)
+                .chain(&r.positives)
+            {
                 if s < k {
                     row[s] = 1.0;
                 }
@@ -86,7 +89,7 @@ impl ValSet {
                 // Row-major, whatever the array's memory layout.
                 out.x.extend(images.index_axis(Axis(0), w).iter().copied());
                 out.y.extend_from_slice(&row);
-                out.primary.push(r.primary.min(k.saturating_sub(1)));
+                out.primary.push(r.primary);
                 out.n += 1;
             }
         }
@@ -143,7 +146,10 @@ impl ValSet {
             .map(|r| r.cmap)
             .unwrap_or(f64::NAN);
         let f1 = metrics::f1_scores(sol.view(), sub.view(), decision).ok();
-        let confusion = metrics::confusion_matrix(&self.primary, sub.view())
+        // Negative windows (no primary label) have no row in the confusion matrix.
+        let labelled: Vec<usize> = (0..self.n).filter(|&i| self.primary[i] < k).collect();
+        let truth: Vec<usize> = labelled.iter().map(|&i| self.primary[i]).collect();
+        let confusion = metrics::confusion_matrix(&truth, sub.select(Axis(0), &labelled).view())
             .unwrap_or_else(|_| ndarray::Array2::zeros((k, k)));
         let validation = Validation {
             loss: loss_sum / (self.n * k).max(1) as f64,
