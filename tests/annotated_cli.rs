@@ -41,39 +41,59 @@ fn annotated(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// `birdclef-train fit --annotations TABLE --audio DIR/audio` with configs/annotated-3s.toml on
+/// a tiny input, 2 epochs of 2 batches.
+fn fit(dir: &Path, table: &Path, out: &Path) -> Command {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/annotated-3s.toml");
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.args(["--device", "cpu", "fit", "--annotations"])
+        .arg(table)
+        .arg("--audio")
+        .arg(dir.join("audio"))
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out);
+    for o in [
+        "annotations.min_count=1",
+        "annotations.ratios=[0.5, 0.25, 0.25]",
+        "model.n_mels=32",
+        "model.hop_length=1600",
+        "model.n_fft=512",
+        "optim.epochs=2",
+        "optim.batch_size=8",
+        "run.debug_batches=2",
+    ] {
+        cmd.args(["--set", o]);
+    }
+    cmd
+}
+
+/// Export checkpoint `ckpt` to `onnx` and score `audio` with it into `out`; the submission's text.
+fn export_and_infer(ckpt: &Path, onnx: &Path, audio: &Path, out: &Path) -> String {
+    let (code, _, stderr) = run(Command::new(bin("birdclef-export"))
+        .arg("--checkpoint")
+        .arg(ckpt)
+        .arg("--out")
+        .arg(onnx));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(Command::new(bin("birdclef-infer"))
+        .arg("--models")
+        .arg(onnx)
+        .arg("--soundscapes")
+        .arg(audio)
+        .arg("--out")
+        .arg(out));
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::read_to_string(out).expect("submission")
+}
+
 #[test]
 fn annotated_three_second_windows_train_export_infer_and_score() {
     let dir = scratch_dir("annotated-cli");
     let table = annotated(&dir);
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/annotated-3s.toml");
     let out = dir.join("run");
-    let (code, stdout, stderr) = run(Command::new(bin("birdclef-train"))
-        .args(["--device", "cpu", "fit", "--annotations"])
-        .arg(&table)
-        .arg("--audio")
-        .arg(dir.join("audio"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&out)
-        .args([
-            "--set",
-            "annotations.min_count=1",
-            "--set",
-            "annotations.ratios=[0.5, 0.25, 0.25]",
-            "--set",
-            "model.n_mels=32",
-            "--set",
-            "model.hop_length=1600",
-            "--set",
-            "model.n_fft=512",
-            "--set",
-            "optim.epochs=2",
-            "--set",
-            "optim.batch_size=8",
-            "--set",
-            "run.debug_batches=2",
-        ]));
+    let (code, stdout, stderr) = run(&mut fit(&dir, &table, &out));
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("negative windows of 3.00 s"), "{stderr}");
     assert!(
@@ -120,27 +140,12 @@ fn annotated_three_second_windows_train_export_infer_and_score() {
     assert_eq!(card["input_shape"][2], 61, "3 s at hop 1600: {card}");
 
     // Export, infer on a 12-s soundscape: rows at 3, 6, 9 and 12 s; score against a solution.
-    let onnx = dir.join("best.onnx");
-    let (code, _, stderr) = run(Command::new(bin("birdclef-export"))
-        .arg("--checkpoint")
-        .arg(fold.join("best"))
-        .arg("--out")
-        .arg(&onnx));
-    assert_eq!(code, 0, "{stderr}");
     let test = dir.join("test");
     std::fs::create_dir_all(&test).expect("dir");
     let (x, _) = synth::soundscape(12.0, 32_000, &synth::species(3), 4, &mut Rng::new(3));
     write_wav_f32(&test.join("field.wav"), &x, 32_000).expect("wav");
     let sub = dir.join("submission.csv");
-    let (code, _, stderr) = run(Command::new(bin("birdclef-infer"))
-        .arg("--models")
-        .arg(&onnx)
-        .arg("--soundscapes")
-        .arg(&test)
-        .arg("--out")
-        .arg(&sub));
-    assert_eq!(code, 0, "{stderr}");
-    let text = std::fs::read_to_string(&sub).expect("submission");
+    let text = export_and_infer(&fold.join("best"), &dir.join("best.onnx"), &test, &sub);
     let ids: Vec<&str> = text
         .lines()
         .skip(1)
@@ -165,4 +170,49 @@ fn annotated_three_second_windows_train_export_infer_and_score() {
         .arg(&sub));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("macro_roc_auc="), "{stdout}");
+    // Probabilities of a sigmoid model need not sum to 1 per window.
+    let sums = row_sums(&text);
+    assert!(sums.iter().any(|s| (s - 1.0).abs() > 1e-3), "{sums:?}");
+
+    // Single-label training with softmax cross-entropy (negatives have no class, so none): the
+    // card says softmax, and birdclef-infer's rows then sum to 1.
+    let out = dir.join("softmax");
+    let (code, _, stderr) = run(fit(&dir, &table, &out).args([
+        "--set",
+        "loss.kind=softmax",
+        "--set",
+        "annotations.negatives=0",
+        "--set",
+        "run.f1_argmax=true",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let best = out.join("fold0/best");
+    let card = std::fs::read_to_string(best.join("card.json")).expect("card");
+    assert!(
+        card.contains("\"output_activation\": \"softmax\""),
+        "{card}"
+    );
+    let text = export_and_infer(&best, &dir.join("softmax.onnx"), &test, &dir.join("sm.csv"));
+    let sums = row_sums(&text);
+    assert_eq!(sums.len(), 4);
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
+    // A softmax loss with negatives is refused before any work.
+    let (code, _, stderr) =
+        run(fit(&dir, &table, &dir.join("refused")).args(["--set", "loss.kind=softmax"]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("annotations.negatives"), "{stderr}");
+    assert!(!dir.join("refused").exists());
+}
+
+/// Each row's sum of probabilities in a submission.
+fn row_sums(text: &str) -> Vec<f64> {
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|v| v.parse::<f64>().expect("number"))
+                .sum()
+        })
+        .collect()
 }

@@ -537,7 +537,8 @@ impl Ctx<'_> {
         self.changed.notify_all();
     }
 
-    /// Run every model on `piece` (outside the lock), then store sigmoid probabilities (with
+    /// Run every model on `piece` (outside the lock), then store probabilities (sigmoid, or
+    /// softmax for a card that says so; with
     /// time-shift views, each model's mean over a window's views).
     fn infer(&self, models: &mut [OnnxModel], piece: Piece) -> Result<(), ModelError> {
         let n = piece.windows;
@@ -552,8 +553,9 @@ impl Ctx<'_> {
             for first in (0..inputs).step_by(self.batch) {
                 let len = self.batch.min(inputs - first);
                 let batch = &input[first * per_input..(first + len) * per_input];
-                let logits = model.run(batch, len)?;
-                p.extend(logits.iter().copied().map(birdclef_models::ir::sigmoid));
+                let mut logits = model.run(batch, len)?;
+                model.card.output_activation.apply(&mut logits, k);
+                p.extend(logits);
             }
             if views > 1 {
                 p = mean_of_views(&p, views, k);

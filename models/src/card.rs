@@ -58,6 +58,44 @@ pub struct FoldInfo {
     pub n_folds: usize,
 }
 
+/// How a model's logits become probabilities ([`Card::output_activation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputActivation {
+    /// Each class on its own (multi-label): `1 / (1 + e^-x)`.
+    #[default]
+    Sigmoid,
+    /// Over the classes of a window (single-label): `e^x / Σ e^x`, summing to 1.
+    Softmax,
+}
+
+impl OutputActivation {
+    /// Whether it is the default, sigmoid (then a card leaves it out).
+    pub fn is_sigmoid(&self) -> bool {
+        *self == Self::Sigmoid
+    }
+
+    /// Turn `logits` (windows × `classes`, row-major) into probabilities in place.
+    pub fn apply(self, logits: &mut [f32], classes: usize) {
+        match self {
+            Self::Sigmoid => logits.iter_mut().for_each(|v| *v = crate::ir::sigmoid(*v)),
+            Self::Softmax => {
+                for row in logits.chunks_mut(classes.max(1)) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0f64;
+                    for v in row.iter_mut() {
+                        let e = f64::from(*v - max).exp();
+                        sum += e;
+                        *v = e as f32;
+                    }
+                    row.iter_mut()
+                        .for_each(|v| *v = (f64::from(*v) / sum) as f32);
+                }
+            }
+        }
+    }
+}
+
 /// A model card. See the module documentation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +114,10 @@ pub struct Card {
     pub frontend: FrontendConfig,
     /// Input shape of one window, `[channels, n_mels, frames]`; must agree with `frontend`.
     pub input_shape: [usize; 3],
+    /// How the logits become probabilities: `sigmoid` (multi-label; the default, left out of
+    /// the JSON) or `softmax` (a model trained with softmax cross-entropy).
+    #[serde(default, skip_serializing_if = "OutputActivation::is_sigmoid")]
+    pub output_activation: OutputActivation,
     /// Where the model came from.
     #[serde(default)]
     pub provenance: Provenance,
@@ -205,6 +247,7 @@ impl Card {
             labels: Vec::new(),
             frontend,
             input_shape,
+            output_activation: OutputActivation::Sigmoid,
             provenance: Provenance::default(),
         }
     }
@@ -359,6 +402,44 @@ mod tests {
         let back = Card::from_json(&c.to_json()).expect("valid");
         assert_eq!(c, back);
         back.validate_for_model().expect("model card");
+    }
+
+    #[test]
+    fn softmax_cards_say_so_and_sigmoid_cards_are_as_before() {
+        let mut c = model_card();
+        assert!(
+            !c.to_json().contains("output_activation"),
+            "the default is left out"
+        );
+        c.output_activation = OutputActivation::Softmax;
+        let json = c.to_json();
+        assert!(
+            json.contains("\"output_activation\": \"softmax\""),
+            "{json}"
+        );
+        assert_eq!(Card::from_json(&json).expect("valid"), c);
+        // Two windows of three classes: softmax rows sum to 1 and equal e^x / Σ e^x (in f64),
+        // also for logits whose exponentials overflow f32.
+        let logits = [2.0f32, 0.0, -1.0, 1000.0, 999.0, -1000.0];
+        let mut p = logits;
+        OutputActivation::Softmax.apply(&mut p, 3);
+        let want = |row: &[f32], i: usize| {
+            let m = row.iter().copied().fold(f32::MIN, f32::max);
+            let s: f64 = row.iter().map(|&v| f64::from(v - m).exp()).sum();
+            f64::from(row[i] - m).exp() / s
+        };
+        for r in 0..2 {
+            let row = &logits[3 * r..3 * r + 3];
+            for i in 0..3 {
+                assert!((f64::from(p[3 * r + i]) - want(row, i)).abs() < 1e-7);
+            }
+            assert!((p[3 * r..3 * r + 3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+        assert!((f64::from(p[0]) - (2f64.exp() / (2f64.exp() + 1.0 + (-1f64).exp()))).abs() < 1e-7);
+        let mut s = logits;
+        OutputActivation::Sigmoid.apply(&mut s, 3);
+        assert_eq!(s[1], 0.5);
+        assert!((s[0] - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-7);
     }
 
     #[test]

@@ -207,13 +207,27 @@ pub enum LossKind {
     Bce,
     /// Focal loss: BCE × (1 − p_t)^gamma.
     Focal,
+    /// Softmax cross-entropy over the classes, for single-label data: the targets (primary,
+    /// weighted secondaries, smoothing, mixup) normalised to sum 1 per sample; the card says
+    /// `softmax`, so birdclef-infer's probabilities of a window sum to 1.
+    Softmax,
+}
+
+impl LossKind {
+    /// How a model trained with this loss turns logits into probabilities.
+    pub fn output_activation(self) -> birdclef_models::card::OutputActivation {
+        match self {
+            Self::Softmax => birdclef_models::card::OutputActivation::Softmax,
+            Self::Bce | Self::Focal => birdclef_models::card::OutputActivation::Sigmoid,
+        }
+    }
 }
 
 /// Loss and targets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossConfig {
-    /// `bce` or `focal`. Default `bce`.
+    /// `bce`, `focal` or `softmax` (single-label data). Default `bce`.
     pub kind: LossKind,
     /// Focal-loss exponent. Default 2.0.
     pub focal_gamma: f64,
@@ -921,6 +935,14 @@ impl TrainConfig {
                 "annotations.ratios must be [train, val, test] shares ≥ 0 with train and val above 0, got {:?}",
                 an.ratios
             ));
+        }
+        if self.loss.kind == LossKind::Softmax {
+            if self.distill.kd_weight > 0.0 {
+                return bad("loss.kind = \"softmax\" with knowledge distillation (distill.kd_weight > 0) is not supported: the teachers' targets are per-class sigmoids".into());
+            }
+            if an.negatives > 0.0 {
+                return bad("loss.kind = \"softmax\" needs a species in every window: set annotations.negatives = 0 (a negative window has no class to normalise to)".into());
+            }
         }
         if let Some(w) = self.model.window_seconds {
             if !(w.is_finite() && w > 0.0) {

@@ -237,6 +237,7 @@ pub fn init_checkpoint(opts: &InitOptions) -> Result<InitSummary, InitError> {
         labels,
         frontend: frontend_cfg,
         input_shape,
+        output_activation: base.output_activation,
         provenance: Provenance {
             notes: Some(notes),
             ..Provenance::default()

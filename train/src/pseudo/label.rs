@@ -564,7 +564,7 @@ pub fn pseudo_label(opts: &PseudoLabelOptions) -> Result<PseudoSummary, TrainErr
 }
 
 /// The ensemble's probabilities for `windows` windows (`inputs` per frontend): the mean over
-/// teachers of the sigmoid of their logits, `windows × k`.
+/// teachers of their probabilities (sigmoid, or softmax where a card says so), `windows × k`.
 fn ensemble(
     teachers: &mut [Teacher],
     uses: &[usize],
@@ -574,9 +574,10 @@ fn ensemble(
 ) -> Result<Vec<f32>, TrainError> {
     let mut sum = vec![0.0f32; windows * k];
     for (t, &fi) in teachers.iter_mut().zip(uses) {
-        let logits = t.logits(&inputs[fi], windows)?;
-        for (acc, l) in sum.iter_mut().zip(&logits) {
-            *acc += birdclef_models::ir::sigmoid(*l);
+        let mut probs = t.logits(&inputs[fi], windows)?;
+        t.card().output_activation.apply(&mut probs, k);
+        for (acc, p) in sum.iter_mut().zip(&probs) {
+            *acc += *p;
         }
     }
     let nt = teachers.len() as f32;

@@ -119,16 +119,28 @@ pub fn resolve_frontend(cfg: &TrainConfig) -> Result<(FrontendConfig, String), T
 /// `w`, computed in fp32.
 pub fn loss(logits: &Tensor, y: &Tensor, w: &Tensor, cfg: &LossConfig) -> Tensor {
     let logits = logits.to_kind(Kind::Float);
-    let bce =
-        logits.binary_cross_entropy_with_logits(y, None::<Tensor>, None::<Tensor>, Reduction::None);
+    let bce = || {
+        logits.binary_cross_entropy_with_logits(y, None::<Tensor>, None::<Tensor>, Reduction::None)
+    };
     let l = match cfg.kind {
-        LossKind::Bce => bce,
+        LossKind::Bce => bce(),
         LossKind::Focal => {
             let p = logits.sigmoid();
             let pt: Tensor = y * &p + (1.0 - y) * (1.0 - &p);
             let one_minus: Tensor = 1.0 - pt;
             let modulating = one_minus.pow_tensor_scalar(cfg.focal_gamma);
-            bce * modulating
+            bce() * modulating
+        }
+        LossKind::Softmax => {
+            // Cross-entropy against the targets normalised to sum 1; each sample weighted by
+            // its classes' weights averaged under that distribution (a row without any target
+            // weighs 0).
+            let y = y.to_kind(Kind::Float);
+            let p = &y / y.sum_dim_intlist(1, true, Kind::Float).clamp_min(1e-12);
+            let ce =
+                -(&p * logits.log_softmax(1, Kind::Float)).sum_dim_intlist(1, false, Kind::Float);
+            let sw = (&p * w).sum_dim_intlist(1, false, Kind::Float);
+            return (ce * &sw).sum(Kind::Float) / sw.sum(Kind::Float).clamp_min(1e-12);
         }
     };
     (l * w).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1.0)
@@ -423,6 +435,7 @@ pub fn fit_with(
         labels: ds.labels.clone(),
         frontend: fcfg.clone(),
         input_shape: fcfg.input_shape(),
+        output_activation: cfg.loss.kind.output_activation(),
         provenance: Provenance {
             data_hash: Some(data_hash(ds, folds, cfg)),
             folds: Some(FoldInfo {
@@ -589,6 +602,30 @@ pub fn fit_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_loss_is_the_cross_entropy_of_normalised_targets() {
+        let logits =
+            Tensor::from_slice(&[2.0f32, 0.0, -1.0, 0.5, 0.5, 3.0, 1.0, 2.0, 3.0]).reshape([3, 3]);
+        // One-hot, two positives (normalised to 0.5 each), and a row without targets.
+        let y =
+            Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]).reshape([3, 3]);
+        let w = Tensor::ones([3, 3], (Kind::Float, Device::Cpu));
+        let cfg = LossConfig {
+            kind: LossKind::Softmax,
+            ..LossConfig::default()
+        };
+        let got = loss(&logits, &y, &w, &cfg).double_value(&[]);
+        let lse = |r: [f64; 3]| r.iter().map(|v| v.exp()).sum::<f64>().ln();
+        let ce0 = lse([2.0, 0.0, -1.0]) - 2.0;
+        let ce1 = lse([0.5, 0.5, 3.0]) - 0.5;
+        assert!((got - (ce0 + ce1) / 2.0).abs() < 1e-6, "{got}");
+        // Class weights: a sample weighs its target classes' weights.
+        let w2 =
+            Tensor::from_slice(&[3.0f32, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]).reshape([3, 3]);
+        let got = loss(&logits, &y, &w2, &cfg).double_value(&[]);
+        assert!((got - (3.0 * ce0 + ce1) / 4.0).abs() < 1e-6, "{got}");
+    }
 
     #[test]
     fn focal_loss_is_below_bce_and_weights_mask() {

@@ -11,7 +11,7 @@ use ndarray::{Array2, Axis};
 use tch::{Kind, Tensor};
 
 use super::loss;
-use crate::config::LossConfig;
+use crate::config::{LossConfig, LossKind};
 use crate::data::{AudioStore, Dataset};
 use crate::error::TrainError;
 use crate::model::net::{self, Net};
@@ -34,7 +34,7 @@ pub struct ValSet {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validation {
     /// The training loss (BCE or focal, without label smoothing or masks) averaged over windows
-    /// and classes.
+    /// and classes (softmax cross-entropy: over windows).
     pub loss: f64,
     /// Macro ROC-AUC (NaN when no class has a positive and a negative).
     pub macro_roc_auc: f64,
@@ -126,8 +126,11 @@ impl ValSet {
             let w = Tensor::ones_like(&y);
             loss_sum += loss(&logits, &y, &w, loss_cfg).double_value(&[]) * (m * k) as f64;
             probs.extend(
-                net::to_vec_f32(&logits.sigmoid())
-                    .map_err(TrainError::torch("reading validation outputs"))?,
+                net::to_vec_f32(&match loss_cfg.kind {
+                    LossKind::Softmax => logits.softmax(1, Kind::Float),
+                    LossKind::Bce | LossKind::Focal => logits.sigmoid(),
+                })
+                .map_err(TrainError::torch("reading validation outputs"))?,
             );
         }
         let sol = Array2::from_shape_vec((self.n, k), self.y.clone())
