@@ -46,6 +46,21 @@ pub struct Provenance {
     /// Free text: which command, config file or teacher ensemble made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// Where the training recordings came from when there were several sources (the
+    /// competition directory, then each extra one, with the recordings taken from each); empty
+    /// (and left out) for one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<DataSource>,
+}
+
+/// One source of training recordings ([`Provenance::sources`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// The directory or CSV file, as given.
+    pub path: String,
+    /// Recordings taken from it.
+    pub recordings: usize,
 }
 
 /// Fold membership of a trained model.

@@ -395,6 +395,10 @@ pub struct DataConfig {
     /// recording once per repeat, shuffled; 1 = every species equally often. The epoch keeps its
     /// length. Default 0.0.
     pub balance: f64,
+    /// Recordings of extra data sources (`fit --extra-data`) fill each species up to this many
+    /// in all, most recent first; the competition's own recordings all count and are all kept.
+    /// Default 500.
+    pub extra_cap_per_species: usize,
 }
 
 impl Default for DataConfig {
@@ -407,6 +411,7 @@ impl Default for DataConfig {
             val_batch_size: 64,
             val_max_windows: 6,
             balance: 0.0,
+            extra_cap_per_species: 500,
         }
     }
 }

@@ -185,6 +185,18 @@ struct FitArgs {
     /// columns are set in the config's [annotations] section) or a Raven selection table.
     #[arg(long, value_name = "TABLE", requires = "audio")]
     annotations: Option<PathBuf>,
+    /// An extra data source (repeatable; the NVBird setup): a previous year's competition
+    /// directory or a CSV of recordings (primary_label, secondary_labels, filename relative to
+    /// the CSV; rating, date, url optional). Only this competition's species are kept, duplicate
+    /// Xeno-canto recordings dropped, and each species filled up to
+    /// data.extra_cap_per_species recordings, most recent first; extra recordings are never
+    /// validated on.
+    #[arg(
+        long = "extra-data",
+        value_name = "DIR|CSV",
+        conflicts_with = "annotations"
+    )]
+    extra_data: Vec<PathBuf>,
     /// The directory the annotation table's file names are relative to.
     #[arg(long, value_name = "DIR", requires = "annotations")]
     audio: Option<PathBuf>,
@@ -316,6 +328,7 @@ impl FitArgs {
                 .clone()
                 .zip(self.audio.clone())
                 .map(|(table, audio)| AnnotatedSource { table, audio }),
+            extra_data: self.extra_data.clone(),
             device,
             ..RunOptions::new(self.data.as_deref().unwrap_or(Path::new("")), &self.out)
         }

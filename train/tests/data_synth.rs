@@ -591,6 +591,7 @@ fn an_empty_dataset_gives_an_empty_cache() {
     let ds = Dataset {
         root: root.clone(),
         labels: vec!["a".into()],
+        sources: Vec::new(),
         recordings: Vec::new(),
     };
     let opts = CacheOptions {

@@ -42,6 +42,7 @@ fn dataset(n: usize, seconds: f64) -> (Dataset, MemoryStore) {
     let ds = Dataset {
         root: PathBuf::from("/synthetic"),
         labels: species.iter().map(|s| s.label.clone()).collect(),
+        sources: Vec::new(),
         recordings,
     };
     (ds, MemoryStore(segs))

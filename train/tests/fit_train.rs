@@ -62,6 +62,7 @@ fn dataset() -> (Dataset, MemoryStore, Vec<usize>) {
     let ds = Dataset {
         root: PathBuf::from("/synthetic"),
         labels: species.iter().map(|s| s.label.clone()).collect(),
+        sources: Vec::new(),
         recordings,
     };
     (ds, MemoryStore(segments), folds)

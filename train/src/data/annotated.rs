@@ -336,6 +336,7 @@ pub fn load_annotated(
     let file_ds = Dataset {
         root: audio.to_path_buf(),
         labels: Vec::new(),
+        sources: Vec::new(),
         recordings: files
             .iter()
             .map(|f| Recording {
@@ -509,6 +510,7 @@ pub fn load_annotated(
         dataset: Dataset {
             root: audio.to_path_buf(),
             labels,
+            sources: Vec::new(),
             recordings,
         },
         store: WindowStore::new(Box::new(cache), windows),

@@ -583,6 +583,7 @@ mod tests {
         let ds = Dataset {
             root: PathBuf::from("/synthetic"),
             labels: vec!["a".into()],
+            sources: Vec::new(),
             recordings: vec![Recording {
                 filename: "a.ogg".into(),
                 path: PathBuf::from("a.ogg"),
@@ -645,6 +646,7 @@ mod tests {
         Dataset {
             root: PathBuf::from("/synthetic"),
             labels: vec!["a".into(), "b".into()],
+            sources: Vec::new(),
             recordings,
         }
     }
@@ -1011,6 +1013,7 @@ mod tests {
         let ds = Dataset {
             root: PathBuf::from("/x"),
             labels: vec!["a".into(), "b".into(), "c".into()],
+            sources: Vec::new(),
             recordings: vec![Recording {
                 filename: "a/1.wav".into(),
                 path: PathBuf::from("/x/a/1.wav"),

@@ -175,16 +175,126 @@ pub struct Loaded {
 pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError> {
     let mut problems = Vec::new();
     let labels = read_labels(root, &mut problems);
+    let meta_path = root.join("train_metadata.csv");
+    let rows = read_metadata(
+        &meta_path,
+        &root.join("train_audio"),
+        &labels,
+        opts.group_column.as_deref(),
+        false,
+        &mut problems,
+    );
+    let unknown_secondary = rows.unknown_secondary;
+    let mut recordings: Vec<Recording> = rows.rows.into_iter().map(|(r, _)| r).collect();
+    if !problems.is_empty() {
+        return Err(DataError::Invalid {
+            root: root.to_path_buf(),
+            problems,
+        });
+    }
+
+    let mut warnings = Vec::new();
+    if !unknown_secondary.is_empty() {
+        let mut names: Vec<_> = unknown_secondary.into_iter().collect();
+        names.sort();
+        let total: usize = names.iter().map(|(_, n)| n).sum();
+        let shown: Vec<String> = names
+            .iter()
+            .take(10)
+            .map(|(l, n)| format!("{l} ({n})"))
+            .collect();
+        warnings.push(format!(
+            "{}: {total} secondary label(s) of {} species not in the label list were dropped: {}{}",
+            meta_path.display(),
+            names.len(),
+            shown.join(", "),
+            if names.len() > 10 { ", ..." } else { "" }
+        ));
+    }
+    if let Some(cap) = opts.cap_per_species {
+        let before = recordings.len();
+        recordings = apply_cap(recordings, cap, opts.cap_order);
+        if recordings.len() < before {
+            warnings.push(format!(
+                "cap of {cap} recordings per species: kept {} of {before}",
+                recordings.len()
+            ));
+        }
+    }
+    Ok(Loaded {
+        dataset: Dataset {
+            root: root.to_path_buf(),
+            labels,
+            sources: Vec::new(),
+            recordings,
+        },
+        warnings,
+    })
+}
+
+/// What a metadata row says beyond its [`Recording`]: when and which Xeno-canto recording.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowInfo {
+    /// The `date` column, when there is one and the cell is not empty (ISO dates sort in time).
+    pub date: Option<String>,
+    /// The Xeno-canto number, from an `XC<digits>` in the file name, else from the `url` column
+    /// (`.../<digits>`).
+    pub xc_id: Option<u64>,
+}
+
+/// The rows of a metadata CSV ([`read_metadata`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetadataRows {
+    /// Each row kept, with its date and Xeno-canto number.
+    pub rows: Vec<(Recording, RowInfo)>,
+    /// Secondary labels not in the label list, with their counts (dropped).
+    pub unknown_secondary: HashMap<String, usize>,
+    /// With `drop_other_species`: primary labels not in the label list, with the rows dropped.
+    pub other_species: std::collections::BTreeMap<String, usize>,
+}
+
+/// The Xeno-canto number in `s`: the digits after `XC` (a file name like `asbfly/XC134896.ogg`),
+/// or the last run of digits of a Xeno-canto URL (`https://xeno-canto.org/134896`).
+pub fn xeno_canto_id(s: &str) -> Option<u64> {
+    if s.contains("xeno-canto.org") {
+        let digits: String = s
+            .trim_end_matches('/')
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return digits.parse().ok();
+    }
+    let at = s.rfind("XC")?;
+    let digits: String = s[at + 2..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Read the rows of metadata CSV `meta_path` (`primary_label`, `secondary_labels`, `filename`
+/// relative to `audio_dir`, optional `rating`, `date`, `url` and `group_column`) against
+/// `labels`, adding every problem to `problems` with its `file:line`. A primary label not in
+/// `labels` is a problem, unless `drop_other_species`: then the row is dropped and counted.
+pub fn read_metadata(
+    meta_path: &Path,
+    audio_dir: &Path,
+    labels: &[String],
+    group_column: Option<&str>,
+    drop_other_species: bool,
+    problems: &mut Vec<String>,
+) -> MetadataRows {
     let index: HashMap<&str, usize> = labels
         .iter()
         .enumerate()
         .map(|(i, l)| (l.as_str(), i))
         .collect();
-
-    let meta_path = root.join("train_metadata.csv");
-    let mut recordings = Vec::new();
-    let mut unknown_secondary: HashMap<String, usize> = HashMap::new();
-    match std::fs::read(&meta_path) {
+    let mut out = MetadataRows::default();
+    match std::fs::read(meta_path) {
         Err(e) => problems.push(format!("{}: cannot read: {e}", meta_path.display())),
         Ok(text) => {
             let mut reader = csv::ReaderBuilder::new().from_reader(text.as_slice());
@@ -194,7 +304,9 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
             let secondary_col = col("secondary_labels");
             let filename_col = col("filename");
             let rating_col = col("rating");
-            let group_col = opts.group_column.as_deref().map(|g| (g, col(g)));
+            let group_col = group_column.map(|g| (g, col(g)));
+            let date_col = col("date");
+            let url_col = col("url");
             let mut header_ok = true;
             for (name, c) in [
                 ("primary_label", primary_col),
@@ -238,6 +350,12 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
                     let mut row_ok = true;
                     let primary = match index.get(primary_name) {
                         Some(&i) => i,
+                        None if drop_other_species && !primary_name.is_empty() => {
+                            *out.other_species
+                                .entry(primary_name.to_string())
+                                .or_default() += 1;
+                            continue;
+                        }
                         None => {
                             if labels.is_empty() {
                                 // The label list itself is missing: already reported.
@@ -275,7 +393,7 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
                         Some((_, Some(c))) => Some(field(c).to_string()).filter(|g| !g.is_empty()),
                         _ => None,
                     };
-                    let path = root.join("train_audio").join(&filename);
+                    let path = audio_dir.join(&filename);
                     if filename.is_empty() {
                         problems.push(format!("{at}: empty filename"));
                         row_ok = false;
@@ -293,65 +411,34 @@ pub fn load_dataset(root: &Path, opts: &DataOptions) -> Result<Loaded, DataError
                                 secondary.push(i)
                             }
                             Some(_) => {}
-                            None => *unknown_secondary.entry(s).or_default() += 1,
+                            None => *out.unknown_secondary.entry(s).or_default() += 1,
                         }
                     }
-                    recordings.push(Recording {
-                        filename,
-                        path,
-                        primary,
-                        secondary,
-                        positives: Vec::new(),
-                        rating,
-                        group,
-                    });
+                    let info = RowInfo {
+                        date: date_col
+                            .map(field)
+                            .filter(|d| !d.is_empty())
+                            .map(str::to_string),
+                        xc_id: xeno_canto_id(&filename)
+                            .or_else(|| url_col.and_then(|c| xeno_canto_id(field(c)))),
+                    };
+                    out.rows.push((
+                        Recording {
+                            filename,
+                            path,
+                            primary,
+                            secondary,
+                            positives: Vec::new(),
+                            rating,
+                            group,
+                        },
+                        info,
+                    ));
                 }
             }
         }
     }
-    if !problems.is_empty() {
-        return Err(DataError::Invalid {
-            root: root.to_path_buf(),
-            problems,
-        });
-    }
-
-    let mut warnings = Vec::new();
-    if !unknown_secondary.is_empty() {
-        let mut names: Vec<_> = unknown_secondary.into_iter().collect();
-        names.sort();
-        let total: usize = names.iter().map(|(_, n)| n).sum();
-        let shown: Vec<String> = names
-            .iter()
-            .take(10)
-            .map(|(l, n)| format!("{l} ({n})"))
-            .collect();
-        warnings.push(format!(
-            "{}: {total} secondary label(s) of {} species not in the label list were dropped: {}{}",
-            meta_path.display(),
-            names.len(),
-            shown.join(", "),
-            if names.len() > 10 { ", ..." } else { "" }
-        ));
-    }
-    if let Some(cap) = opts.cap_per_species {
-        let before = recordings.len();
-        recordings = apply_cap(recordings, cap, opts.cap_order);
-        if recordings.len() < before {
-            warnings.push(format!(
-                "cap of {cap} recordings per species: kept {} of {before}",
-                recordings.len()
-            ));
-        }
-    }
-    Ok(Loaded {
-        dataset: Dataset {
-            root: root.to_path_buf(),
-            labels,
-            recordings,
-        },
-        warnings,
-    })
+    out
 }
 
 /// The 1-based line of `text` on which the record at `pos` begins.

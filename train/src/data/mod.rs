@@ -100,6 +100,9 @@ pub struct Dataset {
     pub labels: Vec<String>,
     /// One entry per metadata row kept.
     pub recordings: Vec<Recording>,
+    /// With extra data sources ([`sources`]): each source and its recordings, for the card's
+    /// provenance; empty for one source.
+    pub sources: Vec<birdclef_models::card::DataSource>,
 }
 
 /// Decoded audio of one recording: its first and last N seconds at 32 kHz (`tail` is empty when
@@ -173,3 +176,4 @@ pub mod folds;
 pub mod h5;
 pub mod metadata;
 pub mod soft;
+pub mod sources;

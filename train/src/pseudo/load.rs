@@ -134,6 +134,7 @@ pub fn load_pseudo(
     let ds = Dataset {
         root: PathBuf::from(soundscape_dir),
         labels: Vec::new(),
+        sources: Vec::new(),
         recordings,
     };
     let cache = Cache::build_or_open(

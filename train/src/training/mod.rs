@@ -444,6 +444,7 @@ pub fn fit_with(
             }),
             commit: git_commit(),
             notes: None,
+            sources: ds.sources.clone(),
         },
     };
     card_base

@@ -13,12 +13,13 @@ use birdclef_models::frontend::Frontend;
 
 use super::history::write_confusion;
 use super::validate::{ValSet, Validation};
-use super::{fit_with, holds_run, resolve_frontend, FitSummary, FoldRun, HELD_OUT};
+use super::{fit_with, holds_run, resolve_frontend, FitSummary, FoldRun, ALWAYS_TRAIN, HELD_OUT};
 use crate::config::{SplitMode, TrainConfig};
 use crate::data::annotated::{load_annotated, split_csv};
 use crate::data::cache::{load_backgrounds, Cache, CacheOptions};
 use crate::data::folds::assign_folds;
 use crate::data::metadata::{load_dataset, DataOptions};
+use crate::data::sources::add_sources;
 use crate::data::{AudioStore, Dataset};
 use crate::error::TrainError;
 use crate::model::net::Net;
@@ -54,6 +55,9 @@ pub struct RunOptions {
     /// Train on annotated soundscapes instead of the competition's recordings (`--data` then
     /// only gives background clips, and may be empty).
     pub annotations: Option<AnnotatedSource>,
+    /// Extra data sources (competition directories or CSVs of recordings), only trained on;
+    /// see [`crate::data::sources`].
+    pub extra_data: Vec<PathBuf>,
     /// Training device.
     pub device: Device,
 }
@@ -91,6 +95,7 @@ impl RunOptions {
             pseudo: None,
             soundscapes: None,
             annotations: None,
+            extra_data: Vec::new(),
             device: Device::Cpu,
         }
     }
@@ -301,7 +306,24 @@ pub fn train_folds(
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            let ds = loaded.dataset;
+            let mut ds = loaded.dataset;
+            // Folds of this competition's recordings; extra ones are only trained on.
+            let mut folds =
+                assign_folds(&ds, cfg.data.n_folds, cfg.run.seed, opts.min_count_for_val);
+            for r in add_sources(&mut ds, &opts.extra_data, cfg.data.extra_cap_per_species)? {
+                eprintln!(
+                    "info: {}: {} recordings added of {} rows ({} of other species, {} \
+                     duplicate Xeno-canto recordings, {} beyond data.extra_cap_per_species = {})",
+                    r.path.display(),
+                    r.kept,
+                    r.rows,
+                    r.other_species,
+                    r.duplicates,
+                    r.over_cap,
+                    cfg.data.extra_cap_per_species
+                );
+            }
+            folds.resize(ds.recordings.len(), ALWAYS_TRAIN);
             let cache = Cache::build_or_open(
                 &ds,
                 &cache_dir,
@@ -312,7 +334,6 @@ pub fn train_folds(
                 },
             )?;
             eprintln!("info: audio cache {}", cache.path().display());
-            let folds = assign_folds(&ds, cfg.data.n_folds, cfg.run.seed, opts.min_count_for_val);
             (ds, Box::new(cache), folds)
         }
     };
