@@ -165,3 +165,48 @@ fn outputs_resume_and_options_are_checked_before_any_work() {
         assert!(!runs.join("new").exists() && !runs.join("never-ran").exists());
     }
 }
+
+/// configs/per-frequency-cnn.toml (efficientnet_b0 on per-frequency standardised input) trains a
+/// few batches, its card carries the normalisation, and its best checkpoint exports.
+#[test]
+fn the_per_frequency_cnn_config_trains_and_exports() {
+    let dir = scratch_dir("fit-perfreq");
+    let data = dir.join("competition");
+    competition(&data);
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/per-frequency-cnn.toml");
+    let out = dir.join("run");
+    let mut cmd = Command::new(bin("birdclef-train"));
+    cmd.args(["--device", "cpu", "fit", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&out);
+    for o in [
+        "model.n_mels=32",
+        "model.hop_length=3200",
+        "model.n_fft=512",
+        "optim.epochs=2",
+        "optim.batch_size=4",
+        "optim.repeats=1",
+        "run.debug_batches=2",
+        "data.n_folds=2",
+        "data.cache_seconds=8",
+    ] {
+        cmd.args(["--set", o]);
+    }
+    let (code, _, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "{stderr}");
+    let best = out.join("fold0/best");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("card.json")).expect("card"))
+            .expect("json");
+    assert_eq!(card["frontend"]["normalize"], "per_frequency", "{card}");
+    assert_eq!(card["architecture"], "efficientnet_b0", "{card}");
+    let (code, _, stderr) = run(Command::new(bin("birdclef-export"))
+        .arg("--checkpoint")
+        .arg(&best)
+        .arg("--out")
+        .arg(dir.join("perfreq.onnx")));
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -53,6 +53,10 @@ pub struct ModelConfig {
     pub n_fft: Option<usize>,
     /// Override the card's input channel count. Default: the card's.
     pub channels: Option<usize>,
+    /// Override the card's normalisation of each window's log-mel image: `none`,
+    /// `image_min_max`, `image_standard` or `per_frequency` (each mel band to zero mean, unit
+    /// variance over time). Default: the card's.
+    pub normalize: Option<birdclef_models::frontend::Normalize>,
     /// Override the card's window length in seconds (what the network sees and what
     /// birdclef-infer scores, one row per window end; `augment.crop_seconds` must equal it).
     /// Default: the card's.
@@ -73,6 +77,7 @@ impl Default for ModelConfig {
             hop_length: None,
             n_fft: None,
             channels: None,
+            normalize: None,
             window_seconds: None,
             drop_path_rate: 0.0,
         }

@@ -98,6 +98,9 @@ pub fn resolve_frontend(cfg: &TrainConfig) -> Result<(FrontendConfig, String), T
     if let Some(c) = cfg.model.channels {
         f.channels = c;
     }
+    if let Some(n) = cfg.model.normalize {
+        f.normalize = n;
+    }
     if let Some(w) = cfg.model.window_seconds {
         f.windows.window_seconds = w;
         f.windows.min_last_window_seconds = f.windows.min_last_window_seconds.min(w);
