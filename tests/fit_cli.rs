@@ -210,3 +210,54 @@ fn the_per_frequency_cnn_config_trains_and_exports() {
         .arg(dir.join("perfreq.onnx")));
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// A 10-s context around each 5-s window (configs/debug.toml with model.context_seconds=10 and
+/// 10-s crops): it trains, the card says so with a 10-s input, and it exports.
+#[test]
+fn a_context_longer_than_the_window_trains_and_exports() {
+    let dir = scratch_dir("fit-context");
+    let data = dir.join("competition");
+    competition(&data);
+    let out = dir.join("run");
+    let (code, _, stderr) = run(fit(&data, &out).args([
+        "--set",
+        "model.context_seconds=10",
+        "--set",
+        "augment.crop_seconds=10",
+        "--set",
+        "optim.epochs=1",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let best = out.join("fold0/best");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("card.json")).expect("card"))
+            .expect("json");
+    let windows = &card["frontend"]["windows"];
+    assert_eq!(
+        (
+            windows["window_seconds"].as_f64(),
+            windows["context_seconds"].as_f64()
+        ),
+        (Some(5.0), Some(10.0)),
+        "{card}"
+    );
+    assert_eq!(card["input_shape"][2], 101, "10 s at hop 3200: {card}");
+    let (code, _, stderr) = run(Command::new(bin("birdclef-export"))
+        .arg("--checkpoint")
+        .arg(&best)
+        .arg("--out")
+        .arg(dir.join("context.onnx")));
+    assert_eq!(code, 0, "{stderr}");
+    // A crop that is not the context is refused before any work.
+    let (code, _, stderr) =
+        run(fit(&data, &dir.join("bad")).args(["--set", "model.context_seconds=10"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("augment.crop_seconds = 5") && stderr.contains("10 s"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("recordings,"),
+        "the dataset was read: {stderr}"
+    );
+}

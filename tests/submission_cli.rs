@@ -860,3 +860,86 @@ fn time_shift_views_are_the_windows_of_the_shifted_audio() {
     );
     assert!(!dir.join("bad.csv").exists());
 }
+
+/// A model with a 15-s context scored per 5-s window: each row is the model on the 15 s centred
+/// on its window, zero-padded before the recording's start. Shown against the same weights
+/// under a plain 15-s window card run on the recording with 5 s of silence in front, whose
+/// windows are exactly the contexts of every third 5-s window.
+#[test]
+fn a_context_model_scores_each_window_on_the_clip_centred_on_it() {
+    let dir = scratch_dir("sub-context");
+    let mut fe = FrontendConfig::kefir128();
+    fe.n_mels = 32;
+    fe.hop_length = 3200;
+    fe.normalize = Normalize::ImageStandard;
+    fe.windows.context_seconds = Some(15.0);
+    let mut card = Card::frontend_only("ctx15", fe.clone());
+    card.labels = LABELS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(card.input_shape[2], 151, "15 s at hop 3200");
+    let card_path = dir.join("ctx15.card.json");
+    card.save(&card_path).expect("card");
+    let ctx = model(&dir, "ctx", "efficientvit_b0", 5, &card_path);
+    // The same checkpoint under a plain 15-s window card.
+    let plain_dir = dir.join("plain");
+    std::fs::create_dir_all(&plain_dir).expect("dir");
+    for entry in std::fs::read_dir(dir.join("ctx")).expect("ckpt") {
+        let p = entry.expect("entry").path();
+        std::fs::copy(&p, plain_dir.join(p.file_name().expect("name"))).expect("copy");
+    }
+    let mut plain = Card::load(&plain_dir.join("card.json")).expect("card");
+    plain.frontend.windows.window_seconds = 15.0;
+    plain.frontend.windows.context_seconds = None;
+    plain.save(&plain_dir.join("card.json")).expect("card");
+    let plain_onnx = dir.join("plain.onnx");
+    let (code, _, err) = run(Command::new(bin("birdclef-export"))
+        .arg("--checkpoint")
+        .arg(&plain_dir)
+        .arg("--out")
+        .arg(&plain_onnx));
+    assert_eq!(code, 0, "{err}");
+
+    let (x, _) = synth::soundscape(45.0, 32_000, &synth::species(5), 8, &mut Rng::new(9));
+    let mut padded = vec![0.0f32; 5 * 32_000];
+    padded.extend_from_slice(&x);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a).expect("dir");
+    std::fs::create_dir_all(&b).expect("dir");
+    write_wav_f32(&a.join("x.wav"), &x, 32_000).expect("wav");
+    write_wav_f32(&b.join("x.wav"), &padded, 32_000).expect("wav");
+    let score = |m: &Path, audio: &Path, out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut cmd = Command::new(bin("birdclef-infer"));
+        cmd.arg("--models")
+            .arg(m)
+            .arg("--soundscapes")
+            .arg(audio)
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        let (code, _, err) = run(&mut cmd);
+        assert_eq!(code, 0, "{err}");
+        read_csv(&out).1
+    };
+    let plain_rows = score(&plain_onnx, &b, "plain.csv", &[]);
+    for extra in [&[][..], &["--batch-size", "1", "--workers", "2"][..]] {
+        let rows = score(&ctx, &a, "ctx.csv", extra);
+        let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(ids.len(), 9, "one row per 5-s window: {ids:?}");
+        assert_eq!((ids[0], ids[8]), ("x_5", "x_45"));
+        for j in 0..3 {
+            let worst = rows[3 * j]
+                .1
+                .iter()
+                .zip(&plain_rows[j].1)
+                .map(|(u, v)| (u - v).abs())
+                .fold(0.0f64, f64::max);
+            assert!(
+                worst < 1e-5,
+                "{extra:?}: window {} differs by {worst}",
+                3 * j
+            );
+        }
+        // Neighbouring windows see different clips.
+        assert_ne!(rows[0].1, rows[1].1);
+    }
+}

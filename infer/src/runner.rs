@@ -25,7 +25,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use birdclef_models::audio::AudioStream;
-use birdclef_models::frontend::{Frontend, FrontendConfig, FrontendError};
+use birdclef_models::frontend::{padded_range, Frontend, FrontendConfig, FrontendError};
 
 use crate::error_chain::error_chain;
 use crate::model::{ModelError, OnnxModel};
@@ -329,9 +329,9 @@ impl Ctx<'_> {
     fn push_window(&self, piece: &mut Piece, f: &OpenFile, end: Option<usize>) {
         let w = self.policy().window_samples();
         let g = f.windows * w;
-        let clip = |start: usize| &f.buf[start - f.buf_start..start - f.buf_start + w];
+        let mut scratch = Vec::new();
         let own: Vec<usize> = piece.inputs.iter().map(Vec::len).collect();
-        self.push_clip(piece, clip(g));
+        self.push_clip(piece, self.input_at(f, g, &mut scratch));
         for &off in &self.offsets {
             let mut start = (g as isize + off).max(0) as usize;
             if let Some(end) = end {
@@ -341,16 +341,29 @@ impl Ctx<'_> {
                 // Clamped onto the window itself: its inputs again, not computed twice.
                 self.repeat_view(piece, &own);
             } else {
-                self.push_clip(piece, clip(start));
+                self.push_clip(piece, self.input_at(f, start, &mut scratch));
             }
         }
         piece.windows += 1;
     }
 
-    /// Append `clip` (shorter than a window: a file's last, partial window) as every view.
-    fn push_partial_window(&self, piece: &mut Piece, clip: &[f32]) {
+    /// The model input of the window starting at sample `start` of `f`: the window, or the
+    /// context centred on it; zeros before the file's start and past what was decoded (at the
+    /// file's end: before that, [`Ctx::tail`] samples past the window are there).
+    fn input_at<'a>(&self, f: &'a OpenFile, start: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        let policy = self.policy();
+        let from = start as isize - policy.context_lead() as isize - f.buf_start as isize;
+        padded_range(&f.buf, from, policy.input_samples(), scratch)
+    }
+
+    /// Append a file's last, partial window (zero-padded past the file's end) as every view.
+    fn push_partial_window(&self, piece: &mut Piece, f: &OpenFile) {
         let own: Vec<usize> = piece.inputs.iter().map(Vec::len).collect();
-        self.push_clip(piece, clip);
+        let mut scratch = Vec::new();
+        self.push_clip(
+            piece,
+            self.input_at(f, f.windows * self.policy().window_samples(), &mut scratch),
+        );
         for _ in &self.offsets {
             self.repeat_view(piece, &own);
         }
@@ -468,8 +481,7 @@ impl Ctx<'_> {
             f.windows += 1;
         }
         if f.samples > 0 && policy.window_count(f.samples) > f.windows {
-            let from = f.windows * w - f.buf_start;
-            self.push_partial_window(&mut piece, &f.buf[from..]);
+            self.push_partial_window(&mut piece, &f);
             f.windows += 1;
         }
         // A clean decode's own window count is authoritative; a failed file keeps the rows its
@@ -728,6 +740,11 @@ where
         .map(|&o| o.max(0) as usize)
         .max()
         .unwrap_or(0);
+    // A context reaches beyond each window (and each view) on both sides.
+    let policy = frontends[0].config();
+    let context_lead = policy.context_lead();
+    let context_tail = policy.input_samples() - policy.window_samples() - context_lead;
+    let (lead, tail) = (lead + context_lead, tail + context_tail);
     let ctx = Ctx {
         files,
         total_bytes,

@@ -128,6 +128,11 @@ pub struct WindowPolicy {
     /// A file shorter than that still gets one (zero-padded) window.
     #[serde(default = "default_min_last")]
     pub min_last_window_seconds: f64,
+    /// The model sees this many seconds centred on each window (a 10-s or 20-s clip scored
+    /// per 5-s window), zero-padded beyond the recording's ends; none: the window itself. Rows
+    /// stay one per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_seconds: Option<f64>,
 }
 
 fn default_window_seconds() -> f64 {
@@ -142,6 +147,7 @@ impl Default for WindowPolicy {
         Self {
             window_seconds: default_window_seconds(),
             min_last_window_seconds: default_min_last(),
+            context_seconds: None,
         }
     }
 }
@@ -281,6 +287,14 @@ impl FrontendConfig {
                 self.windows.min_last_window_seconds
             ));
         }
+        if let Some(c) = self.windows.context_seconds {
+            if !(c >= self.windows.window_seconds && c <= 600.0) {
+                return err(format!(
+                    "windows.context_seconds must be in [window_seconds = {}, 600], got {c}",
+                    self.windows.window_seconds
+                ));
+            }
+        }
         if self.n_fft < 2 || self.n_fft > 1 << 16 {
             return err(format!("n_fft must be in [2, 65536], got {}", self.n_fft));
         }
@@ -327,10 +341,10 @@ impl FrontendConfig {
                 self.channels
             ));
         }
-        if self.window_samples() < self.n_fft && !self.center {
+        if self.input_samples() < self.n_fft && !self.center {
             return err(format!(
                 "a {}-sample window is shorter than n_fft={} without center padding",
-                self.window_samples(),
+                self.input_samples(),
                 self.n_fft
             ));
         }
@@ -342,9 +356,24 @@ impl FrontendConfig {
         (self.windows.window_seconds * f64::from(self.sample_rate)).round() as usize
     }
 
+    /// Samples the model sees per window: the context ([`WindowPolicy::context_seconds`]) or
+    /// the window itself.
+    pub fn input_samples(&self) -> usize {
+        self.windows.context_seconds.map_or_else(
+            || self.window_samples(),
+            |c| (c * f64::from(self.sample_rate)).round() as usize,
+        )
+    }
+
+    /// Samples of context before each window: the input starts this far before the window
+    /// (half the context beyond the window, rounded down).
+    pub fn context_lead(&self) -> usize {
+        (self.input_samples().saturating_sub(self.window_samples())) / 2
+    }
+
     /// STFT frames per window.
     pub fn frames(&self) -> usize {
-        let n = self.window_samples();
+        let n = self.input_samples();
         if self.center {
             1 + n / self.hop_length
         } else {
@@ -371,6 +400,29 @@ impl FrontendConfig {
     pub fn window_end_seconds(&self, i: usize) -> f64 {
         (i + 1) as f64 * self.windows.window_seconds
     }
+}
+
+/// `n` samples of `samples` from index `start` (which may be negative), zeros where that runs
+/// outside it: a slice of `samples` when it lies inside, else built in `buf`.
+pub fn padded_range<'a>(
+    samples: &'a [f32],
+    start: isize,
+    n: usize,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let len = samples.len() as isize;
+    if start >= 0 && start + n as isize <= len {
+        return &samples[start as usize..start as usize + n];
+    }
+    buf.clear();
+    buf.resize(n, 0.0);
+    let from = start.clamp(0, len);
+    let to = (start + n as isize).clamp(0, len);
+    if from < to {
+        let at = (from - start) as usize;
+        buf[at..at + (to - from) as usize].copy_from_slice(&samples[from as usize..to as usize]);
+    }
+    buf
 }
 
 /// Convert Hz to mel.
@@ -543,7 +595,8 @@ impl Frontend {
         }
     }
 
-    /// All windows of a 32 kHz mono signal: `[windows, channels, n_mels, frames]`.
+    /// All windows of a 32 kHz mono signal: `[windows, channels, n_mels, frames]` (each window
+    /// the context centred on it, when the policy has one).
     /// Windows are computed in parallel on the current rayon pool.
     pub fn compute(&self, samples: &[f32]) -> Array4<f32> {
         let n_windows = self.cfg.window_count(samples.len());
@@ -567,7 +620,8 @@ impl Frontend {
         out
     }
 
-    /// The model input of a single clip (zero-padded or cut to one window): `[channels, mels, frames]`.
+    /// The model input of a single clip (zero-padded or cut to one input, the context when there
+    /// is one): `[channels, mels, frames]`.
     pub fn compute_clip(&self, clip: &[f32]) -> ndarray::Array3<f32> {
         let [channels, n_mels, frames] = self.cfg.input_shape();
         let mut out = vec![0.0; channels * n_mels * frames];
@@ -587,7 +641,7 @@ impl Frontend {
         assert_eq!(out.len(), channels * plane, "output buffer size");
         let mut scratch = self.scratch();
         let mut clip_buf = Vec::new();
-        let samples = self.window_samples_of(clip, 0, &mut clip_buf);
+        let samples = padded_range(clip, 0, self.cfg.input_samples(), &mut clip_buf);
         let (first, rest) = out.split_at_mut(plane);
         let mut image = ArrayViewMut2::from_shape((n_mels, frames), &mut *first)
             .expect("the plane has the image shape");
@@ -604,17 +658,9 @@ impl Frontend {
         i: usize,
         buf: &'a mut Vec<f32>,
     ) -> &'a [f32] {
-        let w = self.cfg.window_samples();
-        let start = (i * w).min(samples.len());
-        let end = (start + w).min(samples.len());
-        if end - start == w {
-            &samples[start..end]
-        } else {
-            buf.clear();
-            buf.extend_from_slice(&samples[start..end]);
-            buf.resize(w, 0.0);
-            buf
-        }
+        let n = self.cfg.input_samples();
+        let start = (i * self.cfg.window_samples()) as isize - self.cfg.context_lead() as isize;
+        padded_range(samples, start, n, buf)
     }
 
     /// Sample `j` of the (possibly centre-padded) clip.
@@ -798,6 +844,50 @@ mod tests {
     fn reference_shapes() {
         assert_eq!(FrontendConfig::nvbird224().input_shape(), [1, 224, 224]);
         assert_eq!(FrontendConfig::kefir128().input_shape(), [1, 128, 321]);
+    }
+
+    #[test]
+    fn a_context_is_the_clip_centred_on_each_window() {
+        let mut cfg = FrontendConfig::kefir128();
+        cfg.n_mels = 16;
+        cfg.hop_length = 3200;
+        cfg.windows.context_seconds = Some(15.0);
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.input_shape(), [1, 16, 151]);
+        assert_eq!(
+            (cfg.window_samples(), cfg.context_lead()),
+            (160_000, 160_000)
+        );
+        let fe = Frontend::new(cfg.clone()).expect("frontend");
+        let mut rng = crate::rng::Rng::new(3);
+        let x: Vec<f32> = (0..12 * 32_000)
+            .map(|_| rng.uniform() as f32 - 0.5)
+            .collect();
+        let images = fe.compute(&x);
+        // 12 s: two whole windows and a 2-s rest (kept: at least 1 s); rows are per window.
+        assert_eq!(images.shape()[0], 3);
+        let clip = |from: isize| -> Vec<f32> {
+            (from..from + 480_000)
+                .map(|j| {
+                    if (0..x.len() as isize).contains(&j) {
+                        x[j as usize]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        for (i, from) in [(0, -160_000), (1, 0), (2, 160_000)] {
+            let want = fe.compute_clip(&clip(from));
+            assert_eq!(images.index_axis(Axis(0), i), want.view(), "window {i}");
+        }
+        let mut bad = cfg;
+        bad.windows.context_seconds = Some(4.0);
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("context_seconds"));
     }
 
     #[test]

@@ -57,10 +57,16 @@ pub struct ModelConfig {
     /// `image_min_max`, `image_standard` or `per_frequency` (each mel band to zero mean, unit
     /// variance over time). Default: the card's.
     pub normalize: Option<birdclef_models::frontend::Normalize>,
-    /// Override the card's window length in seconds (what the network sees and what
-    /// birdclef-infer scores, one row per window end; `augment.crop_seconds` must equal it).
+    /// Override the card's window length in seconds (what birdclef-infer scores, one row per
+    /// window end; what the network sees unless there is a context, and then
+    /// `augment.crop_seconds` must equal it).
     /// Default: the card's.
     pub window_seconds: Option<f64>,
+    /// The model sees this many seconds centred on each window (2024 1st place: 10 s; 2025 1st
+    /// place: 20 s), zero-padded past a recording's ends, and birdclef-infer still writes one
+    /// row per window; `augment.crop_seconds` must equal it. Default: the card's (none: the
+    /// window itself).
+    pub context_seconds: Option<f64>,
     /// Stochastic depth: every residual branch is dropped per sample in training, with a rate
     /// rising linearly through the network to this (2025 1st place: 0.15 in self-training).
     /// Training only: eval outputs, checkpoints and ONNX are as without. Default 0.
@@ -79,6 +85,7 @@ impl Default for ModelConfig {
             channels: None,
             normalize: None,
             window_seconds: None,
+            context_seconds: None,
             drop_path_rate: 0.0,
         }
     }
@@ -954,9 +961,14 @@ impl TrainConfig {
                 return bad("loss.kind = \"softmax\" needs a species in every window: set annotations.negatives = 0 (a negative window has no class to normalise to)".into());
             }
         }
-        if let Some(w) = self.model.window_seconds {
-            if !(w.is_finite() && w > 0.0) {
-                return bad(format!("model.window_seconds must be positive, got {w}"));
+        for (name, v) in [
+            ("window_seconds", self.model.window_seconds),
+            ("context_seconds", self.model.context_seconds),
+        ] {
+            if let Some(w) = v {
+                if !(w.is_finite() && w > 0.0) {
+                    return bad(format!("model.{name} must be positive, got {w}"));
+                }
             }
         }
         if !(0.0..1.0).contains(&self.model.drop_path_rate) {

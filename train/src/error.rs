@@ -212,15 +212,15 @@ pub enum TrainError {
     /// The card a checkpoint would carry is invalid.
     #[error("the card would be invalid")]
     CardProblem(#[source] CardProblem),
-    /// The training crop and the card's window differ.
+    /// The training crop and the model's input (the card's window, or its context) differ.
     #[error(
-        "augment.crop_seconds = {crop_seconds} but the card's window is {window_seconds} s; they \
-         must agree"
+        "augment.crop_seconds = {crop_seconds} but the model's input is {window_seconds} s (the \
+         window, or model.context_seconds when set); they must agree"
     )]
     CropWindow {
         /// `augment.crop_seconds`.
         crop_seconds: f64,
-        /// The card frontend's window.
+        /// The model's input length in seconds.
         window_seconds: f64,
     },
     /// The dataset, the fold vector and the audio store have different lengths.

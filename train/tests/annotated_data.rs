@@ -62,7 +62,7 @@ fn config(extra: &[&str]) -> TrainConfig {
 }
 
 fn load(dir: &Path, table: &Path, cfg: &TrainConfig) -> Annotated {
-    load_annotated(table, &dir.join("audio"), cfg, 3.0, &dir.join("cache")).expect("load")
+    load_annotated(table, &dir.join("audio"), cfg, 3.0, 3.0, &dir.join("cache")).expect("load")
 }
 
 /// The first sample of audio cut from a ramp: where it was cut.
@@ -155,6 +155,23 @@ fn windows_are_cut_around_annotations_with_their_overlapping_labels() {
     }
     let folds: BTreeSet<usize> = a.folds.iter().copied().collect();
     assert_eq!(folds, BTreeSet::from([0, 1]), "both folds have windows");
+    // With a 6-s context the labels are those of the 3-s window, the audio the 6 s around it.
+    let c = load_annotated(
+        &table,
+        &dir.join("audio"),
+        &config(&[]),
+        3.0,
+        6.0,
+        &dir.join("cache"),
+    )
+    .expect("context");
+    for (name, val_start) in [("a.wav@5.000s", 2 * SR), ("b.wav@19.500s", 14 * SR)] {
+        let i = by_name[name];
+        assert_eq!(c.dataset.recordings[i], ds.recordings[i], "{name}");
+        let val = c.store.validation_audio(i).expect("val");
+        assert_eq!((position(&val), val.len()), (val_start, 6 * SR), "{name}");
+    }
+    assert!(c.store.validation_is_one_input());
     let csv = split_csv(&a.files, birdclef_train::config::SplitMode::Folds);
     assert!(csv.starts_with("file,group,split\na.wav,g1,"), "{csv}");
     assert_eq!(csv.lines().count(), 5);
@@ -276,7 +293,7 @@ fn ratio_splits_hold_out_a_test_split_and_problems_are_named() {
 
     // Too few groups for the folds, a missing file, a bad row: each said, naming the file.
     let err = |cfg: &TrainConfig, table: &Path| {
-        let e = load_annotated(table, &dir.join("audio"), cfg, 3.0, &dir.join("cache"))
+        let e = load_annotated(table, &dir.join("audio"), cfg, 3.0, 3.0, &dir.join("cache"))
             .err()
             .expect("an error");
         format!("{e}")
@@ -328,6 +345,7 @@ fn birdclef_mini_train_annotations() {
         &table,
         &root.join("train_audio"),
         &cfg,
+        5.0,
         5.0,
         &dir.join("cache"),
     )

@@ -102,6 +102,10 @@ impl AudioStore for WindowStore {
         let w = self.window(index)?;
         self.files.head_range(w.file, w.val_start, w.val_len)
     }
+
+    fn validation_is_one_input(&self) -> bool {
+        true
+    }
 }
 
 /// Which split a soundscape is in.
@@ -164,13 +168,15 @@ fn free_starts(busy: &[(usize, usize)], len: usize, duration: usize) -> Vec<(usi
 
 /// Read `table`, cut its windows from the soundscapes under `audio` (decoded once into an audio
 /// cache under `cache_dir`) and split them, as `cfg.annotations` says, for windows of
-/// `window_seconds`. Problems are reported naming the table (each row's with its line) or the
+/// `window_seconds` seen as inputs of `input_seconds` (the window, or a longer context centred on
+/// it: the labels are those of the window, the audio that of the input). Problems are reported naming the table (each row's with its line) or the
 /// audio file.
 pub fn load_annotated(
     table: &Path,
     audio: &Path,
     cfg: &TrainConfig,
     window_seconds: f64,
+    input_seconds: f64,
     cache_dir: &Path,
 ) -> Result<Annotated, DataError> {
     let ac = &cfg.annotations;
@@ -371,6 +377,8 @@ pub fn load_annotated(
     let sr = f64::from(TARGET_SAMPLE_RATE);
     let samples = |t: f64| (t * sr).round().max(0.0) as usize;
     let w = samples(window_seconds).max(1);
+    // The model's input: the window or its context, centred on the same point.
+    let n = samples(input_seconds).max(w);
     let j = samples(ac.jitter_seconds);
     let split_of = |file: &str| group_split[&file_group[file]];
     let fold_of = |s: usize| match ac.split {
@@ -391,13 +399,15 @@ pub fn load_annotated(
         anns.sort_by(|a, b| a.start.total_cmp(&b.start).then(a.label.cmp(&b.label)));
         for a in &anns {
             let centre = samples((a.start + a.end) / 2.0);
-            let val_start = centre.saturating_sub(w / 2).min(d.saturating_sub(w));
+            // The window the labels describe, and the input around it.
+            let win_start = centre.saturating_sub(w / 2).min(d.saturating_sub(w));
             let (lo_t, hi_t) = (
-                val_start as f64 / sr,
-                (val_start + w).min(d.max(w)) as f64 / sr,
+                win_start as f64 / sr,
+                (win_start + w).min(d.max(w)) as f64 / sr,
             );
+            let val_start = centre.saturating_sub(n / 2).min(d.saturating_sub(n));
             let lo = samples(a.start).min(val_start).saturating_sub(j);
-            let hi = (samples(a.end).max(val_start + w) + j).min(d.max(val_start + w));
+            let hi = (samples(a.end).max(val_start + n) + j).min(d.max(val_start + n));
             let primary = label_index[a.label.as_str()];
             let positives: Vec<usize> = anns
                 .iter()
@@ -423,7 +433,7 @@ pub fn load_annotated(
                 start: lo,
                 len: hi - lo,
                 val_start,
-                val_len: w,
+                val_len: n,
             });
             folds.push(fold_of(s));
         }
@@ -431,7 +441,7 @@ pub fn load_annotated(
 
     // Negatives, per split from its own files.
     if ac.negatives > 0.0 {
-        let len = w + 2 * j;
+        let len = n + 2 * j;
         let mut busy: Vec<Vec<(usize, usize)>> = vec![Vec::new(); files.len()];
         for a in &all {
             if let Some(&fi) = file_index.get(a.file.as_str()) {
@@ -479,7 +489,7 @@ pub fn load_annotated(
                 let x = a + u;
                 counts.1 += 1;
                 recordings.push(Recording {
-                    filename: format!("{}@{:.3}s", files[fi], (x + j + w / 2) as f64 / sr),
+                    filename: format!("{}@{:.3}s", files[fi], (x + j + n / 2) as f64 / sr),
                     path: audio.join(&files[fi]),
                     primary: NO_LABEL,
                     secondary: Vec::new(),
@@ -492,7 +502,7 @@ pub fn load_annotated(
                     start: x,
                     len,
                     val_start: x + j,
-                    val_len: w,
+                    val_len: n,
                 });
                 folds.push(fold_of(s));
             }

@@ -132,6 +132,12 @@ pub trait AudioStore: Sync {
         Ok(self.segments(index)?.head)
     }
 
+    /// Whether [`AudioStore::validation_audio`] is one model input each (an annotated window
+    /// with its context) rather than audio to cut into windows.
+    fn validation_is_one_input(&self) -> bool {
+        false
+    }
+
     /// Samples in recording `index`'s head.
     fn head_len(&self, index: usize) -> Result<usize, DataError> {
         Ok(self.segments(index)?.head.len())

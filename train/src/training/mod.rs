@@ -105,14 +105,21 @@ pub fn resolve_frontend(cfg: &TrainConfig) -> Result<(FrontendConfig, String), T
         f.windows.window_seconds = w;
         f.windows.min_last_window_seconds = f.windows.min_last_window_seconds.min(w);
     }
+    if let Some(c) = cfg.model.context_seconds {
+        f.windows.context_seconds = (c != f.windows.window_seconds).then_some(c);
+    }
     f.validate().map_err(|cause| TrainError::Frontend {
         what: "model",
         cause,
     })?;
-    if (f.windows.window_seconds - cfg.augment.crop_seconds).abs() > 1e-9 {
+    let input_seconds = f
+        .windows
+        .context_seconds
+        .unwrap_or(f.windows.window_seconds);
+    if (input_seconds - cfg.augment.crop_seconds).abs() > 1e-9 {
         return Err(TrainError::CropWindow {
             crop_seconds: cfg.augment.crop_seconds,
-            window_seconds: f.windows.window_seconds,
+            window_seconds: input_seconds,
         });
     }
     Ok((f, card.name))

@@ -259,15 +259,17 @@ pub fn train_folds(
 ) -> Result<Vec<(usize, FitSummary)>, TrainError> {
     cfg.validate()?;
     let plan = plan_folds(opts, cfg)?;
+    // The model's input (card, overrides, crop) is checked before the data is read.
+    let (fcfg, _) = resolve_frontend(cfg)?;
     let cache_dir = opts.cache_dir();
     let (ds, store, folds): (Dataset, Box<dyn AudioStore>, Vec<usize>) = match &opts.annotations {
         Some(src) => {
-            let (fcfg, _) = resolve_frontend(cfg)?;
             let a = load_annotated(
                 &src.table,
                 &src.audio,
                 cfg,
                 fcfg.windows.window_seconds,
+                fcfg.input_samples() as f64 / f64::from(fcfg.sample_rate),
                 &cache_dir,
             )?;
             for w in &a.warnings {

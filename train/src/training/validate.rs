@@ -70,7 +70,12 @@ impl ValSet {
             k,
         };
         for &i in val_idx {
-            let images = frontend.compute(&store.validation_audio(i)?);
+            let audio = store.validation_audio(i)?;
+            let images = if store.validation_is_one_input() {
+                frontend.compute_clip(&audio).insert_axis(Axis(0))
+            } else {
+                frontend.compute(&audio)
+            };
             let windows = images.shape()[0].min(max_windows);
             let r = &ds.recordings[i];
             let mut row = vec![0.0f32; k];
